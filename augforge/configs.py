@@ -1,0 +1,146 @@
+"""One frozen dataclass per stage: the only copy of each command's defaults.
+
+The CLI's options mirror these fields (their defaults are read from here) and each stage writes
+``asdict(cfg)`` into the artifact it makes. Importing this module imports no torch, so
+``augforge --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    src: str
+    out: str
+    size: int = 256
+    fit: str = "stretch"  # stretch | pad
+    split: str = "0.8,0.1,0.1"
+    seed: int = 0
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class SynthesizeConfig:
+    out: str
+    n: int = 200
+    size: int = 64
+    split: str = "0.8,0.1,0.1"
+    seed: int = 0
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class TrainSegConfig:
+    data: str
+    out: str
+    extra: tuple[str, ...] = ()
+    arch: str = "unet"  # unet | unetplusplus | linknet | deeplabv3plus
+    encoder: str = "resnet34"
+    encoder_weights: str = "none"  # none | imagenet
+    loss: str = "dice"  # dice | dice+bce
+    extra_weight: float = 1.0
+    lr: float = 1e-3
+    epochs: int = 200
+    batch_size: int = 16
+    schedule: str = "constant"  # constant | cosine
+    aug: str = "basic"
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    segmenter: str
+    data: str
+    split: str = "test"
+    threshold: float = 0.5
+    out: str = ""
+    attack: str = "none"  # none | fgsm | pgd | diff-pgd | asma
+    eps: str = "0.3,3,30"  # 0-255 units, comma-separated budgets
+    attack_steps: int = 10
+    image_model: str = ""  # for diff-pgd
+    batch_size: int = 16
+    bootstrap: int = 1000
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class TrainDiffusionConfig:
+    """Shared by train-mask-diffusion and train-image-diffusion (``kind`` tells them apart)."""
+
+    data: str
+    out: str
+    kind: str = "mask-diffusion"  # mask-diffusion | image-diffusion
+    steps: int = 20000
+    batch_size: int = 16
+    lr: float = 2e-4
+    image_size: int = 0  # 0: the dataset's
+    timesteps: int = 1000
+    schedule: str = ""  # "": cosine for masks, linear for images
+    model_size: str = "small"  # tiny | small | base
+    ema_decay: float = 0.999
+    cond_drop: float = 0.1  # image diffusion: classifier-free guidance dropout of the mask
+    save_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    out: str
+    mask_model: str = ""
+    image_model: str = ""
+    n: int = 100
+    masks_from: str = ""  # render images for the real train masks of this dataset instead
+    sampler: str = "dpm-solver"  # ddpm | ddim | dpm-solver
+    sample_steps: int = 25
+    mask_sample_steps: int = 100
+    guidance: float = 1.0
+    batch_size: int = 16
+    seed: int = 0
+    shard: str = "0/1"
+    device: str = "auto"
+    report: bool = False
+    segmenter: str = ""  # for --report: mask-image consistency and feature distance
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    data: str
+    segmenter: str
+    out: str
+    method: str = "fgsm"  # fgsm | inverse-fgsm | pgd | diff-pgd | asma
+    eps: float = -1.0  # 0-255 units; -1: the method's default (fgsm 8, pgd/diff-pgd steps*step_size)
+    step_size: float = 1.0  # 0-255 units
+    steps: int = 10
+    random_start: bool = False
+    attack_loss: str = "bce"  # bce | dice
+    weighted: bool = False
+    sigma2: float = 4.0
+    weight_mode: str = "loss"  # loss | step
+    image_model: str = ""  # diff-pgd purifier
+    sdedit_steps: int = 3
+    grid_steps: int = 50
+    grad: str = "bpda"  # bpda | full
+    target: str = "random-other"  # random-other | shift | file
+    target_file: str = ""
+    max_iter: int = 2500
+    beta: float = 1e-6
+    tau: float = 1e-7
+    split: str = "all"
+    batch_size: int = 16
+    seed: int = 0
+    shard: str = "0/1"
+    device: str = "auto"
+    overwrite: bool = False

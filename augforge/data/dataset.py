@@ -1,0 +1,348 @@
+"""The SPEC dataset artifact: read, validate, write, append atomically, combine, load into memory.
+
+A dataset is a folder::
+
+    images/<id>.png   RGB uint8, all the same size
+    masks/<id>.png    single channel, 0 or 255
+    manifest.jsonl    one JSON object per pair, appended only after both files are on disk
+    dataset.json      summary: count, image size, splits, what made it (command, options, seed, version)
+
+Writers open a folder with :func:`open_output`, which refuses a folder made by a different run
+(unless ``overwrite``) and resumes one made by the same run: :meth:`DatasetWriter.existing_ids`
+lists the pairs already written, so a rerun after a crash (kill -9 included) writes only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from augforge import __version__
+from augforge.errors import AugforgeError
+from augforge.runtime import atomic_write_bytes, atomic_write_json, read_json
+
+SPLITS = ("train", "val", "test")
+SOURCES = ("real", "generated", "attacked")
+MANIFEST = "manifest.jsonl"
+INFO = "dataset.json"
+
+
+# --------------------------------------------------------------------------- image files
+
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 (H,W,3) RGB or (H,W) gray -> PNG bytes."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise AugforgeError("could not encode a PNG")
+    return buf.tobytes()
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Any image file -> uint8 RGB (H,W,3). Unreadable files are a clear error naming the file."""
+    arr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise AugforgeError(f"{path}: unreadable or corrupt image file")
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Any mask file -> uint8 (H,W) in {0,255}.
+
+    Any channel count (the max over colour channels, so a red-on-black mask counts); 16-bit
+    masks are scaled to 8 bits; 0/1 label masks are scaled to 0/255; then binarised at 128,
+    which makes near-binary JPEG masks exact. A mask with many mid-grey pixels (more than 10%
+    in [64, 192)) is not a mask and is refused.
+    """
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise AugforgeError(f"{path}: unreadable or corrupt mask file")
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2)
+    if arr.dtype == np.uint16:
+        arr = arr if arr.max() <= 1 else (arr // 257)
+        arr = arr.astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.max() == 1:
+        arr = arr * 255
+    mid = np.count_nonzero((arr >= 64) & (arr < 192)) / arr.size
+    if mid > 0.10:
+        raise AugforgeError(f"{path}: not a binary mask ({mid:.0%} of pixels are mid-grey)")
+    return np.where(arr >= 128, 255, 0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- reading
+
+@dataclass
+class Dataset:
+    """A dataset folder's summary and manifest rows (files are read by :func:`load_pairs`)."""
+
+    root: Path
+    info: dict
+    rows: list[dict]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.info["image_size"])
+
+    def split(self, split: str | None) -> list[dict]:
+        if split in (None, "all"):
+            return list(self.rows)
+        return [r for r in self.rows if r["split"] == split]
+
+    def fingerprint(self) -> str:
+        """Short hash of the manifest rows (ids, splits, sources): identifies the training data."""
+        h = hashlib.sha256()
+        for r in sorted(self.rows, key=lambda r: r["id"]):
+            h.update(f"{r['id']}|{r['split']}|{r['source']}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """Rows of a manifest; a torn last line (a writer killed mid-append) is ignored."""
+    if not path.exists():
+        return []
+    rows, seen = [], set()
+    lines = path.read_text().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # torn final line, no newline yet
+                continue
+            raise AugforgeError(f"{path}: line {i + 1} is not valid JSON") from None
+        if row["id"] not in seen:  # two shards racing on one id keep the first
+            seen.add(row["id"])
+            rows.append(row)
+    return rows
+
+
+def read_dataset(root: Path, *, require_complete: bool = False) -> Dataset:
+    """Open and check a dataset folder: summary present, rows complete, files present."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AugforgeError(f"{root}: dataset folder not found")
+    info_path = root / INFO
+    if not info_path.exists():
+        raise AugforgeError(f"{root}: not an augforge dataset (no {INFO}; run `augforge prepare` first)")
+    info = read_json(info_path, "dataset summary")
+    if require_complete and not info.get("complete", False):
+        raise AugforgeError(f"{root}: dataset is incomplete (its run was interrupted); rerun the command that made it")
+    rows = read_manifest(root / MANIFEST)
+    if not rows:
+        raise AugforgeError(f"{root}: dataset has no pairs")
+    for r in rows:
+        for key in ("id", "image", "mask", "split", "source"):
+            if key not in r:
+                raise AugforgeError(f"{root / MANIFEST}: row {r.get('id', '?')} lacks {key!r}")
+    return Dataset(root, info, rows)
+
+
+def _decode_pair(root: Path, row: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
+    img = read_image(root / row["image"])
+    mask = read_mask(root / row["mask"])
+    if img.shape[:2] != (size, size) or mask.shape != (size, size):
+        raise AugforgeError(f"{root / row['image']}: size {img.shape[1]}x{img.shape[0]} differs from the dataset's {size}x{size}")
+    return img, mask
+
+
+def load_pairs(ds: Dataset, rows: list[dict] | None = None, *, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode pairs into uint8 tensors: images (N,3,H,W), masks (N,1,H,W) in {0,1}."""
+    rows = ds.rows if rows is None else rows
+    size = ds.image_size
+    images = np.empty((len(rows), size, size, 3), np.uint8)
+    masks = np.empty((len(rows), size, size), np.uint8)
+
+    def work(i: int) -> None:
+        images[i], masks[i] = _decode_pair(ds.root, rows[i], size)
+
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(work, range(len(rows))))
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(masks // 255).unsqueeze(1))
+
+
+@dataclass
+class PairSet:
+    """Pairs kept in memory as uint8 tensors, so training never decodes images per epoch.
+
+    ``images`` (N,3,H,W) uint8, ``masks`` (N,1,H,W) uint8 in {0,1}, ``is_extra`` (N,) bool marks
+    pairs that came from ``--extra`` datasets (generated/attacked), ``ids`` their ids.
+    Kvasir-SEG at 256 px is about 200 MB. Call :meth:`to` to make it device-resident.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    is_extra: torch.Tensor
+    ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device) -> PairSet:
+        return PairSet(self.images.to(device), self.masks.to(device), self.is_extra.to(device), self.ids)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Float images in [0,1], float masks in {0,1}, is_extra flags for the given indices."""
+        index = index.to(self.images.device)
+        return (self.images[index].float().div_(255.0), self.masks[index].float(), self.is_extra[index])
+
+
+def load_pairset(roots: list[Path], split: str | None, *, extra_from: int = 1, image_size: int | None = None) -> PairSet:
+    """Load and concatenate datasets; datasets from index ``extra_from`` on are flagged extra.
+
+    ``split`` applies to the first dataset (the real one); extra datasets contribute all their
+    ``train`` pairs (generated/attacked pairs are training data).
+    """
+    images, masks, extra, ids = [], [], [], []
+    for k, root in enumerate(roots):
+        ds = read_dataset(root)
+        if image_size is not None and ds.image_size != image_size:
+            raise AugforgeError(f"{root}: image size {ds.image_size} differs from {image_size} (the first dataset's or the model's)")
+        image_size = ds.image_size
+        rows = ds.split(split) if k < extra_from else ds.split("train")
+        if not rows:
+            raise AugforgeError(f"{root}: no pairs in split {split if k < extra_from else 'train'!r}")
+        im, ma = load_pairs(ds, rows)
+        images.append(im)
+        masks.append(ma)
+        extra.append(torch.full((len(rows),), k >= extra_from))
+        ids += [r["id"] for r in rows]
+    return PairSet(torch.cat(images), torch.cat(masks), torch.cat(extra), ids)
+
+
+# --------------------------------------------------------------------------- writing
+
+def assign_splits(ids: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
+    """Seeded permutation of the sorted ids, cut by ``fractions`` (train, val, test).
+
+    numpy's PCG64 permutation is identical on every platform, so the same seed gives the same split.
+    Counts are rounded so they sum to N; a fraction > 0 that would round to an empty split is an error.
+    """
+    ids = sorted(ids)
+    n = len(ids)
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(fractions[1] * n))
+    n_test = int(round(fractions[2] * n))
+    n_train = n - n_val - n_test
+    for name, frac, count in zip(SPLITS, fractions, (n_train, n_val, n_test)):
+        if frac > 0 and count <= 0:
+            raise AugforgeError(f"--split {','.join(map(str, fractions))}: the {name} split would be empty with {n} pairs")
+    labels = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    return {ids[j]: labels[i] for i, j in enumerate(order)}
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise AugforgeError(f"--split must be three fractions like 0.8,0.1,0.1, got {text!r}") from None
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
+        raise AugforgeError(f"--split must be three non-negative fractions summing to 1, got {text!r}")
+    if parts[0] == 0:
+        raise AugforgeError(f"--split {text!r}: the train split would be empty")
+    return parts  # type: ignore[return-value]
+
+
+def run_record(command: str, options: dict) -> dict:
+    """What made an artifact: the command, its options, the augforge version."""
+    return {"command": command, "options": options, "version": __version__}
+
+
+def open_output(out: Path, made_by: dict, *, overwrite: bool, marker: str) -> bool:
+    """Prepare an output folder; returns True when resuming a same-config run.
+
+    ``made_by`` is compared with the ``made_by`` stored in the folder's ``marker`` file
+    (dataset.json or config.json). A different run is refused unless ``overwrite``.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AugforgeError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        marker_path = out / marker
+        if overwrite:
+            shutil.rmtree(out)
+        elif not marker_path.exists():
+            raise AugforgeError(f"{out}: folder exists and is not an augforge output; choose another --out or pass --overwrite")
+        else:
+            previous = read_json(marker_path).get("made_by")
+            if previous != made_by:
+                raise AugforgeError(f"{out}: holds the output of a different run; pass --overwrite to replace it")
+            return True
+    out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+class DatasetWriter:
+    """Writes a SPEC dataset pair by pair; resumable, safe under kill -9 and under several shards.
+
+    Each pair's PNGs are written to temporary names and renamed, then one manifest line is
+    appended with a single O_APPEND write, so a reader never sees a row whose files are missing.
+    """
+
+    def __init__(self, out: Path, made_by: dict, image_size: int, *, overwrite: bool = False):
+        self.root = Path(out)
+        self.made_by = made_by
+        self.image_size = image_size
+        self.resumed = open_output(self.root, made_by, overwrite=overwrite, marker=INFO)
+        (self.root / "images").mkdir(exist_ok=True)
+        (self.root / "masks").mkdir(exist_ok=True)
+        if not self.resumed and not (self.root / INFO).exists():
+            atomic_write_json(self.root / INFO, {"made_by": made_by, "image_size": image_size, "complete": False})
+        self._repair_manifest()
+
+    def _repair_manifest(self) -> None:
+        path = self.root / MANIFEST
+        if path.exists():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):  # a torn final line from a killed writer
+                with open(path, "r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
+
+    def existing_ids(self) -> set[str]:
+        return {r["id"] for r in read_manifest(self.root / MANIFEST)}
+
+    def append(self, pair_id: str, image: np.ndarray, mask: np.ndarray, row: dict) -> None:
+        """image uint8 (S,S,3) RGB, mask uint8 (S,S) in {0,255}; row holds split/source/... fields."""
+        if image.shape != (self.image_size, self.image_size, 3) or mask.shape != (self.image_size, self.image_size):
+            raise ValueError(f"pair {pair_id}: expected {self.image_size}px image and mask, got {image.shape} / {mask.shape}")
+        image_rel, mask_rel = f"images/{pair_id}.png", f"masks/{pair_id}.png"
+        atomic_write_bytes(self.root / image_rel, encode_png(image))
+        atomic_write_bytes(self.root / mask_rel, encode_png(mask))
+        line = json.dumps({"id": pair_id, "image": image_rel, "mask": mask_rel, **row}, sort_keys=True) + "\n"
+        fd = os.open(self.root / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def finalize(self, extra: dict | None = None) -> dict:
+        """Write the summary (count, size, splits, sources, what made it) and mark the dataset complete."""
+        rows = read_manifest(self.root / MANIFEST)
+        splits = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
+        sources = {s: sum(r["source"] == s for r in rows) for s in SOURCES if any(r["source"] == s for r in rows)}
+        info = {
+            "made_by": self.made_by,
+            "image_size": self.image_size,
+            "count": len(rows),
+            "splits": splits,
+            "sources": sources,
+            "complete": True,
+            **(extra or {}),
+        }
+        atomic_write_json(self.root / INFO, info)
+        return info

@@ -1,0 +1,132 @@
+"""Devices, seeding, autocast, atomic files and torch.distributed helpers shared by the stages."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from augforge.errors import AugforgeError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_info().local_rank if dist_info().world_size > 1 else 0)
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AugforgeError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise AugforgeError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, a no-op elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    """Fix the global sources (python, numpy, torch); stage code passes explicit generators anyway."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def generator_for(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator seeded from (seed, *keys) through numpy's SeedSequence (stable across machines)."""
+    entropy = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
+    g = torch.Generator(device=device)
+    g.manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
+    return g
+
+
+# --------------------------------------------------------------------------- files
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path, what: str = "file") -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise AugforgeError(f"{path}: {what} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AugforgeError(f"{path}: not valid JSON ({e})") from None
+
+
+# --------------------------------------------------------------------------- distributed
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    """Rank information from the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    info = dist_info()
+    if info.world_size > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend=backend)
+    return info
+
+
+def barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; combined with torchrun ranks by :func:`work_shard`."""
+    try:
+        i, n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise AugforgeError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise AugforgeError(f"--shard {shard!r}: need 0 <= i < n")
+    return i, n
+
+
+def work_shard(shard: str) -> tuple[int, int]:
+    """The slice (index, count) of the work this process does: ``--shard`` times torchrun ranks."""
+    i, n = parse_shard(shard)
+    info = dist_info()
+    return i * info.world_size + info.rank, n * info.world_size

@@ -1,0 +1,154 @@
+"""`augforge prepare` / `synthesize` and the dataset artifact library."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from augforge.data.dataset import DatasetWriter, assign_splits, load_pairs, read_dataset, read_manifest, run_record
+from tests.helpers import KVASIR, write_pair_folder
+
+
+def test_prepare_writes_spec_dataset(tmp_path, cli):
+    src = write_pair_folder(tmp_path / "src", n=10, ext=".jpg")
+    r = cli("prepare", src, tmp_path / "out", "--size", 32, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["count"] == 10 and summary["splits"] == {"train": 8, "val": 1, "test": 1}
+    ds = read_dataset(tmp_path / "out", require_complete=True)
+    images, masks = load_pairs(ds)
+    assert images.shape == (10, 3, 32, 32) and masks.shape == (10, 1, 32, 32)
+    assert set(masks.unique().tolist()) <= {0, 1}
+    row = ds.rows[0]
+    assert {"id", "image", "mask", "split", "source"} <= row.keys() and row["source"] == "real"
+
+
+def test_prepare_pranet_layout_and_pad(tmp_path, cli):
+    src = write_pair_folder(tmp_path / "src", n=4, image_dir="image", mask_dir="mask", ext=".bmp")
+    r = cli("prepare", src, tmp_path / "out", "--size", 16, "--fit", "pad", "--split", "0.5,0.25,0.25")
+    assert r.exit_code == 0, r.output
+    assert read_dataset(tmp_path / "out").info["count"] == 4
+
+
+def test_split_is_deterministic_and_seeded():
+    ids = [f"x{i}" for i in range(100)]
+    a = assign_splits(ids, (0.8, 0.1, 0.1), 0)
+    assert a == assign_splits(list(reversed(ids)), (0.8, 0.1, 0.1), 0)
+    assert a != assign_splits(ids, (0.8, 0.1, 0.1), 1)
+    assert sum(v == "val" for v in a.values()) == 10
+
+
+def test_rerun_same_config_resumes_and_different_config_refuses(tmp_path, cli):
+    src = write_pair_folder(tmp_path / "src")
+    out = tmp_path / "out"
+    assert cli("prepare", src, out, "--size", 16).exit_code == 0
+    before = (out / "manifest.jsonl").read_text()
+    assert cli("prepare", src, out, "--size", 16).exit_code == 0
+    assert (out / "manifest.jsonl").read_text() == before
+    r = cli("prepare", src, out, "--size", 24)
+    assert r.exit_code == 2 and "different run" in r.output
+    assert cli("prepare", src, out, "--size", 24, "--overwrite").exit_code == 0
+
+
+def _corrupt(src):
+    (src / "images" / "p0.png").write_bytes(b"not a png")
+
+
+def _size_mismatch(src):
+    cv2.imwrite(str(src / "masks" / "p1.png"), np.zeros((10, 10), np.uint8))
+
+
+def _missing_mask(src):
+    (src / "masks" / "p2.png").unlink()
+
+
+def _extra_mask(src):
+    cv2.imwrite(str(src / "masks" / "zz.png"), np.zeros((40, 48), np.uint8))
+
+
+def _grey_mask(src):
+    cv2.imwrite(str(src / "masks" / "p3.png"), np.full((40, 48), 120, np.uint8))
+
+
+def _empty(src):
+    for p in list((src / "images").iterdir()) + list((src / "masks").iterdir()):
+        p.unlink()
+
+
+@pytest.mark.parametrize("breaker, expected", [
+    (_corrupt, "p0.png"), (_size_mismatch, "p1.png"), (_missing_mask, "image without a mask"),
+    (_extra_mask, "mask without an image"), (_grey_mask, "not a binary mask"), (_empty, "no image files"),
+])
+def test_bad_source_gives_one_clear_line(tmp_path, cli, breaker, expected):
+    src = write_pair_folder(tmp_path / "src")
+    breaker(src)
+    r = cli("prepare", src, tmp_path / "out", "--size", 16)
+    assert r.exit_code == 2
+    assert expected in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--split", "0.5,0.2,0.2"], "--split"), (["--split", "0.98,0.01,0.01"], "would be empty"),
+    (["--size", "8"], "--size"),
+])
+def test_bad_options(tmp_path, cli, args, expected):
+    src = write_pair_folder(tmp_path / "src")
+    r = cli("prepare", src, tmp_path / "out", *args)
+    assert r.exit_code == 2 and expected in r.output
+
+
+def test_missing_src(tmp_path, cli):
+    r = cli("prepare", tmp_path / "nope", tmp_path / "out")
+    assert r.exit_code == 2 and "nope" in r.output
+
+
+def test_atomic_append_survives_exception_mid_write(tmp_path, monkeypatch):
+    w = DatasetWriter(tmp_path / "d", run_record("test", {}), 8)
+    img, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    w.append("a", img, mask, {"split": "train", "source": "real"})
+    import augforge.data.dataset as dsmod
+
+    def boom(path, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dsmod, "atomic_write_bytes", boom)
+    with pytest.raises(OSError):
+        w.append("b", img, mask, {"split": "train", "source": "real"})
+    monkeypatch.undo()
+    assert [r["id"] for r in read_manifest(tmp_path / "d" / "manifest.jsonl")] == ["a"]
+    # a torn manifest line (kill -9 during the append) is ignored and repaired on resume
+    with open(tmp_path / "d" / "manifest.jsonl", "a") as f:
+        f.write('{"id": "b", "ima')
+    w2 = DatasetWriter(tmp_path / "d", run_record("test", {}), 8)
+    assert w2.existing_ids() == {"a"}
+    w2.append("b", img, mask, {"split": "train", "source": "real"})
+    assert w2.existing_ids() == {"a", "b"}
+
+
+def test_synthesize_same_seed_same_bytes(tmp_path, cli):
+    for name in ("a", "b"):
+        assert cli("synthesize", tmp_path / name, "--n", 6, "--size", 32).exit_code == 0
+    for sub in ("images", "masks"):
+        for p in (tmp_path / "a" / sub).iterdir():
+            assert p.read_bytes() == (tmp_path / "b" / sub / p.name).read_bytes()
+
+
+@pytest.mark.skipif(not KVASIR.is_dir(), reason=f"real data not found at {KVASIR}")
+def test_prepare_real_kvasir_pairs(tmp_path, cli):
+    src = tmp_path / "kv"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    for p in sorted((KVASIR / "images").iterdir())[:20]:
+        shutil.copy(p, src / "images" / p.name)
+        shutil.copy(KVASIR / "masks" / p.name, src / "masks" / p.name)
+    r = cli("prepare", src, tmp_path / "out", "--size", 64, "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["splits"] == {"train": 16, "val": 2, "test": 2}
+    _, masks = load_pairs(read_dataset(tmp_path / "out"))
+    assert 0.01 < masks.float().mean() < 0.6
