@@ -1,0 +1,220 @@
+"""Bernoulli diffusion of binary masks (DASP §3.1, after BerDiff, Chen et al. 2023).
+
+Masks y_0 are float in {0, 1}, shape (B, 1, H, W). With the schedule beta_t, alpha_t = 1 - beta_t
+and alphabar_t = prod_{i<=t} alpha_i (``alphas_cumprod[t]``; indices t = 0..T-1, and t = -1
+stands for the clean mask, alphabar_{-1} = 1):
+
+- forward step      q(y_t | y_{t-1}) = B(y_t; (1 - beta_t) y_{t-1} + beta_t / 2)
+- forward marginal  q(y_t | y_0)     = B(y_t; alphabar_t y_0 + (1 - alphabar_t) / 2)
+- skip, any s < t   q(y_t | y_s)     = B(y_t; r y_s + (1 - r) / 2),  r = alphabar_t / alphabar_s
+
+so every pixel flips towards B(1/2) in both directions (the public BerDiff code loses the
+``+ (1 - alphabar_t) / 2`` term to a line break, so its background never flips; this one does).
+
+The network sees y_t in {-1, 1} and predicts the logits of the flip map eps_t = y_t XOR y_0
+(DASP Eq. 5, binary cross-entropy). Sampling starts from y_T ~ B(1/2) and walks a descending,
+evenly strided sub-sequence of the timesteps with the exact posterior, so the same code
+serves the full T-step chain and fast strided sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from augforge.diffusion.schedules import betas_for
+from augforge.ranges import to_model_range
+
+Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
+FlipModel = Callable[[Tensor, Tensor], Tensor]  # (y_t in {-1,1} (B,1,H,W), t (B,)) -> logits (B,1,H,W)
+Generators = torch.Generator | list[torch.Generator] | None  # a list: one generator per batch element
+
+
+def _bernoulli(probs: Tensor, generator: Generators) -> Tensor:
+    """y ~ B(probs) in {0, 1} (probs' dtype and device) as y = [u < probs], u ~ U[0, 1).
+
+    u is drawn on the generator's own device and moved; with a list, element i's u comes from
+    generator i, so it does not depend on the batch it is in (as in diffusers' ``randn_tensor``).
+    """
+    if isinstance(generator, list):
+        if len(generator) != probs.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {probs.shape[0]}")
+        u = torch.stack(
+            [torch.rand(probs.shape[1:], generator=g, device=g.device, dtype=probs.dtype) for g in generator]
+        ).to(probs.device)
+    else:
+        device = generator.device if generator is not None else probs.device
+        u = torch.rand(probs.shape, generator=generator, device=device, dtype=probs.dtype).to(probs.device)
+    return (u < probs).to(probs.dtype)
+
+
+class BernoulliDiffusion:
+    """The Bernoulli forward process, its posterior, training loss and ancestral sampler.
+
+    ``betas`` and ``alphas_cumprod`` are (T,) float64 CPU tensors; coefficients are computed
+    in float64 on the input's device and cast to the input dtype.
+    """
+
+    def __init__(self, timesteps: int = 1000, schedule: str = "cosine"):
+        self.timesteps = timesteps
+        self.schedule = schedule
+        self.betas = betas_for(schedule, timesteps)
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        # alphabar at index t + 1, so that t = -1 (the clean mask) reads alphabar = 1
+        self._alphabar_ext = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
+        self._alphabar_on: dict[torch.device, Tensor] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _alphabar(self, t: Timestep, like: Tensor) -> Tensor:
+        """alphabar_t in float64 on ``like.device``, broadcastable to ``like`` (B, 1, H, W)."""
+        table = self._alphabar_on.get(like.device)
+        if table is None:
+            table = self._alphabar_on[like.device] = self._alphabar_ext.to(like.device)
+        if isinstance(t, int):
+            if not -1 <= t < self.timesteps:
+                raise ValueError(f"timestep must be in [-1, {self.timesteps}), got {t}")
+            return table[t + 1]
+        return table[t + 1].view(-1, *([1] * (like.dim() - 1)))
+
+    def _batch_t(self, t: Timestep, like: Tensor) -> Tensor:
+        """t as a (B,) long tensor on ``like.device`` (what the network is called with)."""
+        if isinstance(t, int):
+            return torch.full((like.shape[0],), t, device=like.device, dtype=torch.long)
+        return t
+
+    # ------------------------------------------------------------------ forward process
+    def q_probs(self, y0: Tensor, t: Timestep) -> Tensor:
+        """P(y_t = 1 | y_0) = alphabar_t y_0 + (1 - alphabar_t) / 2, same shape/dtype as y0."""
+        alphabar = self._alphabar(t, y0)
+        return alphabar.to(y0.dtype) * y0 + ((1.0 - alphabar) / 2.0).to(y0.dtype)
+
+    def q_sample(self, y0: Tensor, t: Timestep, generator: Generators = None) -> Tensor:
+        """y_t ~ q(y_t | y_0) in {0, 1}, same shape/dtype as y0."""
+        return _bernoulli(self.q_probs(y0, t), generator)
+
+    # ------------------------------------------------------------------ training
+    def training_losses(
+        self,
+        model: FlipModel,
+        y0: Tensor,
+        t: Timestep | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """DASP Eq. 5: L = BCE(sigmoid(model(y_t, t)), eps_t), eps_t = y_t XOR y_0.
+
+        y0: (B, 1, H, W) in {0, 1}; t: timesteps, drawn uniformly from [0, T) when None.
+        Returns ``loss`` (scalar, mean over pixels and batch) and the ``t`` used (B,).
+        """
+        if t is None:
+            rand_device = generator.device if generator is not None else y0.device
+            t = torch.randint(0, self.timesteps, (y0.shape[0],), device=rand_device, generator=generator)
+        t = self._batch_t(t, y0).to(y0.device)
+        # 1. y_t ~ q(y_t | y_0)
+        y_t = self.q_sample(y0, t, generator)
+        # 2. flip target eps_t = y_t XOR y_0
+        flip = (y_t != y0).to(y0.dtype)
+        # 3. predicted flip logits from y_t in {-1, 1}
+        flip_logits = model(to_model_range(y_t), t)
+        if flip_logits.shape != y0.shape:
+            raise ValueError(f"model returned shape {tuple(flip_logits.shape)}, expected {tuple(y0.shape)}")
+        loss = F.binary_cross_entropy_with_logits(flip_logits.float(), flip.float())
+        return {"loss": loss, "t": t}
+
+    # ------------------------------------------------------------------ reverse process
+    @staticmethod
+    def predict_y0(y_t: Tensor, flip_logits: Tensor) -> Tensor:
+        """P(y_0 = 1 | y_t) = y_t (1 - p) + (1 - y_t) p with p = sigmoid(flip_logits), in [0, 1]."""
+        p = torch.sigmoid(flip_logits)
+        return y_t * (1.0 - p) + (1.0 - y_t) * p
+
+    def q_posterior(self, y_t: Tensor, y0_hat: Tensor, t: Timestep, s: Timestep) -> Tensor:
+        """P(y_s = 1 | y_t, y0_hat) for any s < t; s = -1 (clean) returns y0_hat itself.
+
+            P(y_s | y_t, y0_hat) ∝ q(y_t | y_s) q(y_s | y0_hat),  normalised over y_s in {0, 1},
+
+        with q(y_t | y_s) = B(r y_s + (1 - r)/2), r = alphabar_t / alphabar_s, and, y0_hat being a
+        probability, q(y_s = 1 | y0_hat) = alphabar_s y0_hat + (1 - alphabar_s)/2 (the expectation
+        over y_0 ~ B(y0_hat), as in BerDiff/D3PM). For s = t - 1 this is BerDiff's posterior.
+        y_t: (B, 1, H, W) in {0, 1}; y0_hat: same shape in [0, 1]. Returns the same shape in [0, 1].
+        """
+        if isinstance(s, int) and s == -1:
+            return y0_hat
+        if isinstance(t, int) and isinstance(s, int) and not s < t:
+            raise ValueError(f"posterior needs s < t, got s={s}, t={t}")
+        dtype = y_t.dtype
+        alphabar_t, alphabar_s = self._alphabar(t, y_t), self._alphabar(s, y_t)
+        r = alphabar_t / alphabar_s.clamp_min(1e-300)
+        # the (1 - x)/2 terms in float64 and both outcomes written out: no cancellation when x ≈ 1
+        half_r, half_s = ((1.0 - r) / 2.0).to(dtype), ((1.0 - alphabar_s) / 2.0).to(dtype)
+        r, alphabar_s = r.to(dtype), alphabar_s.to(dtype)
+        # 1. likelihoods q(y_t | y_s = 1), q(y_t | y_s = 0) of the observed y_t
+        lik1, lik0 = r * y_t + half_r, r * (1.0 - y_t) + half_r
+        # 2. priors q(y_s = 1 | y0_hat), q(y_s = 0 | y0_hat)
+        prior1, prior0 = alphabar_s * y0_hat + half_s, alphabar_s * (1.0 - y0_hat) + half_s
+        # 3. normalise over y_s in {0, 1}
+        num = lik1 * prior1
+        den = num + lik0 * prior0
+        post = (num / den.clamp_min(torch.finfo(dtype).tiny)).clamp(0.0, 1.0)
+        if isinstance(s, Tensor):
+            post = torch.where((s == -1).view(-1, *([1] * (y_t.dim() - 1))), y0_hat, post)
+        return post
+
+    @torch.no_grad()
+    def p_sample(
+        self,
+        model: FlipModel,
+        y_t: Tensor,
+        t: Timestep,
+        s: Timestep,
+        generator: Generators = None,
+    ) -> tuple[Tensor, Tensor]:
+        """One reverse step t -> s (s < t; s = -1 is the final step to the clean mask).
+
+        Returns (y_s ~ B(q_posterior(y_t, y0_prob, t, s)) in {0, 1}, y0_prob in [0, 1]), where
+        y0_prob = predict_y0(y_t, model(y_t in {-1, 1}, t)).
+        """
+        flip_logits = model(to_model_range(y_t), self._batch_t(t, y_t)).to(y_t.dtype)
+        y0_prob = self.predict_y0(y_t, flip_logits)
+        y_s = _bernoulli(self.q_posterior(y_t, y0_prob, t, s), generator)
+        return y_s, y0_prob
+
+    def sampling_timesteps(self, steps: int) -> list[int]:
+        """``steps`` evenly spaced, strictly descending timesteps from T-1 to 0 (just [T-1] for 1)."""
+        if not 1 <= steps <= self.timesteps:
+            raise ValueError(f"steps must be in [1, {self.timesteps}], got {steps}")
+        return torch.linspace(self.timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
+
+    @torch.no_grad()
+    def sample_loop(
+        self,
+        model: FlipModel,
+        shape: tuple[int, ...],
+        *,
+        steps: int | None = None,
+        generator: Generators = None,
+        device: torch.device | str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Generate masks of ``shape`` (B, 1, H, W) with ``steps`` model calls (default T).
+
+        ``generator`` may be a list with one generator per batch element (element i then does not
+        depend on the batch it is in). device defaults to the (first) generator's device, else
+        CPU. ``progress(i, n)`` is called after each of the n steps. Returns (masks in {0, 1}, probs in [0, 1]): probs is the model's
+        y_0 estimate at the last step and masks = (probs > 0.5).
+        """
+        if device is None:
+            first = generator[0] if isinstance(generator, list) else generator
+            device = first.device if first is not None else "cpu"
+        timesteps = self.sampling_timesteps(self.timesteps if steps is None else steps)
+        # 1. y_T ~ B(1/2)
+        y = _bernoulli(torch.full(shape, 0.5, device=device), generator)
+        # 2. posterior steps t -> s along the strided sequence, the last one to s = -1 (clean)
+        for i, (t, s) in enumerate(zip(timesteps, timesteps[1:] + [-1]), start=1):
+            y, y0_prob = self.p_sample(model, y, t, s, generator)
+            if progress is not None:
+                progress(i, len(timesteps))
+        # 3. threshold the final y_0 estimate
+        return (y0_prob > 0.5).to(y0_prob.dtype), y0_prob

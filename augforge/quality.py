@@ -1,0 +1,138 @@
+"""Statistics of generated binary masks against real ones (pure numpy/torch, no I/O).
+
+Masks are (N, 1, H, W) or (N, H, W) tensors or arrays in {0, 1} (binarised at 0.5). The report
+compares the area-fraction distributions (exact 1-D Wasserstein-1 and Kolmogorov-Smirnov),
+connected-component counts (8-connectivity), empty masks, and memorisation: for each generated
+mask the best IoU with any real mask.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+COMPONENT_BINS = ("0", "1", "2", "3", "4", "5+")
+MEMORISATION_IOU = 0.95
+
+
+def _binary_numpy(masks: ArrayLike) -> np.ndarray:
+    """(N, H, W) bool array from (N, 1, H, W) or (N, H, W) masks."""
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach().cpu().numpy()
+    masks = np.asarray(masks)
+    if masks.ndim == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.ndim != 3:
+        raise ValueError(f"masks must have shape (N, 1, H, W) or (N, H, W), got {masks.shape}")
+    return masks > 0.5
+
+
+def _flat_binary_torch(masks: ArrayLike) -> torch.Tensor:
+    """(N, H*W) float32 {0, 1} tensor, on the input tensor's device (CPU for arrays)."""
+    if isinstance(masks, torch.Tensor):
+        if masks.dim() not in (3, 4) or (masks.dim() == 4 and masks.shape[1] != 1):
+            raise ValueError(f"masks must have shape (N, 1, H, W) or (N, H, W), got {tuple(masks.shape)}")
+        return (masks.detach() > 0.5).flatten(1).float()
+    return torch.from_numpy(_binary_numpy(masks)).flatten(1).float()
+
+
+def area_fractions(masks: ArrayLike) -> np.ndarray:
+    """Foreground fraction of each mask, (N,) float64 in [0, 1]."""
+    return _binary_numpy(masks).mean(axis=(1, 2), dtype=np.float64)
+
+
+def component_counts(masks: ArrayLike) -> np.ndarray:
+    """Number of 8-connected foreground components of each mask, (N,) int64."""
+    binary = _binary_numpy(masks).astype(np.uint8)
+    return np.array([cv2.connectedComponents(m, connectivity=8)[0] - 1 for m in binary], dtype=np.int64)
+
+
+def _ecdfs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled sorted support and both empirical CDFs evaluated on it."""
+    a, b = np.sort(np.asarray(a, np.float64).ravel()), np.sort(np.asarray(b, np.float64).ravel())
+    if a.size == 0 or b.size == 0:
+        raise ValueError("both samples must be non-empty")
+    support = np.sort(np.concatenate([a, b]))
+    cdf_a = np.searchsorted(a, support, side="right") / a.size
+    cdf_b = np.searchsorted(b, support, side="right") / b.size
+    return support, cdf_a, cdf_b
+
+
+def wasserstein_1d(a: ArrayLike, b: ArrayLike) -> float:
+    """Exact W1 between two empirical 1-D distributions: ∫ |F_a(x) - F_b(x)| dx."""
+    support, cdf_a, cdf_b = _ecdfs(np.asarray(a), np.asarray(b))
+    return float(np.sum(np.abs(cdf_a - cdf_b)[:-1] * np.diff(support)))
+
+
+def ks_statistic(a: ArrayLike, b: ArrayLike) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic sup_x |F_a(x) - F_b(x)|."""
+    _, cdf_a, cdf_b = _ecdfs(np.asarray(a), np.asarray(b))
+    return float(np.max(np.abs(cdf_a - cdf_b)))
+
+
+def max_iou_to_set(gen: ArrayLike, real: ArrayLike, chunk: int = 256) -> np.ndarray:
+    """For each generated mask, its highest IoU with any real mask, (N_gen,) float64.
+
+    Intersections are matrix products of the flattened masks, in blocks of ``chunk`` x ``chunk``
+    masks to bound memory; union = |g| + |r| - |g ∩ r|, and two empty masks have IoU 1.
+    """
+    g, r = _flat_binary_torch(gen), _flat_binary_torch(real)
+    if g.shape[1] != r.shape[1]:
+        raise ValueError(f"mask sizes differ: {g.shape[1]} vs {r.shape[1]} pixels")
+    r = r.to(g.device)
+    best = torch.zeros(g.shape[0], dtype=torch.float64, device=g.device)
+    for i in range(0, g.shape[0], chunk):
+        g_blk = g[i : i + chunk]
+        for j in range(0, r.shape[0], chunk):
+            r_blk = r[j : j + chunk]
+            inter = (g_blk @ r_blk.T).double()  # exact: integer counts < 2^24
+            union = g_blk.sum(1, dtype=torch.float64)[:, None] + r_blk.sum(1, dtype=torch.float64)[None] - inter
+            iou = torch.where(union > 0, inter / union.clamp_min(1), 1.0)
+            best[i : i + chunk] = torch.maximum(best[i : i + chunk], iou.max(1).values)
+    return best.cpu().numpy()
+
+
+def _component_hist(counts: np.ndarray) -> dict[str, float]:
+    binned = np.minimum(counts, len(COMPONENT_BINS) - 1)
+    freq = np.bincount(binned, minlength=len(COMPONENT_BINS)) / counts.size
+    return {name: float(f) for name, f in zip(COMPONENT_BINS, freq)}
+
+
+def mask_quality_report(gen: ArrayLike, real: ArrayLike) -> dict:
+    """JSON-able comparison of generated masks with real masks (see the module docstring)."""
+    area_gen, area_real = area_fractions(gen), area_fractions(real)
+    if area_gen.size == 0 or area_real.size == 0:
+        raise ValueError("need at least one generated and one real mask")
+    comp_gen, comp_real = component_counts(gen), component_counts(real)
+    iou = max_iou_to_set(gen, real)
+    return {
+        "n_generated": int(area_gen.size),
+        "n_real": int(area_real.size),
+        "area": {
+            "generated_mean": float(area_gen.mean()),
+            "real_mean": float(area_real.mean()),
+            "wasserstein1": wasserstein_1d(area_gen, area_real),
+            "ks": ks_statistic(area_gen, area_real),
+        },
+        "components": {
+            "generated_mean": float(comp_gen.mean()),
+            "real_mean": float(comp_real.mean()),
+            "generated_hist": _component_hist(comp_gen),
+            "real_hist": _component_hist(comp_real),
+            "generated_blob_like": float(np.isin(comp_gen, (1, 2)).mean()),
+            "real_blob_like": float(np.isin(comp_real, (1, 2)).mean()),
+        },
+        "empty": {
+            "generated": float((comp_gen == 0).mean()),
+            "real": float((comp_real == 0).mean()),
+        },
+        "memorisation": {
+            "iou_min": float(iou.min()),
+            "iou_median": float(np.median(iou)),
+            "iou_p95": float(np.quantile(iou, 0.95)),
+            "iou_max": float(iou.max()),
+            f"frac_iou_gt_{MEMORISATION_IOU}": float((iou > MEMORISATION_IOU).mean()),
+        },
+    }

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from augforge.quality import (
+    area_fractions,
+    component_counts,
+    ks_statistic,
+    mask_quality_report,
+    max_iou_to_set,
+    wasserstein_1d,
+)
+
+
+def _blobs(centers: list[tuple[int, int]], size: int = 32, radius: int = 3) -> np.ndarray:
+    m = np.zeros((size, size), np.uint8)
+    for c in centers:
+        cv2.circle(m, c, radius, 1, -1)
+    return m
+
+
+def _random_masks(n: int, seed: int, size: int = 16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.full((n, 1, size, size), 0.4), generator=g)
+
+
+def test_area_fractions_and_shapes():
+    masks = np.zeros((3, 8, 8), np.float32)
+    masks[1, :2] = 1  # 16 of 64 pixels
+    masks[2] = 1
+    np.testing.assert_allclose(area_fractions(masks), [0.0, 0.25, 1.0])
+    np.testing.assert_allclose(area_fractions(torch.from_numpy(masks)[:, None]), [0.0, 0.25, 1.0])
+    with pytest.raises(ValueError):
+        area_fractions(np.zeros((2, 3, 8, 8)))
+
+
+def test_component_counts_of_drawn_blobs():
+    diagonal = np.zeros((32, 32), np.uint8)
+    diagonal[5, 5] = diagonal[6, 6] = 1  # one component under 8-connectivity
+    masks = np.stack(
+        [
+            _blobs([]),
+            _blobs([(8, 8)]),
+            _blobs([(6, 6), (25, 25)]),
+            _blobs([(5, 5), (25, 5), (15, 25)]),
+            _blobs([(10, 10), (13, 10)]),  # overlapping circles merge
+            diagonal,
+        ]
+    )
+    assert component_counts(masks).tolist() == [0, 1, 2, 3, 1, 1]
+    assert component_counts(torch.from_numpy(masks)[:, None].float()).tolist() == [0, 1, 2, 3, 1, 1]
+
+
+def test_wasserstein_known_distributions():
+    assert wasserstein_1d([0.2], [0.7]) == pytest.approx(0.5)  # point masses: |a - b|
+    assert wasserstein_1d([0.0], [0.0, 1.0]) == pytest.approx(0.5)
+    assert wasserstein_1d([0.0, 1.0], [0.0, 0.0, 1.0, 1.0]) == pytest.approx(0.0)  # same law, other size
+    rng = np.random.default_rng(0)
+    a = rng.random(30)
+    assert wasserstein_1d(a, a + 0.25) == pytest.approx(0.25)  # a shift moves all mass by c
+    b = rng.random(30)
+    assert wasserstein_1d(a, b) == pytest.approx(np.abs(np.sort(a) - np.sort(b)).mean())  # equal sizes
+    b = rng.random(20)  # unequal sizes: replicate both to the lcm (same laws), then equal-size formula
+    expected = np.abs(np.sort(np.repeat(a, 2)) - np.sort(np.repeat(b, 3))).mean()
+    assert wasserstein_1d(a, b) == pytest.approx(expected)
+    assert wasserstein_1d(a, b) == pytest.approx(wasserstein_1d(b, a))
+
+
+def test_ks_statistic():
+    assert ks_statistic([1, 2, 3], [3, 2, 1]) == 0.0
+    assert ks_statistic([0, 1], [2, 3, 4]) == 1.0
+    assert ks_statistic([0, 1, 2, 3], [2, 3]) == pytest.approx(0.5)
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=40), rng.normal(0.5, 1, size=25)
+    grid = np.concatenate([a, b])
+    brute = max(abs((a <= x).mean() - (b <= x).mean()) for x in grid)
+    assert ks_statistic(a, b) == pytest.approx(brute)
+    with pytest.raises(ValueError):
+        ks_statistic([], [1.0])
+
+
+def test_max_iou_known_cases():
+    left = np.zeros((8, 8), np.uint8)
+    left[:, :4] = 1
+    right = 1 - left
+    middle = np.zeros((8, 8), np.uint8)
+    middle[:, 2:6] = 1  # overlaps left in 16 px, union 48 px
+    empty = np.zeros((8, 8), np.uint8)
+    np.testing.assert_allclose(max_iou_to_set(np.stack([left]), np.stack([left, right])), [1.0])
+    np.testing.assert_allclose(max_iou_to_set(np.stack([right]), np.stack([left])), [0.0])
+    np.testing.assert_allclose(max_iou_to_set(np.stack([middle]), np.stack([left])), [16 / 48])
+    np.testing.assert_allclose(max_iou_to_set(np.stack([empty, empty]), np.stack([empty, left])), [1.0, 1.0])
+    np.testing.assert_allclose(max_iou_to_set(np.stack([empty]), np.stack([left])), [0.0])
+
+
+def test_max_iou_chunked_matches_pairwise():
+    gen, real = _random_masks(7, seed=2), _random_masks(5, seed=3)
+    g, r = gen.flatten(1).bool(), real.flatten(1).bool()
+    brute = [max((a & b).sum().item() / (a | b).sum().item() for b in r) for a in g]
+    for chunk in (1, 2, 3, 256):
+        np.testing.assert_allclose(max_iou_to_set(gen, real, chunk=chunk), brute, rtol=1e-12)
+    np.testing.assert_allclose(max_iou_to_set(gen.numpy()[:, 0], real), brute, rtol=1e-12)
+    with pytest.raises(ValueError):
+        max_iou_to_set(gen, _random_masks(2, seed=4, size=8))
+
+
+def test_report_of_copies_and_of_blobs():
+    real = np.stack([_blobs([(8, 8)]), _blobs([(6, 6), (25, 25)]), _blobs([]), _blobs([(5, 5), (25, 5), (15, 25)])])
+    report = mask_quality_report(real, real)
+    json.dumps(report)
+    assert report["n_generated"] == report["n_real"] == 4
+    assert report["area"]["wasserstein1"] == 0.0 and report["area"]["ks"] == 0.0
+    assert report["components"]["generated_hist"] == {"0": 0.25, "1": 0.25, "2": 0.25, "3": 0.25, "4": 0.0, "5+": 0.0}
+    assert report["components"]["generated_blob_like"] == 0.5
+    assert report["components"]["generated_mean"] == pytest.approx(1.5)
+    assert report["empty"] == {"generated": 0.25, "real": 0.25}
+    mem = report["memorisation"]
+    assert mem["iou_min"] == mem["iou_max"] == 1.0 and mem["frac_iou_gt_0.95"] == 1.0
+
+    gen = torch.from_numpy(np.stack([_blobs([(16, 16)], radius=8)] * 3)).float()[:, None]
+    report = mask_quality_report(gen, real)
+    assert report["n_generated"] == 3
+    assert report["area"]["ks"] == 1.0  # every generated area exceeds every real area
+    expected_w1 = np.mean([abs(area_fractions(gen)[0] - a) for a in area_fractions(real)])
+    assert report["area"]["wasserstein1"] == pytest.approx(expected_w1)
+    assert report["components"]["generated_blob_like"] == 1.0 and report["empty"]["generated"] == 0.0
+    assert report["memorisation"]["iou_max"] < 0.95 and report["memorisation"]["frac_iou_gt_0.95"] == 0.0
+    with pytest.raises(ValueError):
+        mask_quality_report(gen[:0], real)
