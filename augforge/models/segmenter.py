@@ -1,0 +1,94 @@
+"""Binary segmenters (segmentation-models-pytorch) behind one builder.
+
+Every segmenter takes images in [0, 1], shape (B, 3, H, W), normalises them inside the module
+with the ImageNet mean/std (so training, evaluation and the attacks all feed [0, 1] pixels), and
+returns one logit per pixel, shape (B, 1, H, W). H and W must be divisible by 32 (five
+encoder downsamplings).
+
+Pretrained encoders ("imagenet") are only loaded from the local Hugging Face cache: smp 0.6
+fetches them with ``huggingface_hub.hf_hub_download`` at a pinned commit, which returns a
+cached file without touching the network. We check the cache first and raise a clear
+``ValueError`` when the files are missing, instead of letting a download hang offline.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SEGMENTER_ARCHS = ("unet", "unetplusplus", "linknet", "deeplabv3plus")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def segmenter_config(arch: str, encoder: str = "resnet34", encoder_weights: str | None = None) -> dict:
+    """The JSON-able description of a segmenter (stored in config.json), validated.
+
+    ``encoder_weights`` is None (random init, also accepted as the string "none") or the name
+    of an smp pretrained setting such as "imagenet".
+    """
+    import segmentation_models_pytorch as smp
+
+    if arch not in SEGMENTER_ARCHS:
+        raise ValueError(f"segmenter architecture must be one of {SEGMENTER_ARCHS}, got {arch!r}")
+    if encoder not in smp.encoders.get_encoder_names():
+        raise ValueError(f"unknown encoder {encoder!r}; see segmentation_models_pytorch.encoders.get_encoder_names()")
+    if encoder_weights is not None and encoder_weights.lower() == "none":
+        encoder_weights = None
+    if encoder_weights is not None:
+        available = smp.encoders.encoders[encoder]["pretrained_settings"]
+        if encoder_weights not in available:
+            raise ValueError(
+                f"encoder weights for {encoder} must be one of {sorted(available)} or none, got {encoder_weights!r}"
+            )
+    return dict(arch=arch, encoder=encoder, encoder_weights=encoder_weights, in_channels=3, classes=1)
+
+
+class Segmenter(nn.Module):
+    """ImageNet normalisation + an smp segmentation network.
+
+    forward(x): x (B, 3, H, W) in [0, 1] -> logits (B, 1, H, W).
+    The mean/std buffers are constants, not saved in the state dict.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def _check_weights_cached(encoder: str, encoder_weights: str) -> None:
+    """Raise ValueError unless smp's pinned weight files for the encoder are in the local HF cache."""
+    import segmentation_models_pytorch as smp
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    settings = smp.encoders.encoders[encoder]["pretrained_settings"][encoder_weights]
+    for filename in ("config.json", "model.safetensors"):
+        if not isinstance(try_to_load_from_cache(settings["repo_id"], filename, revision=settings["revision"]), str):
+            raise ValueError(
+                f"{encoder_weights} weights for {encoder} are not in the local cache "
+                f"({settings['repo_id']} in {constants.HF_HUB_CACHE}); run once with network "
+                f"or use --encoder-weights none"
+            )
+
+
+def build_segmenter(config: dict) -> Segmenter:
+    """Build the segmenter described by :func:`segmenter_config` (one logit channel, 3 input channels)."""
+    import segmentation_models_pytorch as smp
+
+    config = segmenter_config(config["arch"], config["encoder"], config.get("encoder_weights"))
+    if config["encoder_weights"] is not None:
+        _check_weights_cached(config["encoder"], config["encoder_weights"])
+    net = smp.create_model(
+        config["arch"],
+        encoder_name=config["encoder"],
+        encoder_weights=config["encoder_weights"],
+        in_channels=config["in_channels"],
+        classes=config["classes"],
+    )
+    return Segmenter(net)

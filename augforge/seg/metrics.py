@@ -1,0 +1,102 @@
+"""Binary segmentation metrics: per-image confusion counts and scores, dataset summaries.
+
+Convention for undefined scores (empty masks): a score whose denominator is 0 is 1 when the
+image is predicted exactly right (no false positive and no false negative) and 0 otherwise.
+So an empty prediction on an empty mask scores IoU = Dice = precision = recall = 1; an empty
+prediction on a non-empty mask has precision 0 (and recall 0); a non-empty prediction on an
+empty mask has recall 0 (and precision 0).
+
+Summaries follow the polyp-segmentation papers: mIoU and mDice are means of per-image scores;
+micro ("pooled") IoU/Dice come from the confusion counts summed over the dataset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SCORE_NAMES = ("iou", "dice", "precision", "recall")
+
+
+def confusion_counts(pred_bin: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-image (tp, fp, fn, tn), each (B,) int64.
+
+    pred_bin, y: (B, 1, H, W) binary (bool, or float/int in {0, 1}; values > 0.5 are foreground).
+    """
+    p = pred_bin > 0.5
+    t = y > 0.5
+    dims = tuple(range(1, p.ndim))
+    tp = (p & t).sum(dims)
+    fp = (p & ~t).sum(dims)
+    fn = (~p & t).sum(dims)
+    tn = (~p & ~t).sum(dims)
+    return tp, fp, fn, tn
+
+
+def _ratio(num, den, exact):
+    """num / den where den > 0, else 1 if the prediction is exact, else 0 (works for torch and numpy)."""
+    if isinstance(num, torch.Tensor):
+        num, den = num.double(), den.double()
+        return torch.where(den > 0, num / den.clamp_min(1), exact.double()).float()
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.where(den > 0, num / np.maximum(den, 1), np.asarray(exact, dtype=np.float64))
+
+
+def _scores(tp, fp, fn) -> dict:
+    exact = (fp + fn) == 0
+    return dict(
+        iou=_ratio(tp, tp + fp + fn, exact),
+        dice=_ratio(2 * tp, 2 * tp + fp + fn, exact),
+        precision=_ratio(tp, tp + fp, exact),
+        recall=_ratio(tp, tp + fn, exact),
+    )
+
+
+def per_image_scores(pred_bin: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """IoU, Dice, precision and recall of each image: dict of (B,) float32 tensors in [0, 1].
+
+    Empty-mask convention in the module docstring.
+    """
+    tp, fp, fn, _ = confusion_counts(pred_bin, y)
+    return _scores(tp, fp, fn)
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``values`` (1-D), resampled at once."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    means = values[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def summarize(scores: dict, totals: tuple, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Dataset summary (JSON-able floats).
+
+    scores: per-image arrays (numpy or CPU tensors) with keys iou, dice, precision, recall
+    (e.g. :func:`per_image_scores` concatenated over batches). totals: (tp, fp, fn) summed over
+    the dataset. Returns n_images; mIoU, mDice, precision, recall (means of per-image scores);
+    micro_iou, micro_dice, micro_precision, micro_recall (from the totals); mIoU_ci95 and
+    mDice_ci95 as [low, high] percentile-bootstrap intervals (n_boot resamples, seeded).
+    """
+    values = {k: np.asarray(scores[k], dtype=np.float64).reshape(-1) for k in SCORE_NAMES}
+    n = len(values["iou"])
+    if n == 0:
+        raise ValueError("cannot summarise metrics of zero images")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    tp, fp, fn = (int(t) for t in totals)
+    micro = _scores(tp, fp, fn)
+    return {
+        "n_images": n,
+        "mIoU": float(values["iou"].mean()),
+        "mDice": float(values["dice"].mean()),
+        "precision": float(values["precision"].mean()),
+        "recall": float(values["recall"].mean()),
+        "micro_iou": float(micro["iou"]),
+        "micro_dice": float(micro["dice"]),
+        "micro_precision": float(micro["precision"]),
+        "micro_recall": float(micro["recall"]),
+        "mIoU_ci95": list(bootstrap_ci(values["iou"], n_boot, seed)),
+        "mDice_ci95": list(bootstrap_ci(values["dice"], n_boot, seed)),
+    }

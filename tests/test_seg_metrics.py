@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from augforge.seg.metrics import confusion_counts, per_image_scores, summarize
+
+
+def _masks(rows: list[str]) -> torch.Tensor:
+    """One 1x4 mask per string, e.g. "1100"."""
+    return torch.tensor([[float(c) for c in r] for r in rows]).view(len(rows), 1, 1, 4)
+
+
+# image 0: pred 1100 vs truth 1010 -> tp 1, fp 1, fn 1, tn 1
+# image 1: both empty               -> tp 0, fp 0, fn 0, tn 4
+# image 2: empty pred, truth 0110   -> tp 0, fp 0, fn 2, tn 2
+# image 3: pred 0001, empty truth   -> tp 0, fp 1, fn 0, tn 3
+# image 4: perfect 1111             -> tp 4
+PRED = _masks(["1100", "0000", "0000", "0001", "1111"])
+TRUTH = _masks(["1010", "0000", "0110", "0000", "1111"])
+
+
+def test_confusion_counts_by_hand():
+    tp, fp, fn, tn = confusion_counts(PRED, TRUTH)
+    assert tp.tolist() == [1, 0, 0, 0, 4]
+    assert fp.tolist() == [1, 0, 0, 1, 0]
+    assert fn.tolist() == [1, 0, 2, 0, 0]
+    assert tn.tolist() == [1, 4, 2, 3, 0]
+    assert all(c.shape == (5,) for c in (tp, fp, fn, tn))
+    # bool inputs give the same counts
+    assert [c.tolist() for c in confusion_counts(PRED.bool(), TRUTH.bool())] == [c.tolist() for c in (tp, fp, fn, tn)]
+
+
+def test_per_image_scores_by_hand_with_empty_convention():
+    s = per_image_scores(PRED, TRUTH)
+    torch.testing.assert_close(s["iou"], torch.tensor([1 / 3, 1.0, 0.0, 0.0, 1.0]))
+    torch.testing.assert_close(s["dice"], torch.tensor([0.5, 1.0, 0.0, 0.0, 1.0]))
+    # precision: image 2 predicts nothing on a non-empty mask -> 0; image 1 nothing on nothing -> 1
+    torch.testing.assert_close(s["precision"], torch.tensor([0.5, 1.0, 0.0, 0.0, 1.0]))
+    # recall: image 3 has an empty truth but false positives -> 0
+    torch.testing.assert_close(s["recall"], torch.tensor([0.5, 1.0, 0.0, 0.0, 1.0]))
+    assert all(v.dtype == torch.float32 and v.shape == (5,) for v in s.values())
+
+
+def test_summarize_by_hand():
+    s = per_image_scores(PRED, TRUTH)
+    tp, fp, fn, _ = confusion_counts(PRED, TRUTH)
+    out = summarize({k: v.numpy() for k, v in s.items()}, (tp.sum(), fp.sum(), fn.sum()), n_boot=200)
+    assert out["n_images"] == 5
+    assert out["mIoU"] == pytest.approx((1 / 3 + 1 + 0 + 0 + 1) / 5)
+    assert out["mDice"] == pytest.approx((0.5 + 1 + 0 + 0 + 1) / 5)
+    assert out["precision"] == pytest.approx(2.5 / 5) and out["recall"] == pytest.approx(2.5 / 5)
+    # totals: tp 5, fp 2, fn 3
+    assert out["micro_iou"] == pytest.approx(5 / 10)
+    assert out["micro_dice"] == pytest.approx(10 / 15)
+    assert out["micro_precision"] == pytest.approx(5 / 7) and out["micro_recall"] == pytest.approx(5 / 8)
+    json.dumps(out)
+
+
+def test_summarize_micro_convention_when_everything_is_empty():
+    empty = torch.zeros(3, 1, 4, 4)
+    s = per_image_scores(empty, empty)
+    out = summarize(s, tuple(c.sum() for c in confusion_counts(empty, empty)[:3]), n_boot=10)
+    assert out["mIoU"] == out["micro_iou"] == out["micro_dice"] == 1.0
+    assert out["mIoU_ci95"] == [1.0, 1.0]
+
+
+def test_bootstrap_ci_contains_mean_and_is_deterministic():
+    rng = np.random.default_rng(1)
+    scores = {k: rng.uniform(0.3, 1.0, size=200) for k in ("iou", "dice", "precision", "recall")}
+    totals = (100, 10, 20)
+    a = summarize(scores, totals, n_boot=500, seed=3)
+    b = summarize(scores, totals, n_boot=500, seed=3)
+    c = summarize(scores, totals, n_boot=500, seed=4)
+    assert a == b and a["mDice_ci95"] != c["mDice_ci95"]
+    for name in ("mIoU", "mDice"):
+        lo, hi = a[f"{name}_ci95"]
+        assert lo < a[name] < hi
+        # the interval is about mean +- 1.96 * standard error
+        se = scores["iou" if name == "mIoU" else "dice"].std() / np.sqrt(200)
+        assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.25)
+
+
+def test_summarize_rejects_no_images():
+    with pytest.raises(ValueError, match="zero images"):
+        summarize({k: np.array([]) for k in ("iou", "dice", "precision", "recall")}, (0, 0, 0))
