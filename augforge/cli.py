@@ -121,6 +121,96 @@ def synthesize(
     """Write a prepared dataset of seeded synthetic colonoscopy-like polyp images (for demos and tests)."""
     _run("prepare", SynthesizeConfig(str(out), n, size, split, seed, overwrite), json_, func="run_synthesize")
 
+# --------------------------------------------------------------------------- diffusion models
+
+def _train_diffusion(kind: str, data: Path, out: Path, steps: int, batch_size: int, lr: float, image_size: int,
+                     timesteps: int, schedule: str, model_size: str, ema_decay: float, cond_drop: float,
+                     save_every: int, log_every: int, seed: int, device: str, compile_: bool, resume: bool,
+                     overwrite: bool, as_json: bool) -> None:
+    cfg = TrainDiffusionConfig(str(data), str(out), kind, steps, batch_size, lr, image_size, timesteps, schedule,
+                               model_size, ema_decay, cond_drop, save_every, log_every, seed, device, compile_,
+                               resume, overwrite)
+    _run("train_diffusion", cfg, as_json)
+
+
+def _d(name: str) -> Any:
+    return _default(TrainDiffusionConfig, name)
+
+
+DATA_ARG = typer.Argument(..., help="Prepared dataset (its train split is used).")
+OUT_OPT = typer.Option(..., "--out", help="Model folder to write (continued if it holds the same run).")
+STEPS_OPT = typer.Option(_d("steps"), help="Optimisation steps in total (a rerun with more steps continues).")
+BATCH_OPT = typer.Option(_d("batch_size"), help="Pairs per step.")
+LR_OPT = typer.Option(_d("lr"), help="AdamW learning rate.")
+SIZE_OPT = typer.Option(_d("image_size"), help="Train at this side length (0: the dataset's; smaller downsamples).")
+T_OPT = typer.Option(_d("timesteps"), help="Diffusion timesteps T.")
+MS_OPT = typer.Option(_d("model_size"), help="UNet preset: tiny (CPU minutes) | small | base (the papers' 256-px size).")
+EMA_OPT = typer.Option(_d("ema_decay"), help="EMA decay; the EMA weights are the saved model.")
+SAVE_OPT = typer.Option(_d("save_every"), help="Checkpoint every N steps.")
+LOG_OPT = typer.Option(_d("log_every"), help="Log (metrics.jsonl, one host sync) every N steps.")
+SEED_OPT = typer.Option(_d("seed"), help="Seed of every random source.")
+DEVICE_OPT = typer.Option(_d("device"), help="auto | cpu | cuda.")
+COMPILE_OPT = typer.Option(False, "--compile", help="torch.compile the network.")
+RESUME_OPT = typer.Option(False, help="Continue from train_state.pt (also automatic for the same run).")
+OVERWRITE_OPT = typer.Option(False, help="Replace OUT if it holds a different run.")
+JSON_OPT = typer.Option(False, "--json", help=JSON_HELP)
+
+
+@app.command("train-mask-diffusion")
+def train_mask_diffusion(
+    data: Path = DATA_ARG, out: Path = OUT_OPT, steps: int = STEPS_OPT, batch_size: int = BATCH_OPT,
+    lr: float = LR_OPT, image_size: int = SIZE_OPT, timesteps: int = T_OPT,
+    schedule: str = typer.Option("cosine", help="Noise schedule: cosine (ᾱ_T < 1e-3 at T=1000) or linear."),
+    model_size: str = MS_OPT, ema_decay: float = EMA_OPT, save_every: int = SAVE_OPT, log_every: int = LOG_OPT,
+    seed: int = SEED_OPT, device: str = DEVICE_OPT, compile_: bool = COMPILE_OPT, resume: bool = RESUME_OPT,
+    overwrite: bool = OVERWRITE_OPT, json_: bool = JSON_OPT,
+) -> None:
+    """Train a Bernoulli diffusion model of polyp masks (DASP §3.1)."""
+    _train_diffusion("mask-diffusion", data, out, steps, batch_size, lr, image_size, timesteps, schedule, model_size,
+                     ema_decay, 0.0, save_every, log_every, seed, device, compile_, resume, overwrite, json_)
+
+
+@app.command("train-image-diffusion")
+def train_image_diffusion(
+    data: Path = DATA_ARG, out: Path = OUT_OPT, steps: int = STEPS_OPT, batch_size: int = BATCH_OPT,
+    lr: float = LR_OPT, image_size: int = SIZE_OPT, timesteps: int = T_OPT,
+    schedule: str = typer.Option("linear", help="Noise schedule: linear (β 1e-4..0.02, ADM) or cosine."),
+    model_size: str = MS_OPT, ema_decay: float = EMA_OPT,
+    cond_drop: float = typer.Option(_d("cond_drop"), help="Probability of dropping the mask (classifier-free guidance)."),
+    save_every: int = SAVE_OPT, log_every: int = LOG_OPT, seed: int = SEED_OPT, device: str = DEVICE_OPT,
+    compile_: bool = COMPILE_OPT, resume: bool = RESUME_OPT, overwrite: bool = OVERWRITE_OPT, json_: bool = JSON_OPT,
+) -> None:
+    """Train a mask-conditioned Gaussian image diffusion model (DDPM, ε-prediction; DASP §3.2)."""
+    _train_diffusion("image-diffusion", data, out, steps, batch_size, lr, image_size, timesteps, schedule, model_size,
+                     ema_decay, cond_drop, save_every, log_every, seed, device, compile_, resume, overwrite, json_)
+
+@app.command()
+def sample(
+    out: Path = typer.Option(..., "--out", help="Generated dataset folder to write (continued if it holds the same run)."),
+    mask_model: str = typer.Option(_default(SampleConfig, "mask_model"), help="Mask-diffusion model folder."),
+    image_model: str = typer.Option(_default(SampleConfig, "image_model"), help="Image-diffusion model folder."),
+    n: int = typer.Option(_default(SampleConfig, "n"), help="Number of pairs (a rerun with a larger N adds pairs)."),
+    masks_from: str = typer.Option(_default(SampleConfig, "masks_from"),
+                                   help="Render images for the real train masks of this dataset instead of sampling masks."),
+    sampler: str = typer.Option(_default(SampleConfig, "sampler"), help="ddpm | ddim | dpm-solver."),
+    sample_steps: int = typer.Option(_default(SampleConfig, "sample_steps"), help="Image sampler steps."),
+    mask_sample_steps: int = typer.Option(_default(SampleConfig, "mask_sample_steps"),
+                                          help="Bernoulli reverse steps (strided from T)."),
+    guidance: float = typer.Option(_default(SampleConfig, "guidance"), help="Classifier-free guidance scale (1: none)."),
+    batch_size: int = typer.Option(_default(SampleConfig, "batch_size"), help="Pairs per batch (does not change results)."),
+    seed: int = typer.Option(_default(SampleConfig, "seed"), help="Seed; pair i depends only on (seed, i)."),
+    shard: str = typer.Option(_default(SampleConfig, "shard"), help="Do only shard i of n (e.g. 0/4)."),
+    device: str = typer.Option(_default(SampleConfig, "device"), help="auto | cpu | cuda."),
+    report: bool = typer.Option(False, "--report", help="Also compute the quality report (needs --segmenter)."),
+    segmenter: str = typer.Option(_default(SampleConfig, "segmenter"), help="Segmenter for the quality report."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it holds a different run."),
+    json_: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Generate new mask/image pairs with the two diffusion models (DASP)."""
+    _run("sample", SampleConfig(str(out), mask_model, image_model, n, masks_from, sampler, sample_steps,
+                                mask_sample_steps, guidance, batch_size, seed, shard, device, report, segmenter,
+                                overwrite), json_)
+
 
 def main() -> None:
     app()

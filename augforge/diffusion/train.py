@@ -1,0 +1,139 @@
+"""The training loop shared by both diffusions (improved-diffusion ``TrainLoop`` style).
+
+It takes built objects (network, diffusion process, in-memory pairs, optimizer, EMA) and returns
+a history; it never touches files: the stage passes ``on_log`` / ``on_save`` callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from augforge.data.dataset import PairSet
+from augforge.ranges import to_model_range
+from augforge.runtime import autocast
+
+
+class EMA:
+    """Exponential moving average of a network's parameters: θ_ema ← d·θ_ema + (1-d)·θ."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.model = _unwrap(model)
+        self.shadow = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        state = self.model.state_dict()
+        keys = [k for k, v in self.shadow.items() if v.is_floating_point()]
+        torch._foreach_lerp_([self.shadow[k] for k in keys], [state[k].float() for k in keys], 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def random_flips(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image random horizontal and vertical flips, the same for image and mask, batched."""
+    flips = torch.rand(2, x.shape[0], 1, 1, 1, device=x.device, generator=generator) < 0.5
+    x = torch.where(flips[0], x.flip(-1), x)
+    y = torch.where(flips[0], y.flip(-1), y)
+    return torch.where(flips[1], x.flip(-2), x), torch.where(flips[1], y.flip(-2), y)
+
+
+@dataclass
+class DiffusionTrainLoop:
+    """Train a mask diffusion (Bernoulli, on masks) or an image diffusion (Gaussian, on images given masks).
+
+    ``condition_on_mask`` selects the image model: its loss is
+    ``diffusion.training_losses(model, x0, mask=y, cond_drop=...)`` with x0 the image in [-1, 1];
+    the mask model's is ``diffusion.training_losses(model, y)``.
+    """
+
+    model: nn.Module
+    diffusion: object
+    data: PairSet
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+    batch_size: int
+    generator: torch.Generator
+    condition_on_mask: bool = False
+    cond_drop: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    def loss(self, index: torch.Tensor) -> torch.Tensor:
+        images, masks, _ = self.data.batch(index)
+        images, masks = random_flips(images, masks, self.generator)
+        if self.condition_on_mask:
+            out = self.diffusion.training_losses(self.model, to_model_range(images), mask=masks,
+                                                 generator=self.generator, cond_drop=self.cond_drop)
+        else:
+            out = self.diffusion.training_losses(self.model, masks, generator=self.generator)
+        return out["loss"]
+
+    def run(self, start_step: int, end_step: int, *, log_every: int = 50,
+            on_log: Callable[[dict], None] | None = None, save_every: int = 0,
+            on_save: Callable[[int], None] | None = None, progress: Callable[..., None] | None = None) -> list[dict]:
+        """Steps ``start_step`` .. ``end_step``-1. The loss is read on the host only every ``log_every`` steps.
+
+        A non-finite loss raises FloatingPointError before the next save, so the last checkpoint stays good.
+        """
+        device = self.data.images.device
+        self.model.train()
+        loss_sum = torch.zeros((), device=device)
+        window, t0 = 0, time.perf_counter()
+        for step in range(start_step, end_step):
+            # 1. a random batch of resident pairs (with replacement across steps)
+            index = torch.randint(0, len(self.data), (self.batch_size,), device=device, generator=self.generator)
+            # 2. forward/backward under bf16 autocast on CUDA
+            with autocast(device):
+                loss = self.loss(index)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.ema.update()
+            loss_sum += loss.detach()
+            window += 1
+            done = step + 1
+            saving = bool(on_save and save_every and (done % save_every == 0 or done == end_step))
+            # 3. logging: the one host sync of the window (also before every save, so no NaN is saved)
+            if done % log_every == 0 or done == end_step or saving:
+                mean_loss = _all_reduce_mean(loss_sum / window)
+                elapsed = time.perf_counter() - t0
+                row = {"step": done, "loss": mean_loss, "steps_per_s": window / max(elapsed, 1e-9),
+                       "lr": self.optimizer.param_groups[0]["lr"]}
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(f"loss became {mean_loss} at step {done}")
+                self.history.append(row)
+                if on_log:
+                    on_log(row)
+                loss_sum.zero_()
+                window, t0 = 0, time.perf_counter()
+            if progress:
+                progress(1, **({"loss": self.history[-1]["loss"]} if self.history else {}))
+            # 4. checkpoint (weights from the EMA, state for --resume)
+            if saving:
+                on_save(done)
+        return self.history
+
+
+def _all_reduce_mean(value: torch.Tensor) -> float:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= torch.distributed.get_world_size()
+    return float(value)

@@ -1,0 +1,151 @@
+"""``augforge train-mask-diffusion`` and ``augforge train-image-diffusion``.
+
+Mask model (DASP §3.1): Bernoulli diffusion on the train-split masks, 1 channel in, 1 flip logit out.
+Image model (DASP §3.2): Gaussian DDPM on the train-split images conditioned on their masks,
+4 channels in (image + mask), 3 out (ε). Both save a SPEC model folder with EMA weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from augforge.configs import TrainDiffusionConfig
+from augforge.data.dataset import PairSet, load_pairset, open_output, read_dataset, run_record
+from augforge.diffusion.bernoulli import BernoulliDiffusion
+from augforge.diffusion.gaussian import GaussianDiffusion
+from augforge.diffusion.train import EMA, DiffusionTrainLoop
+from augforge.errors import AugforgeError
+from augforge.models.folder import (CONFIG, append_metrics, load_train_state, make_config, save_model,
+                                    save_train_state)
+from augforge.models.unet import MODEL_SIZES, build_denoiser
+from augforge.progress import log, progress_bar
+from augforge.runtime import atomic_write_json, generator_for, init_distributed, resolve_device, seed_everything
+
+KINDS = ("mask-diffusion", "image-diffusion")
+DEFAULT_SCHEDULE = {"mask-diffusion": "cosine", "image-diffusion": "linear"}
+CHANNELS = {"mask-diffusion": (1, 1), "image-diffusion": (4, 3)}
+# options that do not change what is learned: a rerun that differs only in these continues the same run
+NOT_IDENTITY = ("out", "overwrite", "resume", "device", "compile", "steps", "save_every", "log_every")
+
+
+def build_diffusion(kind: str, process: dict) -> BernoulliDiffusion | GaussianDiffusion:
+    """The diffusion process of a model folder, from its config's ``process`` entry."""
+    cls = BernoulliDiffusion if kind == "mask-diffusion" else GaussianDiffusion
+    return cls(timesteps=process["timesteps"], schedule=process["schedule"])
+
+
+def resize_pairs(pairs: PairSet, size: int) -> PairSet:
+    """Downsample resident pairs (images: area; masks: area then threshold at 0.5)."""
+    if pairs.images.shape[-1] == size:
+        return pairs
+    images = F.interpolate(pairs.images.float(), size=(size, size), mode="area").round().to(torch.uint8)
+    masks = (F.interpolate(pairs.masks.float(), size=(size, size), mode="area") >= 0.5).to(torch.uint8)
+    return PairSet(images, masks, pairs.is_extra, pairs.ids)
+
+
+def _check(cfg: TrainDiffusionConfig) -> None:
+    if cfg.kind not in KINDS:
+        raise AugforgeError(f"kind must be one of {KINDS}")
+    if cfg.model_size not in MODEL_SIZES:
+        raise AugforgeError(f"--model-size must be one of {', '.join(MODEL_SIZES)}, got {cfg.model_size!r}")
+    for name in ("steps", "batch_size", "timesteps", "save_every", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise AugforgeError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.schedule not in ("", "linear", "cosine"):
+        raise AugforgeError(f"--schedule must be linear or cosine, got {cfg.schedule!r}")
+
+
+def run(cfg: TrainDiffusionConfig) -> dict:
+    _check(cfg)
+    cfg = replace(cfg, schedule=cfg.schedule or DEFAULT_SCHEDULE[cfg.kind])
+    device = resolve_device(cfg.device)
+    world = init_distributed(device)
+    seed_everything(cfg.seed)
+
+    # 1. data: train-split pairs, resident on the device as uint8
+    ds = read_dataset(Path(cfg.data))
+    size = cfg.image_size or ds.image_size
+    if size > ds.image_size:
+        raise AugforgeError(f"--image-size {size} is larger than the dataset's {ds.image_size}px")
+    pairs = resize_pairs(load_pairset([Path(cfg.data)], "train"), size).to(device)
+
+    # 2. output folder: refuse a different run, continue the same one
+    out = Path(cfg.out)
+    options = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
+    options["data"] = str(Path(cfg.data).resolve())
+    made_by = run_record(f"train-{cfg.kind}", options)
+    resumed = open_output(out, made_by, overwrite=cfg.overwrite, marker=CONFIG) if world.is_main else True
+    process = {"timesteps": cfg.timesteps, "schedule": cfg.schedule}
+    in_ch, out_ch = CHANNELS[cfg.kind]
+    try:
+        model = build_denoiser(cfg.model_size, in_ch, out_ch, size)
+    except ValueError as e:
+        raise AugforgeError(f"--image-size / --model-size: {e}") from None
+
+    def config(steps_done: int) -> dict:
+        return make_config(cfg.kind, network=model.unet_kwargs, image_size=size, process=process,
+                           data_fingerprint=ds.fingerprint(), made_by=made_by, steps_done=steps_done)
+
+    if world.is_main and not (out / CONFIG).exists():
+        atomic_write_json(out / CONFIG, config(0))
+
+    # 3. built objects: network, EMA, optimiser; restored from train_state.pt when continuing
+    model.to(device)
+    ema = EMA(model, cfg.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0,
+                                  fused=device.type == "cuda")
+    start = 0
+    state = load_train_state(out) if resumed else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        log(f"continuing {out} from step {start}")
+    if start >= cfg.steps:
+        return {"out": str(out), "steps_done": start, "note": "already trained to --steps; nothing to do"}
+    net = torch.compile(model) if cfg.compile else model
+    if world.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    diffusion = build_diffusion(cfg.kind, process)
+    # per-rank stream, re-derived from the step on resume (so resuming works with another world size)
+    generator = generator_for(cfg.seed, world.rank, start, device=device)
+    loop = DiffusionTrainLoop(net, diffusion, pairs, optimizer, ema, cfg.batch_size, generator,
+                              condition_on_mask=cfg.kind == "image-diffusion", cond_drop=cfg.cond_drop)
+
+    def on_log(row: dict) -> None:
+        if world.is_main:
+            append_metrics(out, row)
+
+    def on_save(step: int) -> None:
+        if world.is_main:
+            save_model(out, config(step), ema.state_dict())
+            save_train_state(out, {"model": model.state_dict(), "ema": ema.state_dict(),
+                                   "optimizer": optimizer.state_dict(), "step": step})
+
+    # 4. train; Ctrl-C saves a resumable state, a NaN loss keeps the last good checkpoint
+    last = start
+    with progress_bar(f"train {cfg.kind}", total=cfg.steps, completed=start) as advance:
+        def track(n: int = 1, **fields) -> None:
+            nonlocal last
+            last += n
+            advance(n, **fields)
+
+        try:
+            history = loop.run(start, cfg.steps, log_every=cfg.log_every, on_log=on_log,
+                               save_every=cfg.save_every, on_save=on_save, progress=track)
+        except FloatingPointError as e:
+            raise AugforgeError(f"{e}; stopped. {out} keeps the last good checkpoint "
+                                f"(lower --lr or check the data)") from None
+        except KeyboardInterrupt:
+            on_save(last)
+            raise
+    final = history[-1] if history else {}
+    return {"out": str(out), "kind": cfg.kind, "steps_done": cfg.steps, "image_size": size,
+            "final_loss": final.get("loss"), "steps_per_s": final.get("steps_per_s"),
+            "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}
