@@ -1,0 +1,361 @@
+"""Mask-conditioned Gaussian image diffusion (DASP §3.2; DDPM, Ho et al. 2020).
+
+Images x_0 live in [-1, 1], shape (B, 3, H, W); masks are the in-memory {0, 1}, shape (B, 1, H, W).
+With the schedule beta_t (``augforge.diffusion.schedules``, shared with the mask diffusion) and
+alphabar_t = prod_{i<=t} (1 - beta_i) (``alphas_cumprod[t]``, t = 0..T-1):
+
+- forward marginal  q(x_t | x_0) = N(sqrt(alphabar_t) x_0, (1 - alphabar_t) I)            (DDPM Eq. 4)
+- network           eps_theta(cat[x_t, 2 m - 1], t), 4 channels in, 3 out (the mask is the condition)
+- loss              E_{t, x_0, eps} || eps - eps_theta(x_t, m, t) ||^2                    (DASP Eq. 8)
+
+Classifier-free guidance (Ho & Salimans 2022): training replaces the mask channel by 0, a value that
+no {-1, 1} mask takes, with probability ``cond_drop``; sampling mixes
+eps = eps_uncond + g (eps_cond - eps_uncond).
+
+The reverse process is diffusers' (DDPMScheduler, DDIMScheduler with eta = 0, DPM-Solver++ 2M via
+DPMSolverMultistepScheduler), configured with exactly these betas. Schedulers keep state (the
+timestep grid; DPM-Solver also a history of model outputs), so every call builds a fresh one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
+
+from augforge.diffusion.schedules import betas_for
+from augforge.ranges import from_model_range, to_model_range
+
+SAMPLERS = ("ddpm", "ddim", "dpm-solver")
+Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
+EpsModel = Callable[[Tensor, Tensor], Tensor]  # (cat[x_t, mask] (B,4,H,W), t (B,)) -> eps (B,3,H,W)
+Generators = torch.Generator | list[torch.Generator] | None  # a list: one generator per batch element
+Scheduler = DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler
+NULL_MASK = 0.0  # the "no condition" value of the mask channel
+
+
+def _rand_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    """Where a draw from ``generator`` must happen (its own device; the result is moved after)."""
+    return generator.device if generator is not None else device
+
+
+class GaussianDiffusion:
+    """The Gaussian forward process, its eps-MSE loss and diffusers-based samplers.
+
+    ``betas`` and ``alphas_cumprod`` are (T,) float32 CPU tensors, computed exactly as the
+    diffusers schedulers compute them from the same betas (so ``q_sample`` and the samplers agree).
+    """
+
+    def __init__(self, timesteps: int = 1000, schedule: str = "linear"):
+        self.timesteps = timesteps
+        self.schedule = schedule
+        self.betas = betas_for(schedule, timesteps).float()
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        self._alphas_cumprod_on: dict[torch.device, Tensor] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _alphabar(self, t: Timestep, like: Tensor) -> Tensor:
+        """alphabar_t on ``like``'s device and dtype, broadcastable to ``like`` (B, C, H, W)."""
+        table = self._alphas_cumprod_on.get(like.device)
+        if table is None:
+            table = self._alphas_cumprod_on[like.device] = self.alphas_cumprod.to(like.device)
+        if isinstance(t, int):
+            if not 0 <= t < self.timesteps:
+                raise ValueError(f"timestep must be in [0, {self.timesteps}), got {t}")
+            return table[t].to(like.dtype)
+        return table[t].view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+    @staticmethod
+    def model_input(x_t: Tensor, mask: Tensor | None) -> Tensor:
+        """cat[x_t, condition] (B, 4, H, W): the mask (B, 1, H, W) in {0, 1} mapped to {-1, 1}, or the
+        null condition 0 when ``mask`` is None."""
+        if mask is None:
+            cond = x_t.new_full((x_t.shape[0], 1, *x_t.shape[2:]), NULL_MASK)
+        elif mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != x_t.shape[0] or mask.shape[2:] != x_t.shape[2:]:
+            raise ValueError(f"mask must have shape {(x_t.shape[0], 1, *x_t.shape[2:])}, got {tuple(mask.shape)}")
+        else:
+            cond = to_model_range(mask.to(x_t.dtype))
+        return torch.cat([x_t, cond], dim=1)
+
+    # ------------------------------------------------------------------ forward process
+    def q_sample(
+        self, x0: Tensor, t: Timestep, noise: Tensor | None = None, generator: Generators = None
+    ) -> Tensor:
+        """x_t = sqrt(alphabar_t) x0 + sqrt(1 - alphabar_t) noise (DDPM Eq. 4), x0 (B, 3, H, W) in [-1, 1].
+
+        noise ~ N(0, I) is drawn with ``generator`` when not given.
+        """
+        if noise is None:
+            noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        alphabar = self._alphabar(t, x0)
+        return alphabar.sqrt() * x0 + (1.0 - alphabar).sqrt() * noise
+
+    def predict_x0(self, x_t: Tensor, t: Timestep, eps: Tensor) -> Tensor:
+        """x0_hat = (x_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t) (DDPM Eq. 15), unclipped."""
+        alphabar = self._alphabar(t, x_t)
+        return (x_t - (1.0 - alphabar).sqrt() * eps) / alphabar.sqrt()
+
+    # ------------------------------------------------------------------ training
+    def training_losses(
+        self,
+        model: EpsModel,
+        x0: Tensor,
+        *,
+        mask: Tensor,
+        t: Timestep | None = None,
+        generator: torch.Generator | None = None,
+        cond_drop: float = 0.0,
+    ) -> dict[str, Tensor]:
+        """DASP Eq. 8: L = || eps - eps_theta(cat[x_t, 2 mask - 1], t) ||^2 (mean over pixels and batch).
+
+        x0: (B, 3, H, W) in [-1, 1]; mask: (B, 1, H, W) in {0, 1}; t drawn uniformly from [0, T) when
+        None. With probability ``cond_drop`` a sample's mask channel is the null condition 0 (for
+        classifier-free guidance). Returns ``loss`` (float32 scalar) and the ``t`` used (B,).
+        """
+        if not 0.0 <= cond_drop <= 1.0:
+            raise ValueError(f"cond_drop must be in [0, 1], got {cond_drop}")
+        batch, device = x0.shape[0], x0.device
+        rand_device = _rand_device(generator, device)
+        # 1. t ~ U{0, ..., T-1}, eps ~ N(0, I), x_t ~ q(x_t | x_0)
+        if t is None:
+            t = torch.randint(0, self.timesteps, (batch,), device=rand_device, generator=generator).to(device)
+        elif isinstance(t, int):
+            t = torch.full((batch,), t, device=device, dtype=torch.long)
+        noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+        x_t = self.q_sample(x0, t, noise)
+        # 2. condition: the mask in {-1, 1}, replaced by the null value with probability cond_drop
+        x_in = self.model_input(x_t, mask)
+        if cond_drop > 0.0:
+            drop = torch.rand(batch, device=rand_device, generator=generator).to(device) < cond_drop
+            x_in[:, 3:] = torch.where(drop.view(-1, 1, 1, 1), NULL_MASK, x_in[:, 3:])
+        # 3. eps-prediction MSE
+        eps = model(x_in, t)
+        if eps.shape != x0.shape:
+            raise ValueError(f"model returned shape {tuple(eps.shape)}, expected {tuple(x0.shape)}")
+        return {"loss": F.mse_loss(eps.float(), noise.float()), "t": t}
+
+    # ------------------------------------------------------------------ samplers
+    def _scheduler(self, sampler: str) -> Scheduler:
+        """A fresh diffusers scheduler over this process's T and betas (no timestep grid set yet)."""
+        common = dict(num_train_timesteps=self.timesteps, trained_betas=self.betas.tolist(), prediction_type="epsilon")
+        if sampler == "ddpm":  # ancestral sampling, posterior variance beta~_t (DDPM Eq. 7)
+            return DDPMScheduler(**common, variance_type="fixed_small", clip_sample=True)
+        if sampler == "ddim":  # eta = 0 is DDIMScheduler.step's default
+            return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True)
+        if sampler == "dpm-solver":  # DPM-Solver++ 2M; lambda clipping keeps the cosine schedule stable
+            return DPMSolverMultistepScheduler(
+                **common,
+                algorithm_type="dpmsolver++",
+                solver_order=2,
+                lambda_min_clipped=-5.1 if self.schedule == "cosine" else float("-inf"),
+            )
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+    def make_scheduler(self, sampler: str, steps: int) -> Scheduler:
+        """A fresh diffusers scheduler for ``sampler`` with ``set_timesteps(steps)`` done (diffusers'
+        default spacing: DDPM/DDIM "leading", e.g. 980, 960, ..., 0 for 50 of 1000; DPM-Solver "linspace")."""
+        if not 1 <= steps <= self.timesteps:
+            raise ValueError(f"steps must be in [1, {self.timesteps}], got {steps}")
+        scheduler = self._scheduler(sampler)
+        scheduler.set_timesteps(steps)
+        return scheduler
+
+    def _eps(self, model: EpsModel, x_t: Tensor, t: Tensor, mask: Tensor, guidance: float) -> Tensor:
+        """eps_theta for x_t (B, 3, H, W) at t (B,); guidance != 1 evaluates cond and null in one batch."""
+        if guidance == 1.0:
+            return model(self.model_input(x_t, mask), t).to(x_t.dtype)
+        x_in = torch.cat([self.model_input(x_t, mask), self.model_input(x_t, None)])
+        eps_cond, eps_uncond = model(x_in, torch.cat([t, t])).to(x_t.dtype).chunk(2)
+        return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+    def _step(
+        self,
+        model: EpsModel,
+        x_t: Tensor,
+        t: int,
+        *,
+        mask: Tensor,
+        scheduler: Scheduler,
+        generator: Generators,
+        guidance: float,
+        checkpoint: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """One reverse step at grid timestep t, with the autograd graph (see ``p_sample``)."""
+        # 1. eps_theta(x_t, mask, t), optionally recomputed in backward to bound memory
+        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        eps_fn = partial(self._eps, model, guidance=guidance)
+        if checkpoint:
+            eps = torch_checkpoint(eps_fn, x_t, t_batch, mask, use_reentrant=False)
+        else:
+            eps = eps_fn(x_t, t_batch, mask)
+        # 2. the scheduler's update to its next grid timestep; 3. the clean estimate at t
+        x_prev = scheduler.step(eps, t, x_t, generator=generator).prev_sample
+        return x_prev, self.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def p_sample(
+        self,
+        model: EpsModel,
+        x_t: Tensor,
+        t: int,
+        *,
+        mask: Tensor,
+        scheduler: Scheduler,
+        generator: Generators = None,
+        guidance: float = 1.0,
+    ) -> tuple[Tensor, Tensor]:
+        """One reverse step of ``scheduler`` (from ``make_scheduler``) at its grid timestep t.
+
+        x_t: (B, 3, H, W); mask: (B, 1, H, W) in {0, 1}. Returns (x_prev at the scheduler's next grid
+        timestep, x0_hat = predict_x0 clipped to [-1, 1]). On a grid's last step x_prev is the
+        scheduler's own clean estimate (x0_hat, up to clipping for DPM-Solver). DPM-Solver keeps a
+        history of model outputs, so its steps must follow the grid in order.
+        """
+        return self._step(
+            model, x_t, t, mask=mask, scheduler=scheduler, generator=generator, guidance=guidance, checkpoint=False
+        )
+
+    def _reverse(
+        self,
+        model: EpsModel,
+        x_t: Tensor,
+        grid: list[int],
+        *,
+        mask: Tensor,
+        scheduler: Scheduler,
+        generator: Generators,
+        guidance: float = 1.0,
+        checkpoint: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Tensor:
+        """Reverse steps along ``grid`` (descending); returns the last step's x0_hat in [-1, 1]."""
+        for i, t in enumerate(grid, start=1):
+            x_t, x0_hat = self._step(
+                model, x_t, t, mask=mask, scheduler=scheduler, generator=generator,
+                guidance=guidance, checkpoint=checkpoint,
+            )
+            if progress is not None:
+                progress(i, len(grid))
+        return x0_hat
+
+    @torch.no_grad()
+    def sample_loop(
+        self,
+        model: EpsModel,
+        shape: tuple[int, ...],
+        *,
+        mask: Tensor,
+        sampler: str = "dpm-solver",
+        steps: int = 25,
+        generator: Generators = None,
+        guidance: float = 1.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Tensor:
+        """Generate images of ``shape`` (B, 3, H, W) in [-1, 1] for masks (B, 1, H, W) in {0, 1}.
+
+        x_T ~ N(0, I), then ``steps`` model calls along the sampler's grid (``make_scheduler``).
+        ``generator`` may be a list with one generator per batch element: each element's x_T and
+        every DDPM step's noise come from its own generator, so element i does not depend on the
+        batch it is in. guidance > 1: classifier-free guidance against the null mask. Runs on
+        ``mask.device``; ``progress(i, n)`` is called after each step.
+        """
+        if isinstance(generator, list) and len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        scheduler = self.make_scheduler(sampler, steps)
+        # 1. x_T ~ N(0, I), per element from its own generator when given a list
+        x_T = randn_tensor(tuple(shape), generator=generator, device=mask.device, dtype=torch.float32)
+        # 2. reverse steps along the scheduler's grid (a Python list: no host syncs in the loop)
+        return self._reverse(
+            model, x_T, scheduler.timesteps.tolist(), mask=mask, scheduler=scheduler,
+            generator=generator, guidance=guidance, progress=progress,
+        )
+
+    # ------------------------------------------------------------------ partial reverse (SDEdit)
+    def denoise_grid(self, t_start: int, steps: int) -> list[int]:
+        """The ``denoise_from`` grid: t_start, t_start - k, ..., t_start - (steps - 1) k, then x_0.
+
+        k is the largest DDIM stride T // N (N an integer, as in DDIMScheduler.step) with
+        (steps - 1) k <= t_start; e.g. (40, 3) -> [40, 20, 0] for T = 1000, the last 3 points of the
+        50-step DDIM grid. The same grid serves all samplers.
+        """
+        if not 0 <= t_start < self.timesteps:
+            raise ValueError(f"t_start must be in [0, {self.timesteps}), got {t_start}")
+        if not 1 <= steps <= t_start + 1:
+            raise ValueError(f"steps must be in [1, t_start + 1 = {t_start + 1}], got {steps}")
+        stride = self.timesteps // self._ddim_num_steps(t_start, steps)
+        return [t_start - i * stride for i in range(steps)]
+
+    def _ddim_num_steps(self, t_start: int, steps: int) -> int:
+        """The smallest N with (steps - 1) (T // N) <= t_start (N = 1 for a single step)."""
+        return 1 if steps == 1 else self.timesteps // (t_start // (steps - 1) + 1) + 1
+
+    def denoise_from(
+        self,
+        model: EpsModel,
+        x_t: Tensor,
+        t_start: int,
+        *,
+        mask: Tensor,
+        steps: int,
+        sampler: str = "ddim",
+        generator: Generators = None,
+        differentiable: bool = False,
+        checkpoint: bool = False,
+    ) -> Tensor:
+        """Run the reverse process from x_t (B, 3, H, W) at timestep t_start down to x_0 in [-1, 1].
+
+        The ``steps`` model calls are at ``denoise_grid(t_start, steps)``; the result is the clean
+        estimate x0_hat of the last call, i.e. the step from the last grid point straight to x_0
+        (what DDIM's step to t < 0 returns). mask: (B, 1, H, W) in {0, 1}. ``differentiable`` keeps the
+        autograd graph (Diff-PGD with full gradients); ``checkpoint`` then recomputes each model call
+        in backward (torch.utils.checkpoint) so memory does not grow with the activations per step.
+        """
+        grid = self.denoise_grid(t_start, steps)
+        scheduler = self._scheduler(sampler)
+        if sampler == "ddim":  # DDIMScheduler steps by the fixed stride T // num_inference_steps
+            scheduler.set_timesteps(self._ddim_num_steps(t_start, steps))
+        else:
+            scheduler.set_timesteps(timesteps=grid)
+        with torch.enable_grad() if differentiable else torch.no_grad():
+            return self._reverse(
+                model, x_t, grid, mask=mask, scheduler=scheduler, generator=generator,
+                checkpoint=checkpoint and differentiable,
+            )
+
+    def sdedit(
+        self,
+        model: EpsModel,
+        x0_01: Tensor,
+        *,
+        mask01: Tensor,
+        sdedit_steps: int = 3,
+        grid_steps: int = 50,
+        generator: Generators = None,
+        differentiable: bool = False,
+        checkpoint: bool = False,
+    ) -> Tensor:
+        """SDEdit purification (Meng et al. 2022) as used by Diff-PGD (Xue et al. 2023) and DASP.
+
+        x0_01: (B, 3, H, W) in [0, 1]; mask01: (B, 1, H, W) in {0, 1}. On the ``grid_steps`` DDIM grid
+        over T (diffusers "leading": 980, 960, ..., 0 for 50 of 1000) t_start is the point
+        ``sdedit_steps`` from the end (40 for the defaults). Returns images (B, 3, H, W) in [0, 1].
+        """
+        if not 1 <= sdedit_steps <= grid_steps:
+            raise ValueError(f"sdedit_steps must be in [1, grid_steps = {grid_steps}], got {sdedit_steps}")
+        # 1. t_start: the grid point sdedit_steps from the end
+        t_start = int(self.make_scheduler("ddim", grid_steps).timesteps[-sdedit_steps])
+        # 2. x_t ~ q(x_t | x_0) at t_start
+        with torch.enable_grad() if differentiable else torch.no_grad():
+            x_t = self.q_sample(to_model_range(x0_01), t_start, generator=generator)
+        # 3. DDIM back to x_0 over the last sdedit_steps grid points, conditioned on the mask
+        x0 = self.denoise_from(
+            model, x_t, t_start, mask=mask01, steps=sdedit_steps, sampler="ddim",
+            generator=generator, differentiable=differentiable, checkpoint=checkpoint,
+        )
+        return from_model_range(x0)
