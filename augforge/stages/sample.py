@@ -1,0 +1,158 @@
+"""``augforge sample``: masks from the Bernoulli mask model, then images from the mask-conditioned image model.
+
+Pair i is drawn from its own generators (seeded from ``(seed, i)``), so it does not depend on the
+batch size, the shard or the number of torchrun ranks. Rerunning the same command writes only the
+pairs that are missing (kill -9 included) and ends with exactly N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from augforge.configs import SampleConfig
+from augforge.data.dataset import (DatasetWriter, encode_png, load_pairs, read_dataset, read_manifest,
+                                   run_record, MANIFEST)
+from augforge.diffusion.gaussian import SAMPLERS
+from augforge.errors import AugforgeError
+from augforge.models.folder import load_network
+from augforge.progress import progress_bar
+from augforge.ranges import from_model_range
+from augforge.runtime import (atomic_write_bytes, autocast, barrier, generator_for, init_distributed,
+                              resolve_device, seed_everything, work_shard)
+from augforge.stages.train_diffusion import build_diffusion
+from augforge.visual import contact_sheet, overlay
+
+MASK_STREAM, IMAGE_STREAM = 0, 1  # the two per-pair random streams
+NOT_IDENTITY = ("out", "n", "batch_size", "shard", "device", "overwrite", "report", "segmenter")
+
+
+def pair_generators(seed: int, indices: list[int], stream: int, device: torch.device) -> list[torch.Generator]:
+    return [generator_for(seed, i, stream, device=device) for i in indices]
+
+
+@torch.no_grad()
+def sample_masks(mask_net, process: dict, indices: list[int], *, size: int, steps: int, seed: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw the masks of pairs ``indices`` (one batch): (masks {0,1}, probability maps), (B,1,S,S)."""
+    diffusion = build_diffusion("mask-diffusion", process)
+    with autocast(device):
+        return diffusion.sample_loop(mask_net, (len(indices), 1, size, size), steps=steps,
+                                     generator=pair_generators(seed, indices, MASK_STREAM, device), device=device)
+
+
+@torch.no_grad()
+def render_images(image_net, process: dict, masks: torch.Tensor, indices: list[int], *, sampler: str, steps: int,
+                  guidance: float, seed: int) -> torch.Tensor:
+    """Images in [0,1] (B,3,S,S) for masks (B,1,S,S) in {0,1}."""
+    diffusion = build_diffusion("image-diffusion", process)
+    with autocast(masks.device):
+        x0 = diffusion.sample_loop(image_net, (masks.shape[0], 3, *masks.shape[-2:]), mask=masks.float(),
+                                   sampler=sampler, steps=steps, guidance=guidance,
+                                   generator=pair_generators(seed, indices, IMAGE_STREAM, masks.device))
+    return from_model_range(x0.float())
+
+
+def to_uint8_images(x01: torch.Tensor) -> np.ndarray:
+    """(B,3,H,W) [0,1] -> (B,H,W,3) uint8."""
+    return (x01.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def write_contact_sheet(root: Path, limit: int = 16) -> Path:
+    """image | mask overlay for the first ``limit`` pairs of a dataset folder."""
+    ds = read_dataset(root)
+    rows = sorted(ds.rows, key=lambda r: r["id"])[:limit]
+    images, masks = load_pairs(ds, rows)
+    imgs = images.permute(0, 2, 3, 1).numpy()
+    cells = [[imgs[i], overlay(imgs[i], masks[i, 0].numpy())] for i in range(len(rows))]
+    path = root / "contact_sheet.png"
+    atomic_write_bytes(path, encode_png(contact_sheet(cells)))
+    return path
+
+
+def _check(cfg: SampleConfig) -> None:
+    if cfg.n < 1:
+        raise AugforgeError(f"--n must be at least 1, got {cfg.n}")
+    if cfg.sampler not in SAMPLERS:
+        raise AugforgeError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sampler!r}")
+    if not cfg.image_model:
+        raise AugforgeError("--image-model is required")
+    if not cfg.mask_model and not cfg.masks_from:
+        raise AugforgeError("give --mask-model (generate masks) or --masks-from DATA (use real masks)")
+    if cfg.batch_size < 1 or cfg.sample_steps < 1 or cfg.mask_sample_steps < 1:
+        raise AugforgeError("--batch-size, --sample-steps and --mask-sample-steps must be at least 1")
+
+
+def run(cfg: SampleConfig) -> dict:
+    _check(cfg)
+    device = resolve_device(cfg.device)
+    world = init_distributed(device)
+    seed_everything(cfg.seed)
+    shard_index, shard_count = work_shard(cfg.shard)
+
+    # 1. models (kind and image size checked from their config.json)
+    image_net, image_cfg = load_network(Path(cfg.image_model), kind="image-diffusion", device=device)
+    size = image_cfg["image_size"]
+    real_masks, parents, mask_net, mask_cfg = None, None, None, None
+    if cfg.masks_from:
+        ds = read_dataset(Path(cfg.masks_from))
+        if ds.image_size != size:
+            raise AugforgeError(f"{cfg.masks_from}: masks are {ds.image_size}px, the image model works on {size}px")
+        rows = ds.split("train")
+        _, real_masks = load_pairs(ds, rows)
+        parents = [r["id"] for r in rows]
+    else:
+        mask_net, mask_cfg = load_network(Path(cfg.mask_model), kind="mask-diffusion", image_size=size, device=device)
+
+    # 2. output: same run continues, different run refused
+    options = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
+    options["image_model_fingerprint"] = image_cfg["data_fingerprint"] + f"@{image_cfg['steps_done']}"
+    if mask_cfg:
+        options["mask_model_fingerprint"] = mask_cfg["data_fingerprint"] + f"@{mask_cfg['steps_done']}"
+    made_by = run_record("sample", options)
+    writer = DatasetWriter(Path(cfg.out), made_by, size, overwrite=cfg.overwrite and world.is_main)
+    barrier()
+    ids = [f"gen{i:06d}" for i in range(cfg.n)]
+    done = writer.existing_ids()
+    todo = [i for i in range(shard_index, cfg.n, shard_count) if ids[i] not in done]
+
+    # 3. draw and write, batch by batch
+    with progress_bar("sample", total=len(todo)) as advance:
+        for start in range(0, len(todo), cfg.batch_size):
+            idx = todo[start:start + cfg.batch_size]
+            if real_masks is not None:
+                masks = real_masks[[i % len(parents) for i in idx]].to(device).float()
+            else:
+                masks, _ = sample_masks(mask_net, mask_cfg["process"], idx, size=size, steps=cfg.mask_sample_steps,
+                                        seed=cfg.seed, device=device)
+            images = to_uint8_images(render_images(image_net, image_cfg["process"], masks, idx, sampler=cfg.sampler,
+                                                   steps=cfg.sample_steps, guidance=cfg.guidance, seed=cfg.seed))
+            masks_u8 = (masks[:, 0] * 255).to(torch.uint8).cpu().numpy()
+            for k, i in enumerate(idx):
+                row = {"split": "train", "source": "generated", "seed": cfg.seed, "index": i,
+                       "method": {"name": "dasp-sample", "sampler": cfg.sampler, "sample_steps": cfg.sample_steps,
+                                  "mask_sample_steps": None if real_masks is not None else cfg.mask_sample_steps,
+                                  "guidance": cfg.guidance},
+                       "image_model": options["image_model_fingerprint"],
+                       "mask_model": options.get("mask_model_fingerprint", "real-masks")}
+                if parents is not None:
+                    row["parent"] = parents[i % len(parents)]
+                writer.append(ids[i], images[k], masks_u8[k], row)
+            advance(len(idx))
+    barrier()
+
+    # 4. summary, contact sheet, optional quality report (rank 0)
+    written = len(read_manifest(writer.root / MANIFEST))
+    result = {"out": str(writer.root), "written_now": len(todo), "count": written, "requested": cfg.n}
+    if world.is_main and written >= cfg.n:
+        info = writer.finalize()
+        result["contact_sheet"] = str(write_contact_sheet(writer.root))
+        result["count"] = info["count"]
+        if cfg.report:
+            from augforge.stages.quality_report import sample_report
+
+            result["report"] = sample_report(writer.root, cfg, device)
+    return result
