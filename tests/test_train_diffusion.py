@@ -1,0 +1,79 @@
+"""train-mask-diffusion / train-image-diffusion: model folder, resume, NaN guard, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from augforge.models.folder import load_network, read_metrics
+
+
+def _train(cli, data, out, kind="mask", *extra):
+    return cli(f"train-{kind}-diffusion", data, "--out", out, "--model-size", "tiny", "--batch-size", 4,
+               "--timesteps", 50, "--device", "cpu", "--log-every", 1, *extra)
+
+
+def test_train_save_load_and_continue(tmp_path, cli, synthetic_dataset):
+    out = tmp_path / "m"
+    r = _train(cli, synthetic_dataset, out, "mask", "--steps", 3, "--save-every", 2)
+    assert r.exit_code == 0, r.output
+    net, cfg = load_network(out, kind="mask-diffusion", image_size=32)
+    assert cfg["steps_done"] == 3 and cfg["process"] == {"timesteps": 50, "schedule": "cosine"}
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3]
+    # save -> load gives the same outputs (a second load from config.json alone)
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([3, 40])
+    net2, _ = load_network(out, kind="mask-diffusion")
+    with torch.no_grad():
+        assert torch.equal(net(x, t), net2(x, t))
+    # the same command with more steps continues from the saved state
+    r = _train(cli, synthetic_dataset, out, "mask", "--steps", 5, "--save-every", 2)
+    assert r.exit_code == 0, r.output
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4, 5]
+    assert json.loads((out / "config.json").read_text())["steps_done"] == 5
+    # a different run into the same folder is refused
+    r = _train(cli, synthetic_dataset, out, "mask", "--steps", 5, "--lr", "0.1")
+    assert r.exit_code == 2 and "different run" in r.output
+
+
+def test_image_diffusion_downsampled(tmp_path, cli, synthetic_dataset):
+    r = _train(cli, synthetic_dataset, tmp_path / "i", "image", "--steps", 2, "--image-size", 16, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["image_size"] == 16
+    net, cfg = load_network(tmp_path / "i", kind="image-diffusion", image_size=16)
+    assert cfg["network"]["in_channels"] == 4 and cfg["network"]["out_channels"] == 3
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cli, synthetic_dataset, monkeypatch):
+    from augforge.diffusion import train as train_mod
+
+    calls = {"n": 0}
+    real_loss = train_mod.DiffusionTrainLoop.loss
+
+    def flaky(self, index):
+        calls["n"] += 1
+        loss = real_loss(self, index)
+        return loss * float("nan") if calls["n"] > 2 else loss
+
+    monkeypatch.setattr(train_mod.DiffusionTrainLoop, "loss", flaky)
+    out = tmp_path / "m"
+    r = _train(cli, synthetic_dataset, out, "mask", "--steps", 6, "--save-every", 2)
+    assert r.exit_code == 2 and "nan" in r.output.lower() and "last good checkpoint" in r.output
+    net, cfg = load_network(out, kind="mask-diffusion")
+    assert cfg["steps_done"] == 2
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--model-size", "huge"], "--model-size"), (["--image-size", "64"], "larger than"),
+    (["--steps", "0"], "--steps"),
+])
+def test_bad_options(tmp_path, cli, synthetic_dataset, extra, expected):
+    r = _train(cli, synthetic_dataset, tmp_path / "m", "mask", *extra)
+    assert r.exit_code == 2 and expected in r.output
+
+
+def test_not_a_dataset(tmp_path, cli):
+    r = _train(cli, tmp_path, tmp_path / "m")
+    assert r.exit_code == 2 and "not an augforge dataset" in r.output
