@@ -136,3 +136,29 @@ def mask_quality_report(gen: ArrayLike, real: ArrayLike) -> dict:
             f"frac_iou_gt_{MEMORISATION_IOU}": float((iou > MEMORISATION_IOU).mean()),
         },
     }
+
+
+def frechet_distance(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, C) (the FID formula,
+    ||μa-μb||² + tr(Σa + Σb - 2 (Σa^½ Σb Σa^½)^½), on whatever features are given).
+
+    Computed with symmetric eigendecompositions only (no scipy): tr((Σa Σb)^½) = tr((Σa^½ Σb Σa^½)^½).
+    """
+    a, b = (x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
+            for x in (feats_a, feats_b))
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(cov_a)
+    sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross)
+
+
+def nearest_distance(gen: torch.Tensor, real: torch.Tensor, chunk: int = 256) -> np.ndarray:
+    """For each generated image (N, C, H, W) in [0,1], the RMSE to its nearest real image (M, C, H, W).
+
+    A generator that copies its training set has distances near 0 (memorisation)."""
+    g = gen.flatten(1).double()
+    r = real.flatten(1).double().to(g.device)
+    best = [torch.cdist(g[i:i + chunk], r).amin(dim=1) for i in range(0, g.shape[0], chunk)]
+    return (torch.cat(best) / np.sqrt(g.shape[1])).cpu().numpy()

@@ -132,3 +132,24 @@ def test_report_of_copies_and_of_blobs():
     assert report["memorisation"]["iou_max"] < 0.95 and report["memorisation"]["frac_iou_gt_0.95"] == 0.0
     with pytest.raises(ValueError):
         mask_quality_report(gen[:0], real)
+
+
+def test_frechet_distance_closed_form():
+    from augforge.quality import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    # N(0, I) vs N(m, 4I): |m|^2 + tr(I + 4I - 2*2I) = |m|^2 + 3
+    b = rng.normal(size=(4000, 3)) * 2.0 + np.array([1.0, 2.0, 0.0])
+    assert frechet_distance(a, b) == pytest.approx(5.0 + 3.0, rel=0.1)
+
+
+def test_nearest_distance_zero_for_copies():
+    import torch
+
+    from augforge.quality import nearest_distance
+
+    real = torch.rand(10, 3, 8, 8)
+    d = nearest_distance(torch.cat([real[:3], torch.rand(2, 3, 8, 8)]), real)
+    assert np.allclose(d[:3], 0.0) and (d[3:] > 0.1).all()

@@ -61,6 +61,11 @@ class Segmenter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's deepest feature map, global-average pooled: (B, C). Used as the feature
+        space of the realism (Fréchet) distance of ``sample --report``."""
+        return self.net.encoder((x - self.mean) / self.std)[-1].mean(dim=(-2, -1))
+
 
 def _check_weights_cached(encoder: str, encoder_weights: str) -> None:
     """Raise ValueError unless smp's pinned weight files for the encoder are in the local HF cache."""

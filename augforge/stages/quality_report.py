@@ -1,0 +1,78 @@
+"""Quality of a generated dataset, next to the same figures for held-out real pairs (``sample --report``).
+
+- mask statistics (area distribution distance, components, empty fraction, memorisation IoU);
+- mask-image consistency: a real-trained segmenter's mDice between its prediction on each generated
+  image and the generated mask (floor: the same with shuffled pairs; ceiling: held-out real pairs);
+- realism: Fréchet distance in the feature space of that segmenter's encoder (NOT FID: no
+  Inception network, nothing downloaded);
+- memorisation: RMSE from each image to its nearest real training image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from augforge.configs import SampleConfig
+from augforge.data.dataset import load_pairs, read_dataset
+from augforge.errors import AugforgeError
+from augforge.models.folder import load_network, read_config
+from augforge.quality import frechet_distance, mask_quality_report, nearest_distance
+from augforge.seg.metrics import per_image_scores
+from augforge.seg.train import predict
+
+MEMO_SIZE = 32  # images are compared at 32x32 for the nearest-neighbour distance
+
+
+def _real_data_path(cfg: SampleConfig) -> Path:
+    if cfg.masks_from:
+        return Path(cfg.masks_from)
+    made_by = read_config(Path(cfg.image_model), kind="image-diffusion")["made_by"]
+    return Path(made_by["options"]["data"])
+
+
+def _consistency(seg, images_u8: torch.Tensor, masks: torch.Tensor, device) -> float:
+    logits = predict(seg, images_u8, 32, device)
+    return float(per_image_scores((logits > 0).float(), masks.to(device).float())["dice"].mean())
+
+
+@torch.no_grad()
+def _features(seg, images_u8: torch.Tensor, device) -> torch.Tensor:
+    return torch.cat([seg.features(images_u8[i:i + 32].to(device).float() / 255) for i in range(0, len(images_u8), 32)])
+
+
+def sample_report(gen_root: Path, cfg: SampleConfig, device: torch.device) -> dict:
+    real_path = _real_data_path(cfg)
+    if not real_path.is_dir():
+        raise AugforgeError(f"{real_path}: the real dataset of the image model is not there; the report compares with it")
+    real = read_dataset(real_path)
+    gen = read_dataset(gen_root)
+    train_images, train_masks = load_pairs(real, real.split("train"))
+    held_rows = real.split("val") + real.split("test")
+    held_images, held_masks = load_pairs(real, held_rows) if held_rows else load_pairs(real, real.split("train")[:64])
+    gen_images, gen_masks = load_pairs(gen)
+
+    report: dict = {"reference": str(real_path), "generated": len(gen.rows), "held_out_real": len(held_images)}
+    report["masks"] = {"generated": mask_quality_report(gen_masks, train_masks),
+                       "held_out_real": mask_quality_report(held_masks, train_masks)}
+
+    small = lambda x: F.interpolate(x.float() / 255, size=(MEMO_SIZE, MEMO_SIZE), mode="area")
+    train_small = small(train_images)
+    report["nearest_train_rmse"] = {
+        name: {"median": float(np.median(d)), "min": float(d.min())}
+        for name, d in (("generated", nearest_distance(small(gen_images), train_small)),
+                        ("held_out_real", nearest_distance(small(held_images), train_small)))}
+
+    if cfg.segmenter:
+        seg, _ = load_network(Path(cfg.segmenter), kind="segmenter", image_size=gen.image_size, device=device)
+        report["consistency_mDice"] = {
+            "generated": _consistency(seg, gen_images, gen_masks, device),
+            "generated_shuffled": _consistency(seg, gen_images, gen_masks.roll(1, 0), device),
+            "held_out_real": _consistency(seg, held_images, held_masks, device)}
+        train_feats = _features(seg, train_images, device)
+        report["encoder_frechet"] = {"generated": frechet_distance(_features(seg, gen_images, device), train_feats),
+                                     "held_out_real": frechet_distance(_features(seg, held_images, device), train_feats)}
+    return report
