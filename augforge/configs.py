@@ -144,3 +144,20 @@ class AttackConfig:
     shard: str = "0/1"
     device: str = "auto"
     overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The whole DASP chain on synthetic polyps, sized for a 2-core CPU in a few minutes."""
+
+    out: str = "augforge-demo"
+    n: int = 160  # synthetic pairs (80/10/10 split)
+    size: int = 32
+    seg_epochs: int = 8
+    diffusion_steps: int = 200
+    generated: int = 64
+    attack_steps: int = 5
+    seed: int = 0
+    device: str = "auto"
+    overwrite: bool = False
+

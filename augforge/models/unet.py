@@ -29,7 +29,7 @@ class UNetPreset:
 
 
 PRESETS: dict[str, UNetPreset] = {
-    "tiny": UNetPreset((32, 64, 64), 1, (), 8),
+    "tiny": UNetPreset((16, 32, 64), 1, (), 8),
     "small": UNetPreset((64, 128, 128, 256), 2, (3,), 32),
     "base": UNetPreset((128, 128, 256, 256, 512, 512), 2, (4,), 32),
 }
