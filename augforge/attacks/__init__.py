@@ -1,0 +1,53 @@
+"""Adversarial attacks on binary segmenters: pure functions, tensors in, tensors out.
+
+Every untargeted attack has one signature (torchattacks' ``forward`` without a base class):
+
+    attack(model, x, y, *, eps, [step_size, steps, ...], loss="bce", weights=None,
+           weight_mode="loss", generator=None) -> x_adv
+
+- ``model(x) -> logits``: any nn.Module, x (B, 3, H, W) in [0, 1], logits (B, 1, H, W); the
+  caller sets its mode (eval); only input gradients are taken (no parameter .grad).
+- ``y``: masks (B, 1, H, W) in {0, 1}; ``loss``: "bce" or "dice" (``losses.segmentation_loss``).
+- budgets (eps, step_size) are in [0, 1] units; the stage converts 0-255 budgets once with
+  ``augforge.ranges.intensity_to_unit``.
+- ``weights``: DASP per-pixel uncertainty weights from :func:`uncertainty_weights` on the clean
+  logits; ``weight_mode`` "loss" (DASP Eq. 10) or "step" (per-pixel step scale).
+- ``generator``: the only source of randomness (PGD/Diff-PGD random start).
+- x_adv: detached, in [0, 1] and within eps of x (L-inf), except Diff-PGD whose output is the
+  purified final iterate.
+
+ASMA is targeted and returns an :class:`AsmaResult` (images and per-image statistics):
+``asma(model, x, y, *, target, max_iter, beta, tau, l2_weight, generator)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from augforge.attacks.asma import AsmaResult, asma
+from augforge.attacks.diff_pgd import diff_pgd
+from augforge.attacks.fgsm import fgsm
+from augforge.attacks.inverse_fgsm import inverse_fgsm
+from augforge.attacks.losses import segmentation_loss
+from augforge.attacks.pgd import pgd
+from augforge.attacks.weighting import uncertainty_weights
+
+ATTACKS: dict[str, Callable[..., object]] = {
+    "fgsm": fgsm,
+    "inverse-fgsm": inverse_fgsm,
+    "pgd": pgd,
+    "diff-pgd": diff_pgd,
+    "asma": asma,
+}
+
+__all__ = [
+    "ATTACKS",
+    "AsmaResult",
+    "asma",
+    "diff_pgd",
+    "fgsm",
+    "inverse_fgsm",
+    "pgd",
+    "segmentation_loss",
+    "uncertainty_weights",
+]

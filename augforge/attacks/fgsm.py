@@ -1,0 +1,36 @@
+"""FGSM (Goodfellow et al., ICLR 2015) as used for U-Net augmentation by Pervin, Tao & Huq.
+
+One signed-gradient step of size eps that raises the segmentation loss:
+
+    x_adv = clip_[0,1]( x + eps * sign(grad_x L(f(x), y)) )
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from augforge.attacks.pgd import _check_args, _loss_grad, _project, _signed_grad_step
+
+
+def fgsm(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    loss: str = "bce",
+    weights: Tensor | None = None,
+    weight_mode: str = "loss",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """FGSM on a segmenter. Returns x_adv (B, 3, H, W) in [0, 1], within eps of x (L-inf), detached.
+
+    x: images (B, 3, H, W) in [0, 1]; y: masks (B, 1, H, W) in {0, 1}; eps in [0, 1] units;
+    ``weights``/``weight_mode``: DASP uncertainty weighting (see ``augforge.attacks.weighting``).
+    ``generator`` is accepted for the common attack signature; FGSM draws no random numbers.
+    """
+    _check_args(x, y, eps, loss, weights, weight_mode)
+    x = x.detach()
+    grad = _loss_grad(model, x, y, loss=loss, weights=weights, weight_mode=weight_mode)
+    return _project(_signed_grad_step(x, grad, eps, weights, weight_mode), x, eps).detach()

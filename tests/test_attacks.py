@@ -1,0 +1,245 @@
+"""Tests of augforge.attacks on a fixed analytic segmenter of bright blobs (24 px, CPU, fast)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from augforge.attacks import ATTACKS, asma, diff_pgd, pgd, segmentation_loss, uncertainty_weights
+
+SIZE = 24
+EPS = 0.15
+
+
+class BlobSegmenter(nn.Module):
+    """logits = a * (3x3 local mean of the channel mean - 0.5): bright blobs on a dark background."""
+
+    def __init__(self, a: float = 12.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 3, padding=1, padding_mode="replicate")
+        with torch.no_grad():
+            self.conv.weight.fill_(a / 27.0)
+            self.conv.bias.fill_(-a / 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def blobs(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (n, 3, S, S) in [0, 1] with one bright disc each, and the disc masks (n, 1, S, S)."""
+    g = torch.Generator().manual_seed(seed)
+    centre = 8 + 8 * torch.rand(n, 2, generator=g)
+    radius = 4 + 3 * torch.rand(n, generator=g)
+    ii, jj = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    d2 = (ii - centre[:, 0, None, None]) ** 2 + (jj - centre[:, 1, None, None]) ** 2
+    y = (d2 <= radius[:, None, None] ** 2).float()[:, None]
+    x = (0.2 + 0.6 * y + 0.03 * torch.randn(n, 3, SIZE, SIZE, generator=g)).clamp(0, 1)
+    return x, y
+
+
+@pytest.fixture()
+def model() -> nn.Module:
+    return BlobSegmenter().eval()
+
+
+@pytest.fixture()
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    return blobs()
+
+
+def shrink(x: torch.Tensor) -> torch.Tensor:
+    """Toy differentiable purifier: affine shrink toward 0.5, [0, 1] -> [0.1, 0.9]."""
+    return 0.5 + 0.8 * (x - 0.5)
+
+
+def hard_dice(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    p = (logits > 0).float()
+    return (2 * (p * y).flatten(1).sum(1) / (p + y).flatten(1).sum(1)).mean()
+
+
+def bce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return segmentation_loss(model(x), y).mean()
+
+
+def edge_band(y: torch.Tensor) -> torch.Tensor:
+    """Pixels whose 3x3 neighbourhood holds both classes (the mask boundary band), bool."""
+    dilated = F.max_pool2d(y, 3, 1, 1)
+    eroded = -F.max_pool2d(-y, 3, 1, 1)
+    return dilated != eroded
+
+
+KWARGS = {
+    "fgsm": {},
+    "inverse-fgsm": {},
+    "pgd": {"step_size": 0.05, "steps": 5, "random_start": True},
+    "diff-pgd": {"step_size": 0.05, "steps": 5, "purify": shrink},
+}
+
+
+def test_registry_names():
+    assert set(ATTACKS) == {"fgsm", "inverse-fgsm", "pgd", "diff-pgd", "asma"}
+
+
+@pytest.mark.parametrize("name", sorted(KWARGS))
+@pytest.mark.parametrize("weighted", [False, True])
+def test_outputs_in_eps_ball_and_box(name, weighted, model, data):
+    x, y = data
+    weights = uncertainty_weights(model(x)) if weighted else None
+    g = torch.Generator().manual_seed(1)
+    out = ATTACKS[name](model, x, y, eps=EPS, weights=weights, generator=g, **KWARGS[name])
+    assert out.shape == x.shape and not out.requires_grad
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    if name == "diff-pgd":
+        out = 0.5 + (out - 0.5) / 0.8  # undo the toy purifier: the final iterate x^K
+    assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6
+    assert (out - x).abs().max() <= EPS + 1e-6
+    assert (out - x).abs().max() > 0
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+def test_attacks_raise_loss_and_lower_dice(name, model, data):
+    x, y = data
+    out = ATTACKS[name](model, x, y, eps=EPS, **KWARGS[name])
+    assert bce(model, out, y) > bce(model, x, y)
+    with torch.no_grad():
+        assert hard_dice(model(out), y) < hard_dice(model(x), y)
+
+
+def test_inverse_fgsm_lowers_loss(model, data):
+    x, y = data
+    out = ATTACKS["inverse-fgsm"](model, x, y, eps=EPS)
+    assert bce(model, out, y) < bce(model, x, y)
+
+
+def test_dice_loss_attack_raises_dice_loss(model, data):
+    x, y = data
+    out = pgd(model, x, y, eps=EPS, step_size=0.05, steps=5, loss="dice")
+    with torch.no_grad():
+        assert segmentation_loss(model(out), y, "dice").mean() > segmentation_loss(model(x), y, "dice").mean()
+
+
+def test_pgd_random_start_is_seeded(model, data):
+    x, y = data
+    kw = dict(eps=EPS, step_size=0.01, steps=2, random_start=True)
+    a = pgd(model, x, y, **kw, generator=torch.Generator().manual_seed(7))
+    b = pgd(model, x, y, **kw, generator=torch.Generator().manual_seed(7))
+    c = pgd(model, x, y, **kw, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("grad", ["bpda", "full"])
+def test_diff_pgd_outputs_purified_iterate(grad, model, data):
+    x, y = data
+    kw = dict(eps=EPS, step_size=0.05, steps=5)
+    out = diff_pgd(model, x, y, **kw, purify=shrink, grad=grad)
+    x_k = 0.5 + (out - 0.5) / 0.8
+    assert (x_k - x).abs().max() <= EPS + 1e-6 and x_k.min() >= -1e-6 and x_k.max() <= 1 + 1e-6
+    assert not torch.allclose(out, pgd(model, x, y, **kw))
+    # shrink has a positive Jacobian: both gradients have the same sign, hence the same iterates
+    torch.testing.assert_close(out, diff_pgd(model, x, y, **kw, purify=shrink, grad="bpda" if grad == "full" else "full"))
+
+
+def test_diff_pgd_full_backpropagates_through_purify(model, data):
+    # purify(x) = 1 - x flips the gradient: the true gradient ("full") raises the loss of the
+    # purified output, the straight-through one ("bpda") ascends at x_pur but steps x^k, so it
+    # moves x_pur = 1 - x^k downhill.
+    x, y = data
+    flip = lambda im: 1.0 - im  # noqa: E731
+    kw = dict(eps=0.05, step_size=0.01, steps=5, purify=flip)
+    clean = bce(model, flip(x), y)
+    assert bce(model, diff_pgd(model, x, y, **kw, grad="full"), y) > clean
+    assert bce(model, diff_pgd(model, x, y, **kw, grad="bpda"), y) < clean
+
+
+def test_uncertainty_weights_closed_form_and_edges(model, data):
+    z = torch.tensor([0.0, 1.0, -2.0, 10.0])
+    torch.testing.assert_close(uncertainty_weights(z, sigma2=4.0), torch.exp(-z**2 / 8.0))
+    x, _ = data
+    with torch.no_grad():
+        logits = model(x)
+    w, band = uncertainty_weights(logits), edge_band((logits > 0).float())
+    assert w[band].mean() > 2 * w[~band].mean()
+    with pytest.raises(ValueError):
+        uncertainty_weights(z, sigma2=0.0)
+
+
+def test_weighted_bce_is_dasp_eq10():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 1, 8, 8, generator=g)
+    y = (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float()
+    w = torch.rand(2, 1, 8, 8, generator=g)
+    p = torch.sigmoid(logits)
+    expected = (y * w * -(y * p.log() + (1 - y) * (1 - p).log())).flatten(1).mean(1)
+    torch.testing.assert_close(segmentation_loss(logits, y, "bce", w), expected)
+    # only foreground pixels count: background logits do not change the weighted loss
+    torch.testing.assert_close(segmentation_loss(logits + 5 * (1 - y), y, "bce", w), expected)
+
+
+def test_dice_loss_bounds():
+    y = torch.zeros(1, 1, 8, 8)
+    y[..., 2:6, 2:6] = 1
+    assert segmentation_loss(20 * (2 * y - 1), y, "dice").item() < 1e-3
+    assert segmentation_loss(-20 * (2 * y - 1), y, "dice").item() > 0.95
+    with pytest.raises(ValueError):
+        segmentation_loss(y, y, "l1")
+
+
+def _band_ratio(t: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    t = t.abs().mean(1, keepdim=True)
+    return t[band].mean() / t[~band].mean()
+
+
+def test_weighting_concentrates_on_edges(model, data):
+    x, y = data
+    with torch.no_grad():
+        logits = model(x)
+    w, band = uncertainty_weights(logits), edge_band((logits > 0).float())
+    # "step": the perturbation itself concentrates near the edges
+    plain = ATTACKS["fgsm"](model, x, y, eps=EPS) - x
+    stepped = ATTACKS["fgsm"](model, x, y, eps=EPS, weights=w, weight_mode="step") - x
+    assert _band_ratio(stepped, band) > 1.5 * _band_ratio(plain, band)
+    # "loss" (DASP Eq. 10): the loss gradient, before its sign, concentrates near the edges
+    xg = x.clone().requires_grad_(True)
+    grad_plain, = torch.autograd.grad(segmentation_loss(model(xg), y).sum(), xg)
+    grad_w, = torch.autograd.grad(segmentation_loss(model(xg), y, weights=w).sum(), xg)
+    assert _band_ratio(grad_w, band) > 1.5 * _band_ratio(grad_plain, band)
+
+
+def test_asma_reaches_shifted_target(model, data):
+    # The toy segmenter's input gradient is ~a/27 = 0.44 per wrong neighbour pixel, far smaller
+    # than a large U-Net's: the paper's beta = 1e-6, tau = 1e-7 would need ~1e5 iterations, and
+    # the L2 term's gradient 2(x - x0) is as large as the objective's, so with lambda = 1 the
+    # boundary pixels oscillate. beta = tau = 0.01, lambda = 0.1 converge in ~20 iterations.
+    x, y = data
+    with torch.no_grad():
+        pred = (model(x) > 0).float()
+    target = torch.roll(pred, shifts=(2, 2), dims=(2, 3))
+    target[0] = pred[0]  # image 0 is already at its target: it must not move
+    res = asma(model, x, y, target=target, max_iter=100, beta=0.01, tau=0.01, l2_weight=0.1)
+    assert (res.iou_target > 0.9).float().mean() >= 0.75
+    assert res.iterations[0] == 0 and torch.equal(res.x_adv[0], x[0])
+    assert (res.iterations[1:] > 0).all() and (res.iterations <= 100).all()
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1 and not res.x_adv.requires_grad
+    delta = (res.x_adv - x).flatten(1)
+    torch.testing.assert_close(res.linf, delta.abs().amax(1))
+    torch.testing.assert_close(res.l2, delta.norm(dim=1))
+    with torch.no_grad():
+        final = (model(res.x_adv) > 0).float()
+    torch.testing.assert_close(res.pixel_acc_target, (final == target).float().flatten(1).mean(1))
+    done = res.iou_target == 1
+    assert (res.iterations[done] < 100).all()
+
+
+def test_bad_arguments(model, data):
+    x, y = data
+    with pytest.raises(ValueError):
+        pgd(model, x, y, eps=-0.1, step_size=0.01, steps=1)
+    with pytest.raises(ValueError):
+        ATTACKS["fgsm"](model, x, y, eps=0.1, weight_mode="pixel")
+    with pytest.raises(ValueError):
+        diff_pgd(model, x, y, eps=0.1, step_size=0.01, steps=1, purify=shrink, grad="exact")
+    with pytest.raises(ValueError):
+        asma(model, x, y, target=y[:, :, :8])
