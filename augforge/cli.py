@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from augforge import __version__
-from augforge.configs import (AttackConfig, EvaluateConfig, PrepareConfig, SampleConfig, SynthesizeConfig,
+from augforge.configs import (AttackConfig, DemoConfig, EvaluateConfig, PrepareConfig, SampleConfig, SynthesizeConfig,
                               TrainDiffusionConfig, TrainSegConfig)
 from augforge.errors import AugforgeError
 
@@ -210,6 +210,138 @@ def sample(
     _run("sample", SampleConfig(str(out), mask_model, image_model, n, masks_from, sampler, sample_steps,
                                 mask_sample_steps, guidance, batch_size, seed, shard, device, report, segmenter,
                                 overwrite), json_)
+
+@app.command()
+def attack(
+    data: Path = typer.Argument(..., help="Dataset to attack (any: real, generated)."),
+    segmenter: str = typer.Option(..., "--segmenter", help="Segmenter model folder (the attacked network)."),
+    out: Path = typer.Option(..., "--out", help="Attacked dataset folder to write."),
+    method: str = typer.Option(_default(AttackConfig, "method"), help="fgsm | inverse-fgsm | pgd | diff-pgd | asma."),
+    eps: float = typer.Option(_default(AttackConfig, "eps"),
+                              help="L∞ budget in 0-255 units (-1: fgsm 8, pgd/diff-pgd steps × step size)."),
+    step_size: float = typer.Option(_default(AttackConfig, "step_size"), help="PGD step γ in 0-255 units."),
+    steps: int = typer.Option(_default(AttackConfig, "steps"), help="PGD / Diff-PGD iterations K."),
+    random_start: bool = typer.Option(False, "--random-start", help="PGD: start from a random point of the ball."),
+    attack_loss: str = typer.Option(_default(AttackConfig, "attack_loss"), help="bce | dice."),
+    weighted: bool = typer.Option(False, "--weighted", help="DASP per-pixel uncertainty weighting (Eq. 10)."),
+    sigma2: float = typer.Option(_default(AttackConfig, "sigma2"), help="σ² of the uncertainty weights W = exp(-z²/2σ²)."),
+    weight_mode: str = typer.Option(_default(AttackConfig, "weight_mode"),
+                                    help="loss: weight the loss (the paper's Eq. 10); step: scale each pixel's step."),
+    image_model: str = typer.Option(_default(AttackConfig, "image_model"), help="Image-diffusion model (diff-pgd purifier)."),
+    sdedit_steps: int = typer.Option(_default(AttackConfig, "sdedit_steps"), help="SDEdit steps T^s of the DDIM grid."),
+    grid_steps: int = typer.Option(_default(AttackConfig, "grid_steps"), help="DDIM grid size for SDEdit."),
+    grad: str = typer.Option(_default(AttackConfig, "grad"), help="diff-pgd gradient: bpda (fast) | full (through the denoiser)."),
+    target: str = typer.Option(_default(AttackConfig, "target"), help="asma target: random-other | shift | file."),
+    target_file: str = typer.Option(_default(AttackConfig, "target_file"), help="asma: target mask file for --target file."),
+    max_iter: int = typer.Option(_default(AttackConfig, "max_iter"), help="asma: iteration cap per image."),
+    beta: float = typer.Option(_default(AttackConfig, "beta"), help="asma: β of the step multiplier β·IoU + τ."),
+    tau: float = typer.Option(_default(AttackConfig, "tau"), help="asma: τ of the step multiplier."),
+    split: str = typer.Option(_default(AttackConfig, "split"), help="all | train | val | test."),
+    batch_size: int = typer.Option(_default(AttackConfig, "batch_size"), help="Images per batch."),
+    seed: int = typer.Option(_default(AttackConfig, "seed"), help="Seed of every random source."),
+    shard: str = typer.Option(_default(AttackConfig, "shard"), help="Do only shard i of n (e.g. 0/4)."),
+    device: str = typer.Option(_default(AttackConfig, "device"), help="auto | cpu | cuda."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it holds a different run."),
+    json_: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Write an adversarially attacked copy of a dataset (FGSM, Inverse-FGSM, PGD, Diff-PGD, ASMA)."""
+    _run("attack", AttackConfig(str(data), segmenter, str(out), method, eps, step_size, steps, random_start,
+                                attack_loss, weighted, sigma2, weight_mode, image_model, sdedit_steps, grid_steps,
+                                grad, target, target_file, max_iter, beta, tau, split, batch_size, seed, shard,
+                                device, overwrite), json_)
+
+# --------------------------------------------------------------------------- end to end
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path(_default(DemoConfig, "out")), "--out", help="Folder for the whole run."),
+    n: int = typer.Option(_default(DemoConfig, "n"), help="Synthetic pairs."),
+    size: int = typer.Option(_default(DemoConfig, "size"), help="Image side length."),
+    seg_epochs: int = typer.Option(_default(DemoConfig, "seg_epochs"), help="Epochs of each segmenter."),
+    diffusion_steps: int = typer.Option(_default(DemoConfig, "diffusion_steps"), help="Steps of each diffusion model."),
+    generated: int = typer.Option(_default(DemoConfig, "generated"), help="Generated pairs."),
+    attack_steps: int = typer.Option(_default(DemoConfig, "attack_steps"), help="Diff-PGD iterations."),
+    seed: int = typer.Option(_default(DemoConfig, "seed"), help="Seed of every random source."),
+    device: str = typer.Option(_default(DemoConfig, "device"), help="auto | cpu | cuda."),
+    overwrite: bool = typer.Option(False, help="Start the run over."),
+    json_: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Run the whole DASP chain on synthetic polyps (a few minutes on a CPU) and write a report."""
+    _run("demo", DemoConfig(out=str(out), n=n, size=size, seg_epochs=seg_epochs, diffusion_steps=diffusion_steps,
+                            generated=generated, attack_steps=attack_steps, seed=seed, device=device,
+                            overwrite=overwrite), json_)
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders to scan; report.md goes into the first."),
+    json_: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Write report.md: loss curves, contact sheets, uncertainty maps and the segmenter comparison table."""
+    _run("report", run_dirs, json_, func="run_report_cli")
+
+
+# --------------------------------------------------------------------------- segmentation
+
+def _ts(name: str) -> Any:
+    return _default(TrainSegConfig, name)
+
+
+@app.command("train-seg")
+def train_seg(
+    data: Path = typer.Argument(..., help="Real prepared dataset (train split for training, val split to pick the best epoch)."),
+    out: Path = typer.Option(..., "--out", help="Segmenter model folder to write (continued if it holds the same run)."),
+    extra: list[Path] = typer.Option([], "--extra", help="Generated/attacked dataset added to training (repeatable)."),
+    arch: str = typer.Option(_ts("arch"), help="unet | unetplusplus | linknet | deeplabv3plus."),
+    encoder: str = typer.Option(_ts("encoder"), help="smp encoder name (e.g. resnet34, resnet18, efficientnet-b0)."),
+    encoder_weights: str = typer.Option(_ts("encoder_weights"), help="none | imagenet (from the local cache only)."),
+    loss: str = typer.Option(_ts("loss"), help="dice | dice+bce (per-image, DASP Eq. 11)."),
+    extra_weight: float = typer.Option(_ts("extra_weight"), help="Weight of the extra-pair mean loss (Eq. 11)."),
+    lr: float = typer.Option(_ts("lr"), help="Adam learning rate."),
+    epochs: int = typer.Option(_ts("epochs"), help="Training epochs."),
+    batch_size: int = typer.Option(_ts("batch_size"), help="Pairs per step (>= 2; the last partial batch is dropped)."),
+    schedule: str = typer.Option(_ts("schedule"), help="Learning-rate schedule: constant | cosine (per epoch)."),
+    aug: str = typer.Option(_ts("aug"), help="Batch augmentations joined by + (none, basic, cutmix, cutout, elastic, "
+                                             "random-erase, gaussian-noise, tumorcp)."),
+    seed: int = typer.Option(_ts("seed"), help="Seed of every random source."),
+    device: str = typer.Option(_ts("device"), help="auto | cpu | cuda."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the network."),
+    resume: bool = typer.Option(False, help="Continue from train_state.pt (also automatic for the same run)."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it holds a different run."),
+    json_: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Train a binary segmenter on real (+ generated/attacked) pairs; keeps the best-val-mDice weights."""
+    _run("train_seg", TrainSegConfig(str(data), str(out), tuple(str(p) for p in extra), arch, encoder,
+                                     encoder_weights, loss, extra_weight, lr, epochs, batch_size, schedule, aug,
+                                     seed, device, compile_, resume, overwrite), json_)
+
+
+def _ev(name: str) -> Any:
+    return _default(EvaluateConfig, name)
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Argument(..., help="Prepared dataset to evaluate on."),
+    segmenter: str = typer.Option(..., "--segmenter", help="Segmenter model folder."),
+    split: str = typer.Option(_ev("split"), help="train | val | test | all."),
+    threshold: float = typer.Option(_ev("threshold"), help="Foreground where sigmoid(logit) > threshold."),
+    out: str = typer.Option(_ev("out"), help="Write the summary JSON to this file and per-image scores to it with .csv."),
+    attack: str = typer.Option(_ev("attack"), help="Robustness table under none | fgsm | pgd."),
+    eps: str = typer.Option(_ev("eps"), help="Attack budgets, comma-separated, in 0-255 units."),
+    attack_steps: int = typer.Option(_ev("attack_steps"), help="PGD steps (step size eps/4)."),
+    batch_size: int = typer.Option(_ev("batch_size"), help="Images per batch (does not change results)."),
+    bootstrap: int = typer.Option(_ev("bootstrap"), help="Bootstrap resamples for the 95% intervals of mIoU/mDice."),
+    seed: int = typer.Option(_ev("seed"), help="Seed of the bootstrap."),
+    device: str = typer.Option(_ev("device"), help="auto | cpu | cuda."),
+    json_: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Score a segmenter: mIoU/mDice (per-image means, 95% CI), micro IoU/Dice, precision, recall.
+
+    Empty masks: an empty prediction on an empty mask scores 1, any other prediction 0.
+    """
+    _run("evaluate", EvaluateConfig(segmenter, str(data), split, threshold, out, attack, eps, attack_steps, "",
+                                    batch_size, bootstrap, seed, device), json_)
 
 
 def main() -> None:

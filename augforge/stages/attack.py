@@ -1,0 +1,211 @@
+"""``augforge attack DATA --segmenter S --method M --out DIR``: an attacked copy of a dataset.
+
+Every pair (or ``--split``) is attacked against the segmenter; rows keep their parent's id and
+split, with ``source: attacked``, ``parent`` and ``method`` (name and parameters) plus the
+perturbation's L∞/L2 and the segmenter's Dice before/after. Resumable and shardable like ``sample``.
+Budgets are given in 0-255 units and converted here, once, with :func:`intensity_to_unit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from augforge.attacks import ATTACKS, uncertainty_weights
+from augforge.configs import AttackConfig
+from augforge.data.dataset import (MANIFEST, DatasetWriter, encode_png, load_pairs, read_dataset, read_manifest,
+                                   run_record)
+from augforge.errors import AugforgeError
+from augforge.models.folder import load_network
+from augforge.progress import progress_bar
+from augforge.ranges import intensity_to_unit
+from augforge.runtime import (atomic_write_bytes, barrier, generator_for, init_distributed, resolve_device,
+                              seed_everything, work_shard)
+from augforge.seg.metrics import per_image_scores
+from augforge.stages.sample import to_uint8_images
+from augforge.stages.train_diffusion import build_diffusion
+from augforge.visual import contact_sheet, gray_to_rgb, heatmap
+
+WEIGHTABLE = ("fgsm", "inverse-fgsm", "pgd", "diff-pgd")
+NOT_IDENTITY = ("out", "batch_size", "shard", "device", "overwrite")
+
+
+def default_eps(cfg: AttackConfig) -> float:
+    """0-255 units: fgsm/inverse-fgsm 8 (Pervin et al. used 0.1 ≈ 25/255; 8/255 is the common budget),
+    pgd/diff-pgd K·γ (DASP: 10 steps of 1), asma unbounded (its own stopping rule)."""
+    if cfg.eps >= 0:
+        return cfg.eps
+    return {"fgsm": 8.0, "inverse-fgsm": 8.0}.get(cfg.method, cfg.steps * cfg.step_size)
+
+
+def _check(cfg: AttackConfig) -> None:
+    if cfg.method not in ATTACKS:
+        raise AugforgeError(f"--method must be one of {', '.join(ATTACKS)}, got {cfg.method!r}")
+    if cfg.weighted and cfg.method not in WEIGHTABLE:
+        raise AugforgeError(f"--weighted applies to {', '.join(WEIGHTABLE)}, not {cfg.method}")
+    if cfg.method == "diff-pgd" and not cfg.image_model:
+        raise AugforgeError("--method diff-pgd needs --image-model (the image-diffusion purifier)")
+    if cfg.grad not in ("bpda", "full"):
+        raise AugforgeError(f"--grad must be bpda or full, got {cfg.grad!r}")
+    if cfg.weight_mode not in ("loss", "step"):
+        raise AugforgeError(f"--weight-mode must be loss or step, got {cfg.weight_mode!r}")
+    if cfg.target not in ("random-other", "shift", "file"):
+        raise AugforgeError(f"--target must be random-other, shift or file, got {cfg.target!r}")
+    if cfg.target == "file" and not cfg.target_file:
+        raise AugforgeError("--target file needs --target-file MASK.png")
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise AugforgeError("--steps and --batch-size must be at least 1")
+
+
+def asma_targets(cfg: AttackConfig, masks: torch.Tensor, all_masks: torch.Tensor, index: list[int]) -> torch.Tensor:
+    """ASMA target masks (B,1,S,S): another pair's mask (seeded per pair), the mask shifted, or a file."""
+    size = masks.shape[-1]
+    if cfg.target == "shift":
+        return torch.roll(masks, shifts=(size // 4, size // 4), dims=(-2, -1))
+    if cfg.target == "file":
+        from augforge.data.dataset import read_mask
+
+        m = cv2.resize(read_mask(Path(cfg.target_file)), (size, size), interpolation=cv2.INTER_NEAREST)
+        return torch.from_numpy(m // 255).float().to(masks.device).expand_as(masks).clone()
+    n = all_masks.shape[0]
+    others = [(i + 1 + int(torch.randint(0, n - 1, (1,), generator=generator_for(cfg.seed, i, 7)))) % n
+              if n > 1 else i for i in index]
+    return all_masks[others].to(masks.device).float()
+
+
+def run(cfg: AttackConfig) -> dict:
+    _check(cfg)
+    device = resolve_device(cfg.device)
+    world = init_distributed(device)
+    seed_everything(cfg.seed)
+    shard_index, shard_count = work_shard(cfg.shard)
+    eps255 = default_eps(cfg)
+    eps, step_size = intensity_to_unit(eps255), intensity_to_unit(cfg.step_size)
+
+    # 1. data and models (kind and image size checked)
+    ds = read_dataset(Path(cfg.data))
+    rows = sorted(ds.split(cfg.split), key=lambda r: r["id"])
+    if not rows:
+        raise AugforgeError(f"{cfg.data}: no pairs in split {cfg.split!r}")
+    seg, _ = load_network(Path(cfg.segmenter), kind="segmenter", image_size=ds.image_size, device=device)
+    seg.requires_grad_(False)
+    purifier = None
+    if cfg.method == "diff-pgd":
+        image_net, image_cfg = load_network(Path(cfg.image_model), kind="image-diffusion",
+                                            image_size=ds.image_size, device=device)
+        image_net.requires_grad_(False)
+        purifier = (image_net, build_diffusion("image-diffusion", image_cfg["process"]))
+
+    # 2. output
+    options = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
+    options["eps"] = eps255
+    made_by = run_record("attack", options)
+    writer = DatasetWriter(Path(cfg.out), made_by, ds.image_size, overwrite=cfg.overwrite and world.is_main)
+    barrier()
+    done = writer.existing_ids()
+    ids = [f"{r['id']}-{cfg.method}" for r in rows]
+    todo = [i for i in range(shard_index, len(rows), shard_count) if ids[i] not in done]
+    all_masks = load_pairs(ds, rows)[1] if cfg.method == "asma" and cfg.target == "random-other" else None
+    method = {"name": cfg.method, "eps": eps255, "loss": cfg.attack_loss}
+    if cfg.method in ("pgd", "diff-pgd"):
+        method.update(step_size=cfg.step_size, steps=cfg.steps, random_start=cfg.random_start)
+    if cfg.weighted:
+        method.update(weighted=True, sigma2=cfg.sigma2, weight_mode=cfg.weight_mode)
+    if cfg.method == "diff-pgd":
+        method.update(sdedit_steps=cfg.sdedit_steps, grid_steps=cfg.grid_steps, grad=cfg.grad)
+    if cfg.method == "asma":
+        method = {"name": "asma", "target": cfg.target, "max_iter": cfg.max_iter, "beta": cfg.beta, "tau": cfg.tau}
+
+    # 3. attack batch by batch
+    with progress_bar(f"attack {cfg.method}", total=len(todo)) as advance:
+        for start in range(0, len(todo), cfg.batch_size):
+            index = todo[start:start + cfg.batch_size]
+            images, masks = load_pairs(ds, [rows[i] for i in index])
+            x, y = images.to(device).float() / 255.0, masks.to(device).float()
+            generator = generator_for(cfg.seed, index[0], device=device)
+            with torch.no_grad():
+                clean_logits = seg(x)
+            kwargs: dict = {}
+            if cfg.method == "asma":
+                target = asma_targets(cfg, y, all_masks, index)
+                result = ATTACKS["asma"](seg, x, y, target=target, max_iter=cfg.max_iter, beta=cfg.beta,
+                                         tau=cfg.tau, generator=generator)
+                x_adv = result.x_adv
+                extra = {"iou_target": result.iou_target.tolist(), "pixel_acc_target": result.pixel_acc_target.tolist(),
+                         "iterations": result.iterations.tolist()}
+            else:
+                kwargs = dict(eps=eps, loss=cfg.attack_loss, generator=generator)
+                if cfg.weighted:
+                    kwargs.update(weights=uncertainty_weights(clean_logits, cfg.sigma2), weight_mode=cfg.weight_mode)
+                if cfg.method in ("pgd", "diff-pgd"):
+                    kwargs.update(step_size=step_size, steps=cfg.steps, random_start=cfg.random_start)
+                if cfg.method == "diff-pgd":
+                    net, diffusion = purifier
+                    # SDEdit noise from per-pair streams: a pair's result does not depend on its batch
+                    pair_gens = [generator_for(cfg.seed, i, 11, device=device) for i in index]
+
+                    def purify(images01: torch.Tensor, _y=y, _gens=pair_gens) -> torch.Tensor:
+                        return diffusion.sdedit(net, images01, mask01=_y, sdedit_steps=cfg.sdedit_steps,
+                                                grid_steps=cfg.grid_steps, generator=_gens,
+                                                differentiable=cfg.grad == "full", checkpoint=cfg.grad == "full")
+
+                    kwargs.update(purify=purify, grad=cfg.grad)
+                x_adv = ATTACKS[cfg.method](seg, x, y, **kwargs)
+                extra = {}
+            with torch.no_grad():
+                adv_logits = seg(x_adv)
+            dice_before = per_image_scores((clean_logits > 0).float(), y)["dice"]
+            dice_after = per_image_scores((adv_logits > 0).float(), y)["dice"]
+            delta = (x_adv - x).flatten(1)
+            linf, l2 = (delta.abs().amax(1) * 255).tolist(), (delta.norm(dim=1) * 255).tolist()
+            adv_u8 = to_uint8_images(x_adv)
+            masks_u8 = (masks[:, 0] * 255).numpy()
+            for k, i in enumerate(index):
+                row = {"split": rows[i]["split"], "source": "attacked", "parent": rows[i]["id"], "method": method,
+                       "seed": cfg.seed, "linf": linf[k], "l2": l2[k],
+                       "dice_before": float(dice_before[k]), "dice_after": float(dice_after[k]),
+                       **{key: v[k] for key, v in extra.items()}}
+                writer.append(ids[i], adv_u8[k], masks_u8[k], row)
+            if start == 0 and world.is_main:
+                _sheet(writer.root, images, x_adv, masks, clean_logits, adv_logits,
+                       uncertainty_weights(clean_logits, cfg.sigma2) if cfg.weighted else None)
+            advance(len(index))
+    barrier()
+
+    # 4. summary over all attacked pairs written so far
+    written = read_manifest(writer.root / MANIFEST)
+    result = {"out": str(writer.root), "method": cfg.method, "eps_255": eps255, "written_now": len(todo),
+              "count": len(written)}
+    if written:
+        for key in ("dice_before", "dice_after", "linf", "l2"):
+            result[f"mean_{key}"] = float(np.mean([r[key] for r in written]))
+        if cfg.method == "asma":
+            result["mean_iou_target"] = float(np.mean([r["iou_target"] for r in written]))
+            result["success_iou_0.9"] = float(np.mean([r["iou_target"] > 0.9 for r in written]))
+    if world.is_main and len(written) >= len(rows):
+        writer.finalize()
+        result["contact_sheet"] = str(writer.root / "contact_sheet.png")
+    return result
+
+
+def _sheet(root: Path, images_u8, x_adv, masks, clean_logits, adv_logits, weights, limit: int = 8) -> None:
+    """clean | attacked | amplified |difference| | W map (weighted) | prediction before | after."""
+    n = min(limit, images_u8.shape[0])
+    clean = images_u8[:n].permute(0, 2, 3, 1).numpy()
+    adv = to_uint8_images(x_adv[:n])
+    diff = np.abs(adv.astype(np.int16) - clean.astype(np.int16))
+    amplified = np.clip(diff * (255.0 / max(1, diff.max())), 0, 255).astype(np.uint8)
+    before = ((clean_logits[:n, 0] > 0).cpu().numpy() * 255).astype(np.uint8)
+    after = ((adv_logits[:n, 0] > 0).cpu().numpy() * 255).astype(np.uint8)
+    cells = []
+    for i in range(n):
+        row = [clean[i], adv[i], amplified[i]]
+        if weights is not None:
+            row.append(heatmap(weights[i, 0].cpu().numpy()))
+        row += [gray_to_rgb(before[i]), gray_to_rgb(after[i])]
+        cells.append(row)
+    atomic_write_bytes(root / "contact_sheet.png", encode_png(contact_sheet(cells)))

@@ -1,0 +1,169 @@
+"""``augforge train-seg DATA [--extra DATA2 ...] --out DIR``: train a binary segmenter (DASP §2.4).
+
+Real train pairs of DATA plus every train pair of the ``--extra`` datasets (generated or attacked)
+are held as uint8 tensors on the training device; the loss is DASP Eq. 11 (``--extra-weight``
+weighs the extra-pair mean). Each epoch is validated on DATA's val split. The model folder gets
+the best-val-mDice weights (model.safetensors + config.json), the last state for resuming
+(train_state.pt) and one metrics.jsonl line per epoch. A rerun of the same command continues
+from train_state.pt; a different run into the same folder is refused unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from augforge.configs import TrainSegConfig
+from augforge.data.dataset import load_pairset, open_output, read_dataset, run_record
+from augforge.errors import AugforgeError
+from augforge.models.folder import (CONFIG, METRICS, STATE, append_metrics, load_train_state, make_config, read_metrics,
+                                    save_model, save_train_state)
+from augforge.progress import log, progress_bar
+from augforge.runtime import atomic_write_bytes, generator_for, read_json, resolve_device
+
+SCHEDULES = ("constant", "cosine")
+
+
+def _options(cfg: TrainSegConfig) -> dict:
+    """The options that define the run (made_by): data paths resolved; output and runtime switches left out."""
+    options = asdict(cfg)
+    for key in ("out", "resume", "overwrite", "device", "compile"):
+        options.pop(key)
+    options["data"] = str(Path(cfg.data).resolve())
+    options["extra"] = [str(Path(p).resolve()) for p in cfg.extra]
+    return options
+
+
+def _check(cfg: TrainSegConfig) -> dict:
+    """Validate the options; returns the network description (segmenter_config)."""
+    from augforge.models.segmenter import segmenter_config
+    from augforge.seg.losses import LOSS_KINDS
+
+    if cfg.epochs < 1:
+        raise AugforgeError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if cfg.batch_size < 2:
+        raise AugforgeError(f"--batch-size must be >= 2 (BatchNorm needs two images per batch), got {cfg.batch_size}")
+    if not cfg.lr > 0:
+        raise AugforgeError(f"--lr must be > 0, got {cfg.lr}")
+    if cfg.extra_weight < 0:
+        raise AugforgeError(f"--extra-weight must be >= 0, got {cfg.extra_weight}")
+    if cfg.loss not in LOSS_KINDS:
+        raise AugforgeError(f"--loss must be one of {', '.join(LOSS_KINDS)}, got {cfg.loss!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise AugforgeError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    try:
+        return segmenter_config(cfg.arch, cfg.encoder, cfg.encoder_weights)
+    except ValueError as e:
+        raise AugforgeError(f"--arch/--encoder/--encoder-weights: {e}") from None
+
+
+def _fingerprint(roots: list[Path]) -> str:
+    """The data fingerprint of DATA, or of DATA + extras combined."""
+    prints = [read_dataset(r).fingerprint() for r in roots]
+    return prints[0] if len(prints) == 1 else hashlib.sha256("+".join(prints).encode()).hexdigest()[:16]
+
+
+def _drop_rows_after(out: Path, epoch: int) -> None:
+    """Keep the metrics lines of epochs <= ``epoch``, dropping those of a run killed after its log
+    but before its state (and a torn last line)."""
+    path = out / METRICS
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+
+    def kept(line: str) -> bool:
+        try:
+            return json.loads(line)["epoch"] <= epoch
+        except (json.JSONDecodeError, KeyError):
+            return False
+
+    if not all(kept(line) for line in lines):
+        atomic_write_bytes(path, "".join(line for line in lines if kept(line)).encode())
+
+
+def run(cfg: TrainSegConfig) -> dict:
+    from augforge.models.segmenter import build_segmenter
+    from augforge.seg.augment import parse_augs
+    from augforge.seg.train import TrainLoop
+
+    network = _check(cfg)
+    try:
+        augment = parse_augs(cfg.aug)
+    except ValueError as e:
+        raise AugforgeError(f"--aug: {e}") from None
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    roots = [Path(cfg.data), *map(Path, cfg.extra)]
+
+    # 1. data: uint8 tensors, moved to the device once
+    image_size = read_dataset(roots[0]).image_size
+    if image_size % 32:
+        raise AugforgeError(f"{roots[0]}: image size {image_size} is not a multiple of 32 (the segmenters downsample 5 times)")
+    train = load_pairset(roots, "train").to(device)
+    val = load_pairset(roots[:1], "val").to(device)
+    if len(train) < 2:
+        raise AugforgeError(f"{roots[0]}: needs at least 2 training pairs, has {len(train)}")
+
+    # 2. output folder: refuse a different run, continue the same one
+    made_by = run_record("train-seg", _options(cfg))
+    resumed = open_output(out, made_by, overwrite=cfg.overwrite, marker=CONFIG)
+    state = load_train_state(out) if resumed else None
+    if cfg.resume and state is None:
+        raise AugforgeError(f"--resume: {out} holds no training state ({STATE}) of this run to continue")
+
+    # 3. built objects
+    try:
+        with torch.random.fork_rng(devices=[]):  # seeded weight init, global RNG left as it was
+            torch.manual_seed(cfg.seed)
+            model = build_segmenter(network).to(device)
+    except ValueError as e:
+        raise AugforgeError(f"--encoder-weights: {e}") from None
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs) if cfg.schedule == "cosine" else None
+    config = make_config("segmenter", network=network, image_size=image_size, data_fingerprint=_fingerprint(roots),
+                         made_by=made_by)
+    if state is not None and read_json(out / CONFIG).get("data_fingerprint") != config["data_fingerprint"]:
+        raise AugforgeError(f"{out}: was trained on different data under the same paths; pass --overwrite to start over")
+
+    def on_epoch_end(row: dict, loop: TrainLoop) -> None:
+        if row["is_best"]:
+            save_model(out, {**config, "steps_done": loop.step, "best": loop.best}, model.state_dict())
+        append_metrics(out, row)
+        save_train_state(out, loop.state_dict())
+        advance(0, loss=row["loss"], val_mDice=row["val_mDice"], img_s=row["images_per_s"])
+
+    loop = TrainLoop(model, optimizer, scheduler, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                     device=device, generator=generator_for(cfg.seed, device=device), augment=augment,
+                     loss=cfg.loss, extra_weight=cfg.extra_weight, compile=cfg.compile,
+                     on_step=lambda: advance(1), on_epoch_end=on_epoch_end)
+    if state is not None:
+        loop.load_state_dict(state)
+        log(f"train-seg: resuming {out} at epoch {loop.epoch}/{cfg.epochs}")
+    else:
+        save_model(out, config, model.state_dict())  # a valid folder from the start (untrained weights)
+    _drop_rows_after(out, loop.epoch)
+
+    # 4. train
+    total = cfg.epochs * loop.batches_per_epoch
+    with progress_bar("train-seg", total=total, completed=loop.epoch * loop.batches_per_epoch) as advance:
+        try:
+            loop.run()
+        except FloatingPointError as e:
+            raise AugforgeError(f"{e}; lower --lr (now {cfg.lr}) or check the data") from None
+
+    rows = read_metrics(out)
+    return {
+        "out": str(out),
+        "epochs": loop.epoch,
+        "steps": loop.step,
+        "train_pairs": len(train),
+        "extra_pairs": int(train.is_extra.sum()),
+        "best_epoch": loop.best["epoch"],
+        "best_val_mDice": loop.best["val_mDice"],
+        "best_val_mIoU": loop.best["val_mIoU"],
+        "last_loss": rows[-1]["loss"],
+        "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),
+        "train_seconds_per_epoch": sum(r["train_seconds"] for r in rows) / len(rows),
+    }
