@@ -139,7 +139,8 @@ def test_diff_pgd_outputs_purified_iterate(grad, model, data):
     assert (x_k - x).abs().max() <= EPS + 1e-6 and x_k.min() >= -1e-6 and x_k.max() <= 1 + 1e-6
     assert not torch.allclose(out, pgd(model, x, y, **kw))
     # shrink has a positive Jacobian: both gradients have the same sign, hence the same iterates
-    torch.testing.assert_close(out, diff_pgd(model, x, y, **kw, purify=shrink, grad="bpda" if grad == "full" else "full"))
+    other = "bpda" if grad == "full" else "full"
+    torch.testing.assert_close(out, diff_pgd(model, x, y, **kw, purify=shrink, grad=other))
 
 
 def test_diff_pgd_full_backpropagates_through_purify(model, data):

@@ -10,11 +10,18 @@ iteration n (paper Eq. 2-4, and its reference code):
     2. J(x_n) = sum_i (2 t_i - 1) z_{n,i} 1[P_{n,i} != t_i]  -  lambda * ||x_n - x_0||_2^2
     3. x_{n+1} = clip_[0,1]( x_n + alpha_n * grad_x J(x_n) ),  alpha_n = beta * IoU(t, P_n) + tau
 
-The L2 term keeps the perturbation small; ``l2_weight`` lambda = 1 as in the reference code.
-The gradient is NOT normalised (as in the paper), so alpha_n's scale depends on the model:
-the paper's defaults beta = 1e-6, tau = 1e-7 were set for a large U-Net on 572-px images
-in [0, 1] units, where grad_x J, a sum over many wrong pixels, is large. A tiny or
-weakly-sensitive segmenter needs larger beta/tau (see the tests) or more iterations.
+The L2 term keeps the perturbation small; ``l2_weight`` lambda = 1 as in the reference code
+(where it is negligible next to grad J; on a weakly-sensitive model its gradient
+2 lambda (x - x0) competes with grad J and boundary pixels oscillate: lower lambda then).
+The gradient is NOT normalised (as in the paper), so alpha_n's scale depends on the model and
+image size. The reference code feeds images in [0, 1] (it divides by 255), so the paper's
+defaults beta = 1e-6, tau = 1e-7 are in our units; they were set for a U-Net on 572-px images,
+where grad_x J, a sum over many wrong pixels, is large. Measured here on an smp U-Net
+(resnet18, briefly trained on Kvasir-SEG at 64 px, |grad J| ~ 2-15 per pixel on average),
+target = prediction shifted by 8 px, 300 iterations: the defaults reach IoU 0.0-0.55 with
+L-inf <= 0.025; beta = 1e-4, tau = 1e-5 reach 0.49-0.94; beta = 1e-3, tau = 1e-4 reach
+0.94-0.99 (L-inf 0.15-0.38). So at small image sizes raise beta/tau (both are exposed) or
+max_iter; the defaults stay the paper's.
 
 Images stop being updated as soon as their prediction equals the target (batched: an
 active mask; "all done" is checked with one host sync every ``CHECK_EVERY`` iterations).

@@ -56,7 +56,9 @@ def diff_pgd(
     """
     _check_args(x, y, eps, loss, weights, weight_mode)
     if steps < 1 or step_size < 0:
-        raise ValueError(f"Diff-PGD needs steps >= 1 and step_size >= 0, got steps={steps}, step_size={step_size}")
+        raise ValueError(
+            f"Diff-PGD needs steps >= 1 and step_size >= 0, got steps={steps}, step_size={step_size}"
+        )
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
     x = x.detach()
@@ -65,7 +67,9 @@ def diff_pgd(
     for _ in range(steps):
         # 2. gradient of the loss on the segmenter's prediction for the purified iterate
         if grad == "full":
-            g = _loss_grad(model, x_k, y, loss=loss, weights=weights, weight_mode=weight_mode, transform=purify)
+            g = _loss_grad(
+                model, x_k, y, loss=loss, weights=weights, weight_mode=weight_mode, transform=purify
+            )
         else:
             with torch.no_grad():
                 x_pur = purify(x_k)
