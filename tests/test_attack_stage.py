@@ -1,0 +1,84 @@
+"""`augforge attack`: SPEC rows, budgets in 0-255 units, diff-pgd with a purifier folder, asma, resume."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from augforge.data.dataset import read_dataset, read_manifest
+from augforge.models.folder import make_config, save_model
+from augforge.models.segmenter import build_segmenter, segmenter_config
+from augforge.models.unet import Denoiser
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attack-models")
+    torch.manual_seed(0)
+    seg = build_segmenter(segmenter_config("unet", "resnet18"))
+    save_model(root / "seg", make_config("segmenter", network=segmenter_config("unet", "resnet18"), image_size=32),
+               seg.state_dict())
+    kw = dict(sample_size=32, in_channels=4, out_channels=3, block_out_channels=[16, 16], layers_per_block=1,
+              down_block_types=["DownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "UpBlock2D"],
+              norm_num_groups=8)
+    save_model(root / "image", make_config("image-diffusion", network=kw, image_size=32,
+                                           process={"timesteps": 1000, "schedule": "linear"}), Denoiser(kw).state_dict())
+    return root
+
+
+def _max_change(data, out) -> float:
+    real = {r["id"]: r for r in read_dataset(data).rows}
+    worst = 0.0
+    for row in read_manifest(out / "manifest.jsonl"):
+        a = cv2.imread(str(out / row["image"])).astype(int)
+        b = cv2.imread(str(data / real[row["parent"]]["image"])).astype(int)
+        worst = max(worst, np.abs(a - b).max())
+    return worst
+
+
+@pytest.mark.parametrize("method, extra, bound", [
+    ("fgsm", ["--eps", "8"], 8), ("inverse-fgsm", ["--eps", "4"], 4),
+    ("pgd", ["--steps", "3", "--step-size", "2", "--weighted"], 6),
+])
+def test_attack_rows_and_budget(tmp_path, cli, synthetic_dataset, folders, method, extra, bound):
+    out = tmp_path / "adv"
+    r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--method", method, "--out", out,
+            "--split", "val", "--device", "cpu", *extra)
+    assert r.exit_code == 0, r.output
+    rows = read_manifest(out / "manifest.jsonl")
+    val = [x for x in read_dataset(synthetic_dataset).rows if x["split"] == "val"]
+    assert len(rows) == len(val)
+    assert all(x["source"] == "attacked" and x["method"]["name"] == method and x["split"] == "val" for x in rows)
+    assert _max_change(synthetic_dataset, out) <= bound + 1  # rounding to uint8
+    assert (out / "contact_sheet.png").exists()
+    # a rerun of the same command writes nothing new
+    r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--method", method, "--out", out,
+            "--split", "val", "--device", "cpu", "--json", *extra)
+    assert r.exit_code == 0 and '"written_now": 0' in r.stdout
+
+
+def test_diff_pgd_and_asma(tmp_path, cli, synthetic_dataset, folders):
+    for method, extra in (("diff-pgd", ["--image-model", folders / "image", "--steps", "2", "--grad", "full"]),
+                          ("asma", ["--target", "shift", "--max-iter", "5"])):
+        r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--method", method,
+                "--out", tmp_path / method, "--split", "test", "--device", "cpu", *extra)
+        assert r.exit_code == 0, r.output
+        rows = read_manifest(tmp_path / method / "manifest.jsonl")
+        assert rows and all(x["method"]["name"] == method for x in rows)
+    assert all("iou_target" in x for x in rows)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--method", "diff-pgd"], "--image-model"), (["--method", "nope"], "--method"),
+    (["--method", "asma", "--weighted"], "--weighted"),
+])
+def test_attack_bad_options(tmp_path, cli, synthetic_dataset, folders, extra, expected):
+    r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--out", tmp_path / "a", *extra)
+    assert r.exit_code == 2 and expected in r.output
+
+
+def test_wrong_kind_segmenter(tmp_path, cli, synthetic_dataset, folders):
+    r = cli("attack", synthetic_dataset, "--segmenter", folders / "image", "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "expected a 'segmenter' model" in r.output
