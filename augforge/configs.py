@@ -151,12 +151,12 @@ class DemoConfig:
     """The whole DASP chain on synthetic polyps, sized for a 2-core CPU in a few minutes."""
 
     out: str = "augforge-demo"
-    n: int = 160  # synthetic pairs (80/10/10 split)
+    n: int = 120  # synthetic pairs (80/10/10 split)
     size: int = 32
-    seg_epochs: int = 8
-    diffusion_steps: int = 200
-    generated: int = 64
-    attack_steps: int = 5
+    seg_epochs: int = 4
+    diffusion_steps: int = 150
+    generated: int = 48
+    attack_steps: int = 3
     seed: int = 0
     device: str = "auto"
     overwrite: bool = False
