@@ -38,6 +38,13 @@ def _default(cls, name: str) -> Any:
     return next(f.default for f in fields(cls) if f.name == name)
 
 
+def _config(cls, values: dict):
+    """Build a stage config from a command's parameters, matched by name (``compile_`` -> ``compile``)."""
+    names = {f.name for f in fields(cls)}
+    convert = lambda v: str(v) if isinstance(v, Path) else tuple(str(x) for x in v) if isinstance(v, list) else v
+    return cls(**{k.rstrip("_"): convert(v) for k, v in values.items() if k.rstrip("_") in names})
+
+
 def _emit(result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2, default=str))
@@ -105,7 +112,7 @@ def prepare(
     json_: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Turn a folder of real images and masks into a prepared dataset (resized, binarised, split)."""
-    _run("prepare", PrepareConfig(str(src), str(out), size, fit, split, seed, overwrite), json_)
+    _run("prepare", _config(PrepareConfig, locals()), json_)
 
 
 @app.command()
@@ -119,7 +126,7 @@ def synthesize(
     json_: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Write a prepared dataset of seeded synthetic colonoscopy-like polyp images (for demos and tests)."""
-    _run("prepare", SynthesizeConfig(str(out), n, size, split, seed, overwrite), json_, func="run_synthesize")
+    _run("prepare", _config(SynthesizeConfig, locals()), json_, func="run_synthesize")
 
 # --------------------------------------------------------------------------- diffusion models
 
@@ -127,10 +134,7 @@ def _train_diffusion(kind: str, data: Path, out: Path, steps: int, batch_size: i
                      timesteps: int, schedule: str, model_size: str, ema_decay: float, cond_drop: float,
                      save_every: int, log_every: int, seed: int, device: str, compile_: bool, resume: bool,
                      overwrite: bool, as_json: bool) -> None:
-    cfg = TrainDiffusionConfig(str(data), str(out), kind, steps, batch_size, lr, image_size, timesteps, schedule,
-                               model_size, ema_decay, cond_drop, save_every, log_every, seed, device, compile_,
-                               resume, overwrite)
-    _run("train_diffusion", cfg, as_json)
+    _run("train_diffusion", _config(TrainDiffusionConfig, locals()), as_json)
 
 
 def _d(name: str) -> Any:
@@ -207,9 +211,7 @@ def sample(
     json_: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Generate new mask/image pairs with the two diffusion models (DASP)."""
-    _run("sample", SampleConfig(str(out), mask_model, image_model, n, masks_from, sampler, sample_steps,
-                                mask_sample_steps, guidance, batch_size, seed, shard, device, report, segmenter,
-                                overwrite), json_)
+    _run("sample", _config(SampleConfig, locals()), json_)
 
 @app.command()
 def attack(
@@ -245,10 +247,7 @@ def attack(
     json_: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Write an adversarially attacked copy of a dataset (FGSM, Inverse-FGSM, PGD, Diff-PGD, ASMA)."""
-    _run("attack", AttackConfig(str(data), segmenter, str(out), method, eps, step_size, steps, random_start,
-                                attack_loss, weighted, sigma2, weight_mode, image_model, sdedit_steps, grid_steps,
-                                grad, target, target_file, max_iter, beta, tau, split, batch_size, seed, shard,
-                                device, overwrite), json_)
+    _run("attack", _config(AttackConfig, locals()), json_)
 
 # --------------------------------------------------------------------------- end to end
 
@@ -267,9 +266,7 @@ def demo(
     json_: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Run the whole DASP chain on synthetic polyps (a few minutes on a CPU) and write a report."""
-    _run("demo", DemoConfig(out=str(out), n=n, size=size, seg_epochs=seg_epochs, diffusion_steps=diffusion_steps,
-                            generated=generated, attack_steps=attack_steps, seed=seed, device=device,
-                            overwrite=overwrite), json_)
+    _run("demo", _config(DemoConfig, locals()), json_)
 
 
 @app.command()
@@ -311,9 +308,7 @@ def train_seg(
     json_: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Train a binary segmenter on real (+ generated/attacked) pairs; keeps the best-val-mDice weights."""
-    _run("train_seg", TrainSegConfig(str(data), str(out), tuple(str(p) for p in extra), arch, encoder,
-                                     encoder_weights, loss, extra_weight, lr, epochs, batch_size, schedule, aug,
-                                     seed, device, compile_, resume, overwrite), json_)
+    _run("train_seg", _config(TrainSegConfig, locals()), json_)
 
 
 def _ev(name: str) -> Any:
@@ -340,8 +335,7 @@ def evaluate(
 
     Empty masks: an empty prediction on an empty mask scores 1, any other prediction 0.
     """
-    _run("evaluate", EvaluateConfig(segmenter, str(data), split, threshold, out, attack, eps, attack_steps, "",
-                                    batch_size, bootstrap, seed, device), json_)
+    _run("evaluate", _config(EvaluateConfig, locals()), json_)
 
 
 def main() -> None:
