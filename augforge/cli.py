@@ -77,7 +77,7 @@ def _run(stage: str, cfg, as_json: bool = False, func: str = "run") -> None:
     """Import ``augforge.stages.<stage>``, call ``func(cfg)``, print the result; one clear line on failure."""
     try:
         result = getattr(importlib.import_module(f"augforge.stages.{stage}"), func)(cfg)
-    except AugforgeError as e:
+    except (AugforgeError, ValueError) as e:  # ValueError: an option value the maths refuses
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:

@@ -77,3 +77,9 @@ def test_bad_options(tmp_path, cli, synthetic_dataset, extra, expected):
 def test_not_a_dataset(tmp_path, cli):
     r = _train(cli, tmp_path, tmp_path / "m")
     assert r.exit_code == 2 and "not an augforge dataset" in r.output
+
+
+def test_bad_ema_decay_is_refused_before_anything_is_written(tmp_path, cli, synthetic_dataset):
+    r = _train(cli, synthetic_dataset, tmp_path / "m", "mask", "--ema-decay", "1.5")
+    assert r.exit_code == 2 and "--ema-decay" in r.output
+    assert not (tmp_path / "m").exists()

@@ -55,6 +55,10 @@ def _check(cfg: TrainDiffusionConfig) -> None:
     for name in ("steps", "batch_size", "timesteps", "save_every", "log_every"):
         if getattr(cfg, name) < 1:
             raise AugforgeError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise AugforgeError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay}")
+    if not 0.0 <= cfg.cond_drop <= 1.0:
+        raise AugforgeError(f"--cond-drop must be in [0, 1], got {cfg.cond_drop}")
     if cfg.schedule not in ("", "linear", "cosine"):
         raise AugforgeError(f"--schedule must be linear or cosine, got {cfg.schedule!r}")
 
