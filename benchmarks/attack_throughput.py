@@ -59,8 +59,11 @@ def main() -> None:
     x = torch.rand(args.batch, 3, args.size, args.size, device=dev)
     y = (torch.rand(args.batch, 1, args.size, args.size, device=dev) > 0.7).float()
     eps, step = 10 / 255, 1 / 255
-    ours = rate(lambda: pgd(seg, x, y, eps=eps, step_size=step, steps=args.steps), args.batch)
-    ref = rate(lambda: reference_pgd(seg, x, y, eps, step, args.steps), args.batch)
+    # interleaved repeats (best of each), so drifting machine load hits both alike
+    ours, ref = 0.0, 0.0
+    for _ in range(3):
+        ours = max(ours, rate(lambda: pgd(seg, x, y, eps=eps, step_size=step, steps=args.steps), args.batch, 1))
+        ref = max(ref, rate(lambda: reference_pgd(seg, x, y, eps, step, args.steps), args.batch, 1))
     net = build_denoiser("tiny", 4, 3, args.size).to(dev).eval().requires_grad_(False)
     diffusion = GaussianDiffusion()
 
