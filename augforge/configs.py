@@ -154,7 +154,7 @@ class DemoConfig:
     n: int = 120  # synthetic pairs (80/10/10 split)
     size: int = 32
     seg_epochs: int = 4
-    diffusion_steps: int = 150
+    diffusion_steps: int = 500
     generated: int = 48
     attack_steps: int = 3
     seed: int = 0
