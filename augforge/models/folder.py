@@ -93,6 +93,7 @@ def save_model(model_dir: Path, config: dict, state_dict: dict[str, torch.Tensor
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     tmp = model_dir / f".{WEIGHTS}.tmp{os.getpid()}"
     save_file(tensors, str(tmp))
+    os.chmod(tmp, 0o644)  # the temporary file is created private; the model is not
     os.replace(tmp, model_dir / WEIGHTS)
     atomic_write_json(model_dir / CONFIG, config)
 
