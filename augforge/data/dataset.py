@@ -286,6 +286,16 @@ def open_output(out: Path, made_by: dict, *, overwrite: bool, marker: str) -> bo
     return False
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class DatasetWriter:
     """Writes a SPEC dataset pair by pair; resumable, safe under kill -9 and under several shards.
 
@@ -305,6 +315,11 @@ class DatasetWriter:
         self._repair_manifest()
 
     def _repair_manifest(self) -> None:
+        # temporary files of writers that were killed (their pid is gone) are never renamed: remove them
+        for tmp in [*self.root.glob("images/.*.tmp*"), *self.root.glob("masks/.*.tmp*")]:
+            pid = tmp.name.rpartition(".tmp")[2]
+            if pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
         path = self.root / MANIFEST
         if path.exists():
             data = path.read_bytes()
