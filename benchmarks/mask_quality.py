@@ -15,13 +15,12 @@ import time
 
 import torch
 
-from augforge.data.dataset import load_pairs, read_dataset
+from augforge.data.dataset import PairSet, load_pairs, read_dataset
 from augforge.models.folder import load_network
 from augforge.quality import mask_quality_report
 from augforge.runtime import resolve_device
 from augforge.stages.sample import sample_masks
 from augforge.stages.train_diffusion import resize_pairs
-from augforge.data.dataset import PairSet
 
 
 def main() -> None:

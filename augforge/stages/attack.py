@@ -18,7 +18,7 @@ import torch
 from augforge.attacks import ATTACKS, uncertainty_weights
 from augforge.configs import AttackConfig
 from augforge.data.dataset import (MANIFEST, DatasetWriter, encode_png, load_pairs, read_dataset, read_manifest,
-                                   run_record)
+                                   read_mask, run_record)
 from augforge.errors import AugforgeError
 from augforge.models.folder import load_network
 from augforge.progress import progress_bar
@@ -71,8 +71,6 @@ def asma_targets(cfg: AttackConfig, masks: torch.Tensor, all_masks: torch.Tensor
     if cfg.target == "shift":
         return torch.roll(masks, shifts=(size // 4, size // 4), dims=(-2, -1))
     if cfg.target == "file":
-        from augforge.data.dataset import read_mask
-
         m = cv2.resize(read_mask(Path(cfg.target_file)), (size, size), interpolation=cv2.INTER_NEAREST)
         return torch.from_numpy(m // 255).float().to(masks.device).expand_as(masks).clone()
     n = all_masks.shape[0]
@@ -133,6 +131,7 @@ def run(cfg: AttackConfig) -> dict:
             generator = generator_for(cfg.seed, index[0], device=device)
             with torch.no_grad():
                 clean_logits = seg(x)
+            weights = uncertainty_weights(clean_logits, cfg.sigma2) if cfg.weighted else None
             kwargs: dict = {}
             if cfg.method == "asma":
                 target = asma_targets(cfg, y, all_masks, index)
@@ -144,7 +143,7 @@ def run(cfg: AttackConfig) -> dict:
             else:
                 kwargs = dict(eps=eps, loss=cfg.attack_loss, generator=generator)
                 if cfg.weighted:
-                    kwargs.update(weights=uncertainty_weights(clean_logits, cfg.sigma2), weight_mode=cfg.weight_mode)
+                    kwargs.update(weights=weights, weight_mode=cfg.weight_mode)
                 if cfg.method in ("pgd", "diff-pgd"):
                     kwargs.update(step_size=step_size, steps=cfg.steps, random_start=cfg.random_start)
                 if cfg.method == "diff-pgd":
@@ -175,8 +174,7 @@ def run(cfg: AttackConfig) -> dict:
                        **{key: v[k] for key, v in extra.items()}}
                 writer.append(ids[i], adv_u8[k], masks_u8[k], row)
             if start == 0 and world.is_main:
-                _sheet(writer.root, images, x_adv, masks, clean_logits, adv_logits,
-                       uncertainty_weights(clean_logits, cfg.sigma2) if cfg.weighted else None)
+                _sheet(writer.root, images, x_adv, masks, clean_logits, adv_logits, weights)
             advance(len(index))
     barrier()
 
