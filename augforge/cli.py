@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from augforge import __version__
-from augforge.configs import (AttackConfig, DemoConfig, EvaluateConfig, PrepareConfig, SampleConfig, SynthesizeConfig,
-                              TrainDiffusionConfig, TrainSegConfig)
+from augforge.configs import (DEFAULT_SCHEDULE, AttackConfig, DemoConfig, EvaluateConfig, PipelineConfig, PrepareConfig, SampleConfig,
+                              SynthesizeConfig, TrainDiffusionConfig, TrainSegConfig)
 from augforge.errors import AugforgeError
 
 app = typer.Typer(
@@ -164,7 +164,7 @@ JSON_OPT = typer.Option(False, "--json", help=JSON_HELP)
 def train_mask_diffusion(
     data: Path = DATA_ARG, out: Path = OUT_OPT, steps: int = STEPS_OPT, batch_size: int = BATCH_OPT,
     lr: float = LR_OPT, image_size: int = SIZE_OPT, timesteps: int = T_OPT,
-    schedule: str = typer.Option("cosine", help="Noise schedule: cosine (ᾱ_T < 1e-3 at T=1000) or linear."),
+    schedule: str = typer.Option(DEFAULT_SCHEDULE["mask-diffusion"], help="Noise schedule: cosine (ᾱ_T < 1e-3 at T=1000) or linear."),
     model_size: str = MS_OPT, ema_decay: float = EMA_OPT, save_every: int = SAVE_OPT, log_every: int = LOG_OPT,
     seed: int = SEED_OPT, device: str = DEVICE_OPT, compile_: bool = COMPILE_OPT, resume: bool = RESUME_OPT,
     overwrite: bool = OVERWRITE_OPT, json_: bool = JSON_OPT,
@@ -178,7 +178,7 @@ def train_mask_diffusion(
 def train_image_diffusion(
     data: Path = DATA_ARG, out: Path = OUT_OPT, steps: int = STEPS_OPT, batch_size: int = BATCH_OPT,
     lr: float = LR_OPT, image_size: int = SIZE_OPT, timesteps: int = T_OPT,
-    schedule: str = typer.Option("linear", help="Noise schedule: linear (β 1e-4..0.02, ADM) or cosine."),
+    schedule: str = typer.Option(DEFAULT_SCHEDULE["image-diffusion"], help="Noise schedule: linear (β 1e-4..0.02, ADM) or cosine."),
     model_size: str = MS_OPT, ema_decay: float = EMA_OPT,
     cond_drop: float = typer.Option(_d("cond_drop"), help="Probability of dropping the mask (classifier-free guidance)."),
     save_every: int = SAVE_OPT, log_every: int = LOG_OPT, seed: int = SEED_OPT, device: str = DEVICE_OPT,
@@ -267,6 +267,21 @@ def demo(
 ) -> None:
     """Run the whole DASP chain on synthetic polyps (a few minutes on a CPU) and write a report."""
     _run("demo", _config(DemoConfig, locals()), json_)
+
+
+@app.command()
+def pipeline(
+    config: Path = typer.Argument(..., help="TOML file: [vars], [pipeline], [defaults] and the [[stage]] list."),
+    only: str = typer.Option("", "--only", help="Run only these stages (comma-separated names)."),
+    start: str = typer.Option("", "--from", help="First stage of a range (default: the first)."),
+    stop: str = typer.Option("", "--to", help="Last stage of a range (default: the last)."),
+    variables: list[str] = typer.Option([], "--set", help="Override a [vars] entry: KEY=VALUE (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Rerun the selected stages even when they are up to date."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would run and why, run nothing."),
+    json_: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Run the stages a TOML file lists, in order; stages already done with the same options are skipped."""
+    _run("pipeline", _config(PipelineConfig, locals()), json_)
 
 
 @app.command()

@@ -70,6 +70,9 @@ class EvaluateConfig:
     device: str = "auto"
 
 
+DEFAULT_SCHEDULE = {"mask-diffusion": "cosine", "image-diffusion": "linear"}  # what schedule="" means
+
+
 @dataclass(frozen=True)
 class TrainDiffusionConfig:
     """Shared by train-mask-diffusion and train-image-diffusion (``kind`` tells them apart)."""
@@ -161,3 +164,16 @@ class DemoConfig:
     device: str = "auto"
     overwrite: bool = False
 
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``augforge pipeline CONFIG.toml``: run the stages a TOML file lists, skipping up-to-date ones."""
+
+    config: str
+    only: str = ""  # comma-separated stage names
+    start: str = ""  # --from: first stage of a range
+    stop: str = ""  # --to: last stage of a range
+    variables: tuple[str, ...] = ()  # --set KEY=VALUE, overriding [vars]
+    force: bool = False  # rerun the selected stages even when up to date
+    dry_run: bool = False

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from augforge.configs import TrainDiffusionConfig
+from augforge.configs import DEFAULT_SCHEDULE, TrainDiffusionConfig
 from augforge.data.dataset import PairSet, load_pairset, open_output, read_dataset, run_record
 from augforge.diffusion.bernoulli import BernoulliDiffusion
 from augforge.diffusion.gaussian import GaussianDiffusion
@@ -26,7 +26,6 @@ from augforge.progress import log, progress_bar
 from augforge.runtime import atomic_write_json, generator_for, init_distributed, resolve_device, seed_everything
 
 KINDS = ("mask-diffusion", "image-diffusion")
-DEFAULT_SCHEDULE = {"mask-diffusion": "cosine", "image-diffusion": "linear"}
 CHANNELS = {"mask-diffusion": (1, 1), "image-diffusion": (4, 3)}
 # options that do not change what is learned: a rerun that differs only in these continues the same run
 NOT_IDENTITY = ("out", "overwrite", "resume", "device", "compile", "steps", "save_every", "log_every")
@@ -65,7 +64,8 @@ def _check(cfg: TrainDiffusionConfig) -> None:
 
 def run(cfg: TrainDiffusionConfig) -> dict:
     _check(cfg)
-    cfg = replace(cfg, schedule=cfg.schedule or DEFAULT_SCHEDULE[cfg.kind])
+    cfg = replace(cfg, schedule=cfg.schedule or DEFAULT_SCHEDULE[cfg.kind],
+                  cond_drop=cfg.cond_drop if cfg.kind == "image-diffusion" else 0.0)  # masks are unconditional
     device = resolve_device(cfg.device)
     world = init_distributed(device)
     seed_everything(cfg.seed)

@@ -1,0 +1,298 @@
+"""``augforge pipeline CONFIG.toml``: a whole experiment in one file, rerun safely.
+
+The TOML file lists stages in order; each ``[[stage]]`` names its ``command`` and gives that
+command's options under their CLI names (``batch-size`` or ``batch_size``)::
+
+    [vars]                      # ${name} is replaced in every string; --set name=value overrides
+    run = "runs/quick"
+
+    [pipeline]                  # optional
+    report = "${run}"           # write report.md there after the stages
+    state = "${run}/pipeline-state.json"   # default: pipeline-state.json in the outputs' common folder
+
+    [defaults]                  # given to every stage whose command has the option
+    device = "auto"
+
+    [[stage]]
+    command = "prepare"         # name = "..." too when a command appears twice
+    src = "../shared/data/kvasir-seg"
+    out = "${run}/data"
+
+A stage is *up to date*, and skipped, when the state file records that it finished with the same
+options, its output still exists, and the stages it reads from (an earlier stage's ``out`` among its
+option values) have not run again since. A stage that is not up to date runs through the same
+``run(cfg)`` as its command: over a half-written output of the same run it continues; over an output
+the pipeline itself made with other options or other inputs it starts afresh (``--overwrite``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import tomllib
+import uuid
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from importlib import import_module
+from pathlib import Path
+
+from augforge.configs import (DEFAULT_SCHEDULE, AttackConfig, EvaluateConfig, PipelineConfig, PrepareConfig, SampleConfig,
+                              SynthesizeConfig, TrainDiffusionConfig, TrainSegConfig)
+from augforge.errors import AugforgeError
+from augforge.progress import log
+from augforge.runtime import atomic_write_json, read_json
+
+
+@dataclass(frozen=True)
+class Command:
+    config: type
+    module: str  # augforge.stages.<module>
+    func: str = "run"
+    fixed: dict = field(default_factory=dict)  # values the CLI command sets itself
+    defaults: dict = field(default_factory=dict)  # the CLI command's own defaults, where they differ from cfg's
+
+
+COMMANDS = {
+    "prepare": Command(PrepareConfig, "prepare"),
+    "synthesize": Command(SynthesizeConfig, "prepare", "run_synthesize"),
+    "train-mask-diffusion": Command(TrainDiffusionConfig, "train_diffusion", fixed={"kind": "mask-diffusion", "cond_drop": 0.0},
+                                    defaults={"schedule": DEFAULT_SCHEDULE["mask-diffusion"]}),
+    "train-image-diffusion": Command(TrainDiffusionConfig, "train_diffusion", fixed={"kind": "image-diffusion"},
+                                     defaults={"schedule": DEFAULT_SCHEDULE["image-diffusion"]}),
+    "sample": Command(SampleConfig, "sample"),
+    "attack": Command(AttackConfig, "attack"),
+    "train-seg": Command(TrainSegConfig, "train_seg"),
+    "evaluate": Command(EvaluateConfig, "evaluate"),
+}
+NOT_COMPARED = ("overwrite", "resume")  # options the pipeline sets itself
+VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    command: str
+    cfg: object
+
+    @property
+    def out(self) -> str:
+        return _norm(self.cfg.out)
+
+    def options(self) -> dict:
+        """The options as the state file stores them (JSON: tuples become lists)."""
+        return json.loads(json.dumps({k: v for k, v in asdict(self.cfg).items() if k not in NOT_COMPARED}))
+
+
+def _norm(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+# --------------------------------------------------------------------------- reading the file
+
+def _substitute(value, variables: dict, where: str):
+    if isinstance(value, str):
+        def one(m: re.Match) -> str:
+            if m.group(1) not in variables:
+                raise AugforgeError(f"{where}: unknown variable ${{{m.group(1)}}} (define it in [vars] or with --set)")
+            return variables[m.group(1)]
+        return VAR.sub(one, value)
+    if isinstance(value, list):
+        return [_substitute(v, variables, where) for v in value]
+    return value
+
+
+def _coerce(kind: str, value, where: str):
+    """TOML value -> the config field's type (field types are strings under ``from __future__``).
+
+    A string that reads as a number is accepted for a number option, so ``size = "${size}"`` works.
+    """
+    if kind in ("int", "float") and isinstance(value, str):
+        try:
+            value = int(value) if kind == "int" else float(value)
+        except ValueError:
+            pass
+    ok = {"bool": isinstance(value, bool),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "str": isinstance(value, (str, int, float)) and not isinstance(value, bool),
+          "tuple[str, ...]": isinstance(value, (str, list))}[kind]
+    if not ok:
+        raise AugforgeError(f"{where}: expected {kind.replace('tuple[str, ...]', 'a list of strings')}, got {value!r}")
+    if kind == "float":
+        return float(value)
+    if kind == "str":
+        return str(value)
+    if kind == "tuple[str, ...]":
+        return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+    return value
+
+
+def _build(index: int, table: dict, defaults: dict, variables: dict) -> Stage:
+    where = f"stage {index + 1}"
+    table = dict(table)
+    command = table.pop("command", None)
+    if command not in COMMANDS:
+        raise AugforgeError(f"{where}: command must be one of {', '.join(COMMANDS)}, got {command!r}")
+    spec = COMMANDS[command]
+    name = str(table.pop("name", command))
+    where = f"stage {name!r} ({command})"
+    types = {f.name: f.type for f in fields(spec.config)}
+    values = {**spec.defaults, **{k: v for k, v in defaults.items() if k in types}}
+    for key, value in table.items():
+        key_ = key.replace("-", "_")
+        if key_ not in types or key_ in spec.fixed or key_ in NOT_COMPARED:
+            options = sorted(k.replace("_", "-") for k in types if k not in spec.fixed and k not in NOT_COMPARED)
+            raise AugforgeError(f"{where}: unknown option {key!r}; {command} takes {', '.join(options)}")
+        values[key_] = value
+    values = {k: _coerce(types[k], _substitute(v, variables, where), f"{where}, {k.replace('_', '-')}")
+              for k, v in values.items()}
+    missing = [f.name for f in fields(spec.config) if f.name not in values and f.name not in spec.fixed
+               and f.default is MISSING]
+    if missing:
+        raise AugforgeError(f"{where}: missing {', '.join(m.replace('_', '-') for m in missing)}")
+    if not values.get("out"):
+        raise AugforgeError(f"{where}: needs out = ... in a pipeline, so that a rerun can skip it")
+    return Stage(name, command, spec.config(**values, **spec.fixed))
+
+
+def load_pipeline(path: str, overrides: tuple[str, ...] = ()) -> tuple[list[Stage], dict]:
+    """Parse CONFIG.toml into stages (configs built and type-checked) and its [pipeline] table."""
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise AugforgeError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise AugforgeError(f"{path}: not valid TOML ({e})") from None
+    unknown = set(doc) - {"vars", "pipeline", "defaults", "stage"}
+    if unknown:
+        raise AugforgeError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; expected [vars], [pipeline], "
+                            "[defaults] and [[stage]]")
+    variables: dict[str, str] = {}
+    raw = dict(doc.get("vars", {}))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AugforgeError(f"--set expects KEY=VALUE, got {item!r}")
+        raw[key] = value
+    for key, value in raw.items():  # in order, so a variable may use the ones above it
+        variables[key] = str(_substitute(value if isinstance(value, str) else str(value), variables, "[vars]"))
+    stages = [_build(i, t, doc.get("defaults", {}), variables) for i, t in enumerate(doc.get("stage", []))]
+    if not stages:
+        raise AugforgeError(f"{path}: lists no [[stage]]")
+    names = [s.name for s in stages]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise AugforgeError(f"{path}: stage names must be unique; give the repeated {', '.join(twice)} a name = ...")
+    settings = {k: _substitute(v, variables, "[pipeline]") for k, v in doc.get("pipeline", {}).items()}
+    unknown = set(settings) - {"state", "report"}
+    if unknown:
+        raise AugforgeError(f"{path}: [pipeline] takes state and report, not {', '.join(sorted(unknown))}")
+    return stages, settings
+
+
+# --------------------------------------------------------------------------- deciding what runs
+
+def upstream(stages: list[Stage], i: int) -> list[str]:
+    """Names of the earlier stages whose output stage i reads (their out among its option values)."""
+    values = set()
+    for v in asdict(stages[i].cfg).values():
+        for item in (v if isinstance(v, tuple) else (v,)):
+            if isinstance(item, str) and item:
+                values.add(_norm(item))
+    return [s.name for s in stages[:i] if s.out in values]
+
+
+def select(stages: list[Stage], cfg: PipelineConfig) -> list[Stage]:
+    names = [s.name for s in stages]
+
+    def index(name: str, option: str) -> int:
+        if name not in names:
+            raise AugforgeError(f"{option} {name}: no such stage; stages are {', '.join(names)}")
+        return names.index(name)
+
+    if cfg.only and (cfg.start or cfg.stop):
+        raise AugforgeError("--only and --from/--to exclude each other")
+    if cfg.only:
+        wanted = {index(n.strip(), "--only") for n in cfg.only.split(",") if n.strip()}
+        return [s for i, s in enumerate(stages) if i in wanted]
+    first = index(cfg.start, "--from") if cfg.start else 0
+    last = index(cfg.stop, "--to") if cfg.stop else len(stages) - 1
+    if first > last:
+        raise AugforgeError(f"--from {cfg.start} comes after --to {cfg.stop}")
+    return stages[first:last + 1]
+
+
+def up_to_date(stages: list[Stage], i: int, records: dict) -> tuple[bool, str]:
+    stage, record = stages[i], records.get(stages[i].name)
+    if record is None:
+        return False, "not run yet"
+    if record["options"] != stage.options():
+        return False, "options changed"
+    if not Path(stage.out).exists():
+        return False, "output missing"
+    for name in upstream(stages, i):
+        if record["upstream"].get(name) != records.get(name, {}).get("run_id"):
+            return False, f"{name} ran again"
+    return True, "up to date"
+
+
+def default_state_path(stages: list[Stage]) -> Path:
+    return Path(os.path.commonpath([os.path.dirname(s.out) for s in stages])) / "pipeline-state.json"
+
+
+# --------------------------------------------------------------------------- running
+
+def run(cfg: PipelineConfig) -> dict:
+    stages, settings = load_pipeline(cfg.config, cfg.variables)
+    state_path = Path(settings.get("state") or default_state_path(stages))
+    state = read_json(state_path, "pipeline state") if state_path.exists() else {"stages": {}}
+    records = state["stages"]
+    selected = {s.name for s in select(stages, cfg)}
+    rows, ran = [], 0
+    for i, stage in enumerate(stages):
+        if stage.name not in selected:
+            continue
+        fresh, why = up_to_date(stages, i, records)
+        if fresh and not cfg.force:
+            rows.append({"stage": stage.name, "command": stage.command, "status": "skipped (up to date)", "seconds": 0.0})
+            log(f"[bold]pipeline[/]: {stage.name} is up to date, skipped")
+            continue
+        if cfg.dry_run:
+            records[stage.name] = {"run_id": "would run"}  # so the stages reading it show as stale too
+            rows.append({"stage": stage.name, "command": stage.command, "status": f"would run ({why})", "seconds": 0.0})
+            continue
+        # 1. an output the pipeline made earlier with other options/inputs is replaced; anything else
+        #    (a half-written output of this same run, or a foreign one) is left to the stage to judge
+        overwrite = cfg.force or stage.name in records
+        if records.pop(stage.name, None) is not None:  # so that an interrupted rerun continues, not restarts
+            atomic_write_json(state_path, state)
+        log(f"[bold]pipeline[/]: {stage.name} ({stage.command}): running ({why})")
+        # 2. the same function the command calls
+        t0 = time.perf_counter()
+        spec = COMMANDS[stage.command]
+        try:
+            stage_cfg = replace(stage.cfg, overwrite=True) if overwrite and hasattr(stage.cfg, "overwrite") else stage.cfg
+            getattr(import_module(f"augforge.stages.{spec.module}"), spec.func)(stage_cfg)
+        except AugforgeError as e:
+            raise AugforgeError(f"stage {stage.name} ({stage.command}): {e}") from None
+        seconds = round(time.perf_counter() - t0, 1)
+        # 3. record it, with the run ids of the stages it read, so their reruns make it stale
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        records[stage.name] = {"command": stage.command, "options": stage.options(), "run_id": uuid.uuid4().hex,
+                               "upstream": {n: records.get(n, {}).get("run_id") for n in upstream(stages, i)},
+                               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               "seconds": seconds}
+        atomic_write_json(state_path, state)
+        rows.append({"stage": stage.name, "command": stage.command, "status": f"ran ({why})", "seconds": seconds})
+        ran += 1
+    result = {"config": cfg.config, "state": str(state_path), "ran": ran,
+              "skipped": sum(r["status"].startswith("skipped") for r in rows)}
+    if settings.get("report") and ran:
+        result["report"] = import_module("augforge.stages.report").run_report(settings["report"])["report"]
+    if ran == 0 and not cfg.dry_run:
+        result["message"] = f"nothing to do: all {len(rows)} selected stages are up to date"
+        log(f"[bold]pipeline[/]: {result['message']}")
+    result["tables"] = {"stages": rows}
+    return result

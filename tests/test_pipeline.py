@@ -1,0 +1,180 @@
+"""`augforge pipeline CONFIG.toml`: parsing, stage selection, skipping up-to-date stages, staleness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from augforge.configs import PipelineConfig
+from augforge.errors import AugforgeError
+from augforge.stages.pipeline import load_pipeline, select, upstream
+
+CHAIN = """
+[vars]
+run = "{run}"
+size = "32"
+
+[pipeline]
+report = "${{run}}"
+
+[defaults]
+device = "cpu"
+seed = 0
+
+[[stage]]
+command = "synthesize"
+out = "${{run}}/data"
+n = 40
+size = "${{size}}"
+
+[[stage]]
+name = "seg"
+command = "train-seg"
+data = "${{run}}/data"
+out = "${{run}}/seg"
+arch = "linknet"
+encoder = "mobilenet_v2"
+epochs = 1
+batch-size = 16
+
+[[stage]]
+name = "eval"
+command = "evaluate"
+segmenter = "${{run}}/seg"
+data = "${{run}}/data"
+out = "${{run}}/eval.json"
+bootstrap = 50
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    return path
+
+
+def _status(result) -> dict:
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    return {row["stage"]: row["status"].split(" ")[0] for row in doc["tables"]["stages"]} | {"_doc": doc}
+
+
+def test_chain_runs_then_a_rerun_does_nothing_and_an_edit_reruns_what_depends_on_it(tmp_path, cli):
+    toml = _write(tmp_path, CHAIN.format(run=tmp_path / "run"))
+    first = _status(cli("pipeline", toml, "--json"))
+    assert [first[k] for k in ("synthesize", "seg", "eval")] == ["ran", "ran", "ran"]
+    assert (tmp_path / "run" / "eval.json").exists() and (tmp_path / "run" / "report.md").exists()
+    state = json.loads((tmp_path / "run" / "pipeline-state.json").read_text())["stages"]
+    assert state["seg"]["upstream"] == {"synthesize": state["synthesize"]["run_id"]}
+    assert state["eval"]["upstream"] == {"synthesize": state["synthesize"]["run_id"], "seg": state["seg"]["run_id"]}
+
+    second = cli("pipeline", toml)
+    assert second.exit_code == 0 and "nothing to do: all 3 selected stages are up to date" in second.output
+
+    # an edited option of the segmenter: it reruns (replacing its old output), so does the evaluation
+    toml.write_text(toml.read_text().replace("epochs = 1", "epochs = 2"))
+    third = _status(cli("pipeline", toml, "--json"))
+    assert [third[k] for k in ("synthesize", "seg", "eval")] == ["skipped", "ran", "ran"]
+    assert len((tmp_path / "run" / "seg" / "metrics.jsonl").read_text().splitlines()) == 2
+
+    # --force reruns a selected stage even though it is up to date; the one after it becomes stale
+    forced = _status(cli("pipeline", toml, "--only", "seg", "--force", "--json"))
+    assert forced["seg"] == "ran" and "eval" not in forced
+    dry = _status(cli("pipeline", toml, "--dry-run", "--json"))
+    assert [dry[k] for k in ("synthesize", "seg", "eval")] == ["skipped", "skipped", "would"]
+    assert "seg ran again" in json.dumps(dry["_doc"])
+
+
+def test_a_stage_run_outside_the_pipeline_is_continued_not_overwritten(tmp_path, cli):
+    run = tmp_path / "run"
+    toml = _write(tmp_path, CHAIN.format(run=run))
+    r = cli("synthesize", run / "data", "--n", "40", "--size", "32")  # the same options, by hand
+    assert r.exit_code == 0, r.output
+    before = (run / "data" / "manifest.jsonl").read_text()
+    status = _status(cli("pipeline", toml, "--to", "synthesize", "--json"))
+    assert status == {"synthesize": "ran", "_doc": status["_doc"]}
+    assert (run / "data" / "manifest.jsonl").read_text() == before  # resumed: nothing rewritten
+    # a foreign output with other options is refused with the stage named, not destroyed
+    toml.write_text(toml.read_text().replace("n = 40", "n = 30"))
+    (run / "pipeline-state.json").unlink()
+    r = cli("pipeline", toml, "--only", "synthesize")
+    assert r.exit_code == 2 and "stage synthesize (synthesize):" in r.output and "--overwrite" in r.output
+
+
+def test_upstream_follows_outputs_named_in_options(tmp_path):
+    toml = _write(tmp_path, CHAIN.format(run=tmp_path / "run"))
+    stages, settings = load_pipeline(str(toml))
+    assert [upstream(stages, i) for i in range(3)] == [[], ["synthesize"], ["synthesize", "seg"]]
+    assert settings["report"] == str(tmp_path / "run")
+    assert stages[1].cfg.device == "cpu" and stages[1].cfg.batch_size == 16  # [defaults] and dashed names
+    names = lambda **kw: [s.name for s in select(stages, PipelineConfig(str(toml), **kw))]
+    assert names() == ["synthesize", "seg", "eval"]
+    assert names(only="eval,synthesize") == ["synthesize", "eval"]
+    assert names(start="seg") == ["seg", "eval"] and names(stop="seg") == ["synthesize", "seg"]
+    stages, _ = load_pipeline(str(toml), ("run=/elsewhere",))
+    assert stages[0].cfg.out == "/elsewhere/data"
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.replace("n = 40", "n = 40\nbatch = 3"), "unknown option 'batch'; synthesize takes"),
+    (lambda t: t.replace('size = "${size}"', 'size = "${nope}"'), "unknown variable ${nope}"),
+    (lambda t: t.replace("n = 40", 'n = "many"'), "n: expected int, got 'many'"),
+    (lambda t: t.replace('name = "eval"', 'name = "seg"'),
+     "stage names must be unique"),
+    (lambda t: t.replace('command = "synthesize"', 'command = "synth"'), "command must be one of"),
+    (lambda t: t.replace('out = "${run}/eval.json"', ""), "needs out = ..."),
+    (lambda t: t.replace('segmenter = "${run}/seg"', ""),
+     "missing segmenter"),
+    (lambda t: t + "\n[extras]\n", "unknown table(s) extras"),
+    (lambda t: t.replace("[[stage]]", "[[stage]\n", 1), "not valid TOML"),
+])
+def test_bad_pipeline_files_give_one_clear_line(tmp_path, cli, edit, expected):
+    toml = _write(tmp_path, edit(CHAIN.format(run=tmp_path / "run")))
+    r = cli("pipeline", toml)
+    assert r.exit_code == 2 and expected in r.output and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--only", "nope"], "--only nope: no such stage"),
+    (["--from", "eval", "--to", "seg"], "comes after"),
+    (["--only", "seg", "--from", "seg"], "exclude each other"),
+    (["--set", "novalue"], "--set expects KEY=VALUE"),
+])
+def test_bad_selection_gives_one_clear_line(tmp_path, cli, args, expected):
+    toml = _write(tmp_path, CHAIN.format(run=tmp_path / "run"))
+    r = cli("pipeline", toml, *args)
+    assert r.exit_code == 2 and expected in r.output, r.output
+
+
+@pytest.mark.parametrize("example", sorted(Path(__file__).parents[1].glob("examples/*.toml")), ids=lambda p: p.name)
+def test_shipped_examples_parse(example):
+    stages, _ = load_pipeline(str(example))
+    assert stages[0].command == "prepare" and any(s.command == "attack" for s in stages)
+    assert all(upstream(stages, i) for i in range(1, len(stages)))  # every later stage reads an earlier output
+
+
+def test_pipeline_sh_runs_the_same_stages_with_the_same_options_as_the_quick_toml(tmp_path):
+    """examples/pipeline.sh and examples/quick-kvasir-cpu.toml describe one experiment: each shell
+    line, parsed by the CLI, builds exactly the config of the matching [[stage]]."""
+    import subprocess
+
+    import typer.main
+
+    from augforge.cli import _config, app
+
+    root = Path(__file__).parents[1]
+    calls = tmp_path / "calls"
+    fake = f'augforge() {{ printf "%s\\0" "$@" >> {calls}; printf "\\n" >> {calls}; }}; export -f augforge'
+    subprocess.run(["bash", "-c", f"{fake}; bash {root / 'examples' / 'pipeline.sh'}"], check=True,
+                   env={"PATH": "/usr/bin:/bin", "RUN": "runs/quick-kvasir-cpu"}, cwd=tmp_path)
+    lines = [line.split("\0") for line in calls.read_text().split("\0\n") if line]
+    stages, _ = load_pipeline(str(root / "examples" / "quick-kvasir-cpu.toml"))
+    assert [args[0] for args in lines] == [s.command for s in stages] + ["report"]
+    group = typer.main.get_command(app)
+    for stage, args in zip(stages, lines):
+        params = group.commands[args[0]].make_context(args[0], args[1:]).params
+        if stage.command.startswith("train-") and stage.command.endswith("-diffusion"):
+            params |= {"kind": stage.cfg.kind, "cond_drop": params.get("cond_drop", 0.0)}
+        assert _config(type(stage.cfg), params) == stage.cfg, stage.name
