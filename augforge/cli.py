@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -46,6 +47,8 @@ def _config(cls, values: dict):
 
 
 def _emit(result: dict, as_json: bool) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 prints the result
+        return
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -193,7 +196,9 @@ def sample(
     out: Path = typer.Option(..., "--out", help="Generated dataset folder to write (continued if it holds the same run)."),
     mask_model: str = typer.Option(_default(SampleConfig, "mask_model"), help="Mask-diffusion model folder."),
     image_model: str = typer.Option(_default(SampleConfig, "image_model"), help="Image-diffusion model folder."),
-    n: int = typer.Option(_default(SampleConfig, "n"), help="Number of pairs (a rerun with a larger N adds pairs)."),
+    n: int = typer.Option(_default(SampleConfig, "n"), "--n", "-n",
+                          help="Number of pairs (a rerun with a larger N adds pairs). Under torchrun write -n: "
+                               "torchrun's parser takes --n for an abbreviation of its own options."),
     masks_from: str = typer.Option(_default(SampleConfig, "masks_from"),
                                    help="Render images for the real train masks of this dataset instead of sampling masks."),
     sampler: str = typer.Option(_default(SampleConfig, "sampler"), help="ddpm | ddim | dpm-solver."),

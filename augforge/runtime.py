@@ -23,6 +23,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise AugforgeError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if name == "cuda" and dist_info().world_size > 1:
+        return torch.device("cuda", dist_info().local_rank)  # torchrun: one device per process
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise AugforgeError(f"--device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
@@ -107,6 +109,15 @@ def init_distributed(device: torch.device) -> DistInfo:
             torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend=backend)
     return info
+
+
+def all_reduce_mean(value: torch.Tensor) -> float:
+    """The mean of a scalar tensor over the torchrun ranks (itself outside torchrun), on the host."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= torch.distributed.get_world_size()
+    return float(value)
 
 
 def barrier() -> None:

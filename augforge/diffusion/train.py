@@ -16,7 +16,7 @@ from torch import nn
 
 from augforge.data.dataset import PairSet
 from augforge.ranges import to_model_range
-from augforge.runtime import autocast
+from augforge.runtime import all_reduce_mean, autocast
 
 
 class EMA:
@@ -112,7 +112,7 @@ class DiffusionTrainLoop:
             saving = bool(on_save and save_every and (done % save_every == 0 or done == end_step))
             # 3. logging: the one host sync of the window (also before every save, so no NaN is saved)
             if done % log_every == 0 or done == end_step or saving:
-                mean_loss = _all_reduce_mean(loss_sum / window)
+                mean_loss = all_reduce_mean(loss_sum / window)
                 elapsed = time.perf_counter() - t0
                 row = {"step": done, "loss": mean_loss, "steps_per_s": window / max(elapsed, 1e-9),
                        "lr": self.optimizer.param_groups[0]["lr"]}
@@ -129,11 +129,3 @@ class DiffusionTrainLoop:
             if saving:
                 on_save(done)
         return self.history
-
-
-def _all_reduce_mean(value: torch.Tensor) -> float:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-        value /= torch.distributed.get_world_size()
-    return float(value)

@@ -13,6 +13,14 @@ the stage owns files (weights, ``train_state.pt``, ``metrics.jsonl``). One epoch
    over real and extra pairs); losses are summed on the device, so the host syncs once per epoch;
 3. the scheduler steps (per epoch), the val split is predicted and scored (mean per-image
    IoU/Dice at threshold 0.5), and the best-val-mDice epoch is tracked.
+
+Under torchrun (``world_size`` > 1) the network is wrapped in DistributedDataParallel: every rank
+draws the same permutation (the generator is seeded alike on all ranks) and takes its own
+``batch_size / world_size`` slice of each global batch, so an epoch covers the data once whatever
+the number of ranks, and the step count, the generator state and hence ``train_state.pt`` mean the
+same for any N (resume with another N works). Gradients are averaged by DDP; BatchNorm statistics
+are synchronised on CUDA (SyncBatchNorm) and per rank on the CPU (gloo). Every rank validates the
+whole (small) val split, so all ranks agree on the best epoch.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import torch
 from torch import nn
 
 from augforge.data.dataset import PairSet
-from augforge.runtime import autocast
+from augforge.runtime import all_reduce_mean, autocast
 from augforge.seg.losses import dasp_loss
 from augforge.seg.metrics import per_image_scores
 
@@ -63,7 +71,9 @@ class TrainLoop:
     loss: "dice" | "dice+bce"; extra_weight: the weight of the extra-pair mean in Eq. 11.
     generator: on ``device``; draws the batch order and the augmentations (its state is part of
     :meth:`state_dict`, so a resumed run repeats the uninterrupted one). compile: run the
-    forward pass through ``torch.compile`` (the weights stay those of ``model``).
+    forward pass through ``torch.compile`` (the weights stay those of ``model``). rank/world_size:
+    this process's place under torchrun (the process group must be initialised when world_size > 1).
+    channels_last: NHWC memory format for the network and its inputs (faster convolutions on GPUs).
     on_step(): after each optimizer step (no values, so no host sync); on_epoch_end(row, loop):
     after each epoch with its log row (the loop's ``best`` is already updated).
     """
@@ -84,6 +94,9 @@ class TrainLoop:
         loss: str = "dice",
         extra_weight: float = 1.0,
         compile: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
         on_step: Callable[[], None] | None = None,
         on_epoch_end: Callable[[dict, TrainLoop], None] | None = None,
     ):
@@ -93,12 +106,24 @@ class TrainLoop:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(train) < 1 or len(val) < 1:
             raise ValueError(f"need training and validation pairs, got {len(train)} and {len(val)}")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of the {world_size} ranks")
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_set, self.val_set = train, val
         self.epochs, self.device, self.generator = epochs, torch.device(device), generator
-        self.batch_size = min(batch_size, len(train))
+        self.batch_size = min(batch_size, len(train) - len(train) % world_size)
+        self.rank, self.world_size = rank, world_size
         self.augment, self.loss, self.extra_weight = augment, loss, extra_weight
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model.to(memory_format=self.memory_format)
         self.forward = torch.compile(model) if compile else model
+        self.train_forward = self.forward
+        if world_size > 1:
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                self.forward = torch.compile(model) if compile else model
+            self.train_forward = nn.parallel.DistributedDataParallel(
+                self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.on_step, self.on_epoch_end = on_step, on_epoch_end
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps completed
@@ -147,9 +172,11 @@ class TrainLoop:
     def train_epoch(self) -> float:
         """Steps 1-2 of the module docstring; returns the mean batch loss (the epoch's one host sync)."""
         self.model.train()
-        # 1. seeded batch order, full batches only
+        # 1. seeded batch order, full batches only; this rank's slice of each global batch
         order = torch.randperm(len(self.train_set), generator=self.generator, device=self.generator.device)
         batches = order[: self.batches_per_epoch * self.batch_size].view(self.batches_per_epoch, self.batch_size)
+        per_rank = self.batch_size // self.world_size
+        batches = batches[:, self.rank * per_rank:(self.rank + 1) * per_rank]
         loss_sum = torch.zeros((), device=self.device)
         for index in batches:
             # 2. batch on the device, augmented image and mask together, one optimizer step
@@ -157,7 +184,7 @@ class TrainLoop:
             if self.augment is not None:
                 x, y = self.augment(x, y, self.generator)
             with autocast(self.device):
-                logits = self.forward(x)
+                logits = self.train_forward(x.contiguous(memory_format=self.memory_format))
             loss = dasp_loss(logits.float(), y, is_extra, self.extra_weight, self.loss)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -166,7 +193,7 @@ class TrainLoop:
             self.step += 1
             if self.on_step is not None:
                 self.on_step()
-        return float(loss_sum) / self.batches_per_epoch
+        return all_reduce_mean(loss_sum) / self.batches_per_epoch
 
     def validate(self) -> dict:
         """mIoU and mDice on the val split (means of per-image scores, threshold 0.5 = logit 0)."""

@@ -23,7 +23,7 @@ from augforge.models.folder import (CONFIG, append_metrics, load_train_state, ma
                                     save_train_state)
 from augforge.models.unet import MODEL_SIZES, build_denoiser
 from augforge.progress import log, progress_bar
-from augforge.runtime import atomic_write_json, generator_for, init_distributed, resolve_device, seed_everything
+from augforge.runtime import atomic_write_json, barrier, generator_for, init_distributed, resolve_device, seed_everything
 
 KINDS = ("mask-diffusion", "image-diffusion")
 CHANNELS = {"mask-diffusion": (1, 1), "image-diffusion": (4, 3)}
@@ -68,6 +68,9 @@ def run(cfg: TrainDiffusionConfig) -> dict:
                   cond_drop=cfg.cond_drop if cfg.kind == "image-diffusion" else 0.0)  # masks are unconditional
     device = resolve_device(cfg.device)
     world = init_distributed(device)
+    if cfg.batch_size % world.world_size:
+        raise AugforgeError(f"--batch-size {cfg.batch_size} (pairs per step, all ranks together) is not a "
+                            f"multiple of the {world.world_size} ranks")
     seed_everything(cfg.seed)
 
     # 1. data: train-split pairs, resident on the device as uint8
@@ -96,6 +99,7 @@ def run(cfg: TrainDiffusionConfig) -> dict:
 
     if world.is_main and not (out / CONFIG).exists():
         atomic_write_json(out / CONFIG, config(0))
+    barrier()  # the other ranks read train_state.pt only once rank 0 has judged the folder
 
     # 3. built objects: network, EMA, optimiser; restored from train_state.pt when continuing
     model.to(device)
@@ -119,7 +123,8 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     diffusion = build_diffusion(cfg.kind, process)
     # per-rank stream, re-derived from the step on resume (so resuming works with another world size)
     generator = generator_for(cfg.seed, world.rank, start, device=device)
-    loop = DiffusionTrainLoop(net, diffusion, pairs, optimizer, ema, cfg.batch_size, generator,
+    # --batch-size is per step over all ranks: each rank draws its share
+    loop = DiffusionTrainLoop(net, diffusion, pairs, optimizer, ema, cfg.batch_size // world.world_size, generator,
                               condition_on_mask=cfg.kind == "image-diffusion", cond_drop=cfg.cond_drop)
 
     def on_log(row: dict) -> None:

@@ -23,7 +23,7 @@ from augforge.errors import AugforgeError
 from augforge.models.folder import (CONFIG, METRICS, STATE, append_metrics, load_train_state, make_config, read_metrics,
                                     save_model, save_train_state)
 from augforge.progress import log, progress_bar
-from augforge.runtime import atomic_write_bytes, generator_for, read_json, resolve_device
+from augforge.runtime import atomic_write_bytes, barrier, generator_for, init_distributed, read_json, resolve_device
 
 SCHEDULES = ("constant", "cosine")
 
@@ -94,6 +94,10 @@ def run(cfg: TrainSegConfig) -> dict:
     except ValueError as e:
         raise AugforgeError(f"--aug: {e}") from None
     device = resolve_device(cfg.device)
+    world = init_distributed(device)  # torchrun: DDP, rank 0 writes the model folder
+    if cfg.batch_size % world.world_size or cfg.batch_size // world.world_size < 2:
+        raise AugforgeError(f"--batch-size {cfg.batch_size} must split into >= 2 pairs on each of the "
+                            f"{world.world_size} ranks")
     out = Path(cfg.out)
     roots = [Path(cfg.data), *map(Path, cfg.extra)]
 
@@ -108,7 +112,8 @@ def run(cfg: TrainSegConfig) -> dict:
 
     # 2. output folder: refuse a different run, continue the same one
     made_by = run_record("train-seg", _options(cfg))
-    resumed = open_output(out, made_by, overwrite=cfg.overwrite, marker=CONFIG)
+    resumed = open_output(out, made_by, overwrite=cfg.overwrite, marker=CONFIG) if world.is_main else True
+    barrier()  # the other ranks read train_state.pt only once rank 0 has judged the folder
     state = load_train_state(out) if resumed else None
     if cfg.resume and state is None:
         raise AugforgeError(f"--resume: {out} holds no training state ({STATE}) of this run to continue")
@@ -120,7 +125,7 @@ def run(cfg: TrainSegConfig) -> dict:
             model = build_segmenter(network).to(device)
     except ValueError as e:
         raise AugforgeError(f"--encoder-weights: {e}") from None
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs) if cfg.schedule == "cosine" else None
     config = make_config("segmenter", network=network, image_size=image_size, data_fingerprint=_fingerprint(roots),
                          made_by=made_by)
@@ -128,6 +133,8 @@ def run(cfg: TrainSegConfig) -> dict:
         raise AugforgeError(f"{out}: was trained on different data under the same paths; pass --overwrite to start over")
 
     def on_epoch_end(row: dict, loop: TrainLoop) -> None:
+        if not world.is_main:
+            return
         if row["is_best"]:
             save_model(out, {**config, "steps_done": loop.step, "best": loop.best}, model.state_dict())
         append_metrics(out, row)
@@ -137,13 +144,15 @@ def run(cfg: TrainSegConfig) -> dict:
     loop = TrainLoop(model, optimizer, scheduler, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size,
                      device=device, generator=generator_for(cfg.seed, device=device), augment=augment,
                      loss=cfg.loss, extra_weight=cfg.extra_weight, compile=cfg.compile,
+                     rank=world.rank, world_size=world.world_size, channels_last=device.type == "cuda",
                      on_step=lambda: advance(1), on_epoch_end=on_epoch_end)
     if state is not None:
         loop.load_state_dict(state)
         log(f"train-seg: resuming {out} at epoch {loop.epoch}/{cfg.epochs}")
-    else:
+    elif world.is_main:
         save_model(out, config, model.state_dict())  # a valid folder from the start (untrained weights)
-    _drop_rows_after(out, loop.epoch)
+    if world.is_main:
+        _drop_rows_after(out, loop.epoch)
 
     # 4. train
     total = cfg.epochs * loop.batches_per_epoch
@@ -152,6 +161,7 @@ def run(cfg: TrainSegConfig) -> dict:
             loop.run()
         except FloatingPointError as e:
             raise AugforgeError(f"{e}; lower --lr (now {cfg.lr}) or check the data") from None
+    barrier()  # rank 0 has written the last epoch's files
 
     rows = read_metrics(out)
     return {

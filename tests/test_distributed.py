@@ -1,0 +1,77 @@
+"""torchrun with 2 CPU processes (gloo) against 1 process: train-seg (DDP), a diffusion trainer
+resumed with another number of processes, and `sample` splitting its ids across ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from augforge.models.folder import read_metrics
+from tests.test_sample import _args, _pixels, models  # noqa: F401  (the models fixture)
+
+ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
+
+def augforge(*args, nproc: int = 1) -> dict:
+    """Run the CLI as torchrun would (nproc > 1) or as a plain process; returns rank 0's --json result."""
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+                if nproc > 1 else [sys.executable, "-m"])
+    r = subprocess.run([*launcher, "augforge", *map(str, args), "--json"], env=ENV, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)  # one JSON document: only rank 0 prints
+
+
+SEG = ["--arch", "linknet", "--encoder", "mobilenet_v2", "--epochs", "2", "--batch-size", "8", "--aug", "none",
+       "--device", "cpu"]
+
+
+def test_train_seg_ddp_matches_one_process(tmp_path, synthetic_dataset):
+    one = augforge("train-seg", synthetic_dataset, "--out", tmp_path / "one", *SEG)
+    two = augforge("train-seg", synthetic_dataset, "--out", tmp_path / "two", *SEG, nproc=2)
+    # the same global batches: the same number of optimizer steps and epochs, one metrics row each
+    assert (one["steps"], one["epochs"]) == (two["steps"], two["epochs"]) == (2 * (48 // 8), 2)
+    rows1, rows2 = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [r["epoch"] for r in rows2] == [1, 2]  # rank 0 alone wrote the metrics
+    # same data order and initial weights; BatchNorm statistics are per rank on the CPU, so the
+    # losses agree closely rather than exactly
+    assert abs(rows1[0]["loss"] - rows2[0]["loss"]) < 0.05, (rows1[0]["loss"], rows2[0]["loss"])
+    assert all(np.isfinite(r["loss"]) for r in rows2)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_diffusion_training_resumes_with_another_number_of_processes(tmp_path, synthetic_dataset):
+    args = ["train-mask-diffusion", synthetic_dataset, "--out", tmp_path / "m", "--model-size", "tiny",
+            "--batch-size", "4", "--log-every", "2", "--save-every", "4", "--device", "cpu"]
+    first = augforge(*args, "--steps", "4", nproc=2)
+    assert first["steps_done"] == 4
+    second = augforge(*args, "--steps", "6")  # one process continues the two-process run
+    assert second["steps_done"] == 6
+    assert [r["step"] for r in read_metrics(tmp_path / "m")] == [2, 4, 6]
+
+
+def test_sample_two_ranks_gives_the_pairs_of_one_process(tmp_path, models):  # noqa: F811
+    augforge(*_args(models, tmp_path / "one", "--batch-size", 2))
+    args = ["-n" if a == "--n" else a for a in _args(models, tmp_path / "two", "--batch-size", 2)]
+    result = augforge(*args, nproc=2)  # -n: torchrun's argparse would take --n for its --nnodes
+    a, b = _pixels(tmp_path / "one"), _pixels(tmp_path / "two")
+    assert sorted(a) == sorted(b) and len(a) == 5
+    for k in a:
+        assert np.array_equal(a[k][1], b[k][1])  # masks identical
+        assert np.abs(a[k][0] - b[k][0]).mean() <= 1.0  # images within 1 intensity level on average
+    assert json.loads((tmp_path / "two" / "dataset.json").read_text())["complete"] is True
+    assert result["out"] == str(tmp_path / "two")
+
+
+@pytest.mark.parametrize("batch", ["3"])
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path, synthetic_dataset, batch):
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        "augforge", "train-seg", str(synthetic_dataset), "--out", str(tmp_path / "s"), *SEG[:-4],
+                        "--batch-size", batch, "--device", "cpu"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "must split into >= 2 pairs on each of the 2 ranks" in r.stderr
