@@ -105,8 +105,8 @@ class SampleConfig:
     image_model: str = ""
     n: int = 100
     masks_from: str = ""  # render images for the real train masks of this dataset instead
-    sampler: str = "dpm-solver"  # ddpm | ddim | dpm-solver
-    sample_steps: int = 25
+    sampler: str = "ddim"  # ddpm | ddim | dpm-solver; ddim 50 keeps DDPM-1000's consistency (benchmarks/sampling.py)
+    sample_steps: int = 50
     mask_sample_steps: int = 100
     guidance: float = 1.0
     batch_size: int = 16

@@ -20,7 +20,7 @@ augforge train-seg "$RUN/data" --out "$RUN/seg-real" $SEG
 augforge train-mask-diffusion "$RUN/data" --out "$RUN/mask-model" --steps 2000 $DIFF
 augforge train-image-diffusion "$RUN/data" --out "$RUN/image-model" --steps 3000 $DIFF
 augforge sample --mask-model "$RUN/mask-model" --image-model "$RUN/image-model" --out "$RUN/generated" \
-    --n 800 --sampler dpm-solver --sample-steps 25 --mask-sample-steps 50 --batch-size 32 --device "$DEVICE"
+    --n 800 --sampler ddim --sample-steps 50 --mask-sample-steps 50 --batch-size 32 --device "$DEVICE"
 augforge attack "$RUN/generated" --segmenter "$RUN/seg-real" --image-model "$RUN/image-model" --out "$RUN/attacked" \
     --method diff-pgd --weighted --steps 10 --step-size 1 --sdedit-steps 3 --sigma2 4 --batch-size 32 --device "$DEVICE"
 augforge train-seg "$RUN/data" --extra "$RUN/generated" --extra "$RUN/attacked" --out "$RUN/seg-dasp" $SEG

@@ -1,0 +1,282 @@
+"""Every hot path, measured against a plain reference of the same computation in the same run (issue 8).
+
+For each path: augforge's rate, the rate of a plain reference doing the same work on the same
+networks and batch, and their ratio (ours / reference; 1.0 = no overhead). Ours and the reference
+alternate (best of ``--repeats`` each) so drifting machine load hits both alike. Networks are
+freshly initialised (the cost does not depend on the weights).
+
+1. diffusion training step: ``DiffusionTrainLoop`` (flips, EMA, cond-drop, autocast, one host sync
+   per log window) vs a bare loop: random batch -> q_sample -> UNet -> MSE -> backward -> AdamW.
+2. mask sampling and image sampling per sampler: ``sample_masks`` / ``render_images`` (diffusers
+   schedulers, a generator per pair) vs the bare minimum: the same number of UNet evaluations on
+   the batch and nothing else (the physical limit of that sampler on this device).
+3. Diff-PGD per grad mode: ``diff_pgd`` with SDEdit purification vs a plain loop with a hand-written
+   DDIM SDEdit (``full`` backpropagates through the denoiser: ours with gradient checkpointing).
+4. PGD: ``pgd`` vs the textbook loop (``benchmarks/attack_throughput.py``).
+5. segmentation training: ``TrainLoop`` vs the bare forward/backward loop
+   (``benchmarks/seg_train_overhead.py``).
+6. on CUDA: the fraction of the device's dense bf16 matmul peak reached by the UNet forward
+   (FLOPs counted with ``torch.utils.flop_counter``), and the time 1600 pairs would take with the
+   default sampler (the issue's goal: under 2 minutes at 256 px on an H100).
+
+    python benchmarks/hot_paths.py                      # CPU: 32 px, tiny UNet, a few minutes
+    python benchmarks/hot_paths.py --size 256 --model-size base --batch 64 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from attack_throughput import reference_pgd  # noqa: E402
+from seg_train_overhead import bare_epoch, synthetic_pairs  # noqa: E402
+
+from augforge.attacks import diff_pgd, pgd  # noqa: E402
+from augforge.configs import SampleConfig  # noqa: E402
+from augforge.diffusion.bernoulli import BernoulliDiffusion  # noqa: E402
+from augforge.diffusion.gaussian import GaussianDiffusion  # noqa: E402
+from augforge.diffusion.train import EMA, DiffusionTrainLoop  # noqa: E402
+from augforge.models.segmenter import build_segmenter, segmenter_config  # noqa: E402
+from augforge.models.unet import build_denoiser  # noqa: E402
+from augforge.runtime import autocast, resolve_device  # noqa: E402
+from augforge.seg.augment import parse_augs  # noqa: E402
+from augforge.seg.train import TrainLoop  # noqa: E402
+from augforge.stages.sample import render_images, sample_masks  # noqa: E402
+
+# dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name fragment
+BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def seconds(fn, device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def compare(name: str, unit: str, work: float, ours, reference, device: torch.device, repeats: int) -> dict:
+    """Best-of-``repeats`` rates of two callables doing ``work`` units each, alternating, after a warm-up."""
+    ours(), reference()
+    best_ours = best_ref = float("inf")
+    for _ in range(repeats):
+        best_ours = min(best_ours, seconds(ours, device))
+        best_ref = min(best_ref, seconds(reference, device))
+    row = {"path": name, "unit": unit, "ours": work / best_ours, "reference": work / best_ref,
+           "ratio": best_ref / best_ours}
+    print(f"  {name:34s} {row['ours']:10.2f} {row['reference']:10.2f} {row['ratio']:7.3f}  {unit}", flush=True)
+    return row
+
+
+# --------------------------------------------------------------------------- plain references
+
+def bare_diffusion_steps(net, diffusion: GaussianDiffusion, images01, masks, optimizer, batch: int, steps: int):
+    """The minimal DDPM training step (DASP Eq. 8), ``steps`` times."""
+    device = images01.device
+    ab = diffusion.alphas_cumprod.to(device)
+    loss_sum = torch.zeros((), device=device)
+    for _ in range(steps):
+        i = torch.randint(0, images01.shape[0], (batch,), device=device)
+        x0, m = images01[i] * 2 - 1, masks[i]
+        t = torch.randint(0, diffusion.timesteps, (batch,), device=device)
+        noise = torch.randn_like(x0)
+        a = ab[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with autocast(device):
+            eps = net(torch.cat([x_t, m * 2 - 1], 1), t)
+        loss = F.mse_loss(eps.float(), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()
+    float(loss_sum)
+
+
+@torch.no_grad()
+def bare_evaluations(net, x_in: torch.Tensor, evaluations: int) -> None:
+    """Only the network evaluations a sampler needs: the physical limit of that sampler."""
+    t = torch.full((x_in.shape[0],), 500, device=x_in.device)
+    with autocast(x_in.device):
+        for _ in range(evaluations):
+            net(x_in, t)
+
+
+def plain_sdedit(net, ab: torch.Tensor, x01, mask, grid: list[int]):
+    """DDIM (eta = 0) from q(x_{grid[0]} | x0) down the grid to x0, conditioned on the mask."""
+    x0 = x01 * 2 - 1
+    x_t = ab[grid[0]].sqrt() * x0 + (1 - ab[grid[0]]).sqrt() * torch.randn_like(x0)
+    cond = mask * 2 - 1
+    for i, t in enumerate(grid):
+        with autocast(x01.device):
+            eps = net(torch.cat([x_t, cond], 1), torch.full((x0.shape[0],), t, device=x0.device)).float()
+        x0_hat = (x_t - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()
+        nxt = grid[i + 1] if i + 1 < len(grid) else None
+        x_t = x0_hat if nxt is None else ab[nxt].sqrt() * x0_hat + (1 - ab[nxt]).sqrt() * eps
+    return ((x_t + 1) / 2).clamp(0, 1)
+
+
+def plain_diff_pgd(seg, purify, x, y, eps: float, step: float, steps: int, grad: str):
+    x_k = x.clone()
+    for _ in range(steps):
+        if grad == "bpda":
+            with torch.no_grad():
+                x_in = purify(x_k)
+            x_in.requires_grad_(True)
+            leaf = x_in
+        else:
+            leaf = x_k.detach().requires_grad_(True)
+            x_in = purify(leaf)
+        loss = F.binary_cross_entropy_with_logits(seg(x_in), y)
+        g, = torch.autograd.grad(loss, leaf)
+        x_k = torch.min(torch.max(x_k + step * g.sign(), x - eps), x + eps).clamp(0, 1).detach()
+    with torch.no_grad():
+        return purify(x_k)
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--model-size", default="tiny")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--train-steps", type=int, default=20)
+    ap.add_argument("--samplers", default="ddpm:1000,ddim:50,dpm-solver:25")
+    ap.add_argument("--mask-sample-steps", type=int, default=SampleConfig.mask_sample_steps)
+    ap.add_argument("--attack-steps", type=int, default=10)
+    ap.add_argument("--seg-pairs", type=int, default=64)
+    ap.add_argument("--seg-epochs", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 dense peak (default: from the device name)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    B, S = args.batch, args.size
+    images01 = torch.rand(4 * B, 3, S, S, device=device)
+    masks = (torch.rand(4 * B, 1, S, S, device=device) > 0.7).float()
+    image_net = build_denoiser(args.model_size, 4, 3, S).to(device)
+    mask_net = build_denoiser(args.model_size, 1, 1, S).to(device).eval()
+    gaussian = GaussianDiffusion()
+    rows = []
+    print(f"device {device}, {torch.get_num_threads()} threads, {S} px, UNet {args.model_size}, batch {B}")
+    print(f"  {'path':34s} {'ours':>10s} {'reference':>10s} {'ratio':>7s}  unit")
+
+    # 1. diffusion training step
+    from augforge.data.dataset import PairSet
+
+    pairs = PairSet((images01 * 255).to(torch.uint8), masks.to(torch.uint8), torch.zeros(4 * B, dtype=torch.bool))
+    ref_net = copy.deepcopy(image_net)
+    loop = DiffusionTrainLoop(image_net, gaussian, pairs, torch.optim.AdamW(image_net.parameters(), lr=1e-4,
+                                                                             fused=device.type == "cuda"),
+                              EMA(image_net, 0.999), B, torch.Generator(device).manual_seed(0),
+                              condition_on_mask=True, cond_drop=0.1)
+    ref_opt = torch.optim.AdamW(ref_net.parameters(), lr=1e-4, fused=device.type == "cuda")
+    n = args.train_steps
+    rows.append(compare("diffusion train step", "steps/s", n, lambda: loop.run(0, n, log_every=n),
+                        lambda: bare_diffusion_steps(ref_net, gaussian, images01, masks, ref_opt, B, n),
+                        device, args.repeats))
+    image_net.eval()
+
+    # 2. sampling: masks, then images per sampler (one batch of B pairs)
+    process = {"timesteps": 1000, "schedule": "cosine"}
+    mask_steps = args.mask_sample_steps
+    rows.append(compare(f"mask sampling ({mask_steps} steps)", "masks/s", B,
+                        lambda: sample_masks(mask_net, process, list(range(B)), size=S, steps=mask_steps, seed=0,
+                                             device=device),
+                        lambda: bare_evaluations(mask_net, masks[:B] * 2 - 1, mask_steps), device, args.repeats))
+    x_in = torch.cat([images01[:B] * 2 - 1, masks[:B] * 2 - 1], 1)
+    image_process = {"timesteps": 1000, "schedule": "linear"}
+    for spec in args.samplers.split(","):
+        sampler, steps = spec.split(":")
+        # DPM-Solver++(2M) and DDIM: one evaluation per step; DDPM: one per step
+        rows.append(compare(f"image sampling {sampler} ({steps})", "pairs/s", B,
+                            lambda s=sampler, k=int(steps): render_images(image_net, image_process, masks[:B],
+                                                                          list(range(B)), sampler=s, steps=k,
+                                                                          guidance=1.0, seed=0),
+                            lambda k=int(steps): bare_evaluations(image_net, x_in, k), device, args.repeats))
+
+    # 3./4. attacks on a segmenter (Diff-PGD: K=10, gamma=1, T^s=3 on the 50-step DDIM grid)
+    seg = build_segmenter(segmenter_config("unet", "resnet18")).to(device).eval()
+    x, y = images01[:B], masks[:B]
+    eps, step = 10 / 255, 1 / 255
+    grid = [int(t) for t in gaussian.make_scheduler("ddim", 50).timesteps[-3:]]
+    ab = gaussian.alphas_cumprod.to(device)
+    for grad in ("bpda", "full"):
+        ours_purify = lambda im, g=grad: gaussian.sdedit(image_net.requires_grad_(False), im, mask01=y,
+                                                         differentiable=g == "full", checkpoint=g == "full")
+        plain_purify = lambda im: plain_sdedit(image_net, ab, im, y, grid)
+        rows.append(compare(f"diff-pgd {grad} ({args.attack_steps} steps)", "images/s", B,
+                            lambda g=grad, p=ours_purify: diff_pgd(seg, x, y, eps=eps, step_size=step,
+                                                                   steps=args.attack_steps, purify=p, grad=g),
+                            lambda g=grad, p=plain_purify: plain_diff_pgd(seg, p, x, y, eps, step,
+                                                                          args.attack_steps, g),
+                            device, args.repeats))
+    rows.append(compare(f"pgd ({args.attack_steps} steps)", "images/s", B,
+                        lambda: pgd(seg, x, y, eps=eps, step_size=step, steps=args.attack_steps),
+                        lambda: reference_pgd(seg, x, y, eps, step, args.attack_steps), device, args.repeats))
+
+    # 5. segmentation training (U-Net/ResNet-18, DASP loss, basic augmentation)
+    train, val = synthetic_pairs(args.seg_pairs, S, device), synthetic_pairs(B, S, device)
+    seg_model = build_segmenter(segmenter_config("unet", "resnet18")).to(device)
+    bare_model = copy.deepcopy(seg_model)
+    augment = parse_augs("basic")
+    seg_loop = TrainLoop(seg_model, torch.optim.Adam(seg_model.parameters(), lr=1e-3, fused=device.type == "cuda"),
+                         None, train, val, epochs=10 ** 6, batch_size=B, device=device,
+                         generator=torch.Generator(device).manual_seed(0), augment=augment,
+                         channels_last=device.type == "cuda")
+    bare_opt = torch.optim.Adam(bare_model.parameters(), lr=1e-3)
+    bare_gen = torch.Generator(device).manual_seed(0)
+    work = args.seg_epochs * (args.seg_pairs // B) * B
+    rows.append(compare("seg training (unet/resnet18)", "images/s", work,
+                        lambda: [seg_loop.train_epoch() for _ in range(args.seg_epochs)],
+                        lambda: [bare_epoch(bare_model, bare_opt, train, B, bare_gen, augment, device)
+                                 for _ in range(args.seg_epochs)], device, args.repeats))
+
+    result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
+              "cpu", "threads": torch.get_num_threads(), "size": S, "model_size": args.model_size, "batch": B,
+              "rows": rows}
+    # 6. GPU: achieved fraction of the bf16 peak in the UNet forward; time for 1600 pairs
+    if device.type == "cuda":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        name = result["device_name"]
+        peak = args.peak_tflops or next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), 0.0)
+        t = torch.full((B,), 500, device=device)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            image_net(x_in, t)
+        flops = counter.get_total_flops()
+        per_forward = min(seconds(lambda: bare_evaluations(image_net, x_in, 10), device) for _ in range(3)) / 10
+        result["unet_forward"] = {"gflops": flops / 1e9, "ms": per_forward * 1e3,
+                                  "achieved_tflops": flops / per_forward / 1e12, "peak_tflops": peak,
+                                  "peak_fraction": flops / per_forward / 1e12 / peak if peak else None}
+        print(f"  UNet forward: {flops / 1e9:.1f} GFLOP in {per_forward * 1e3:.2f} ms = "
+              f"{flops / per_forward / 1e12:.1f} TFLOP/s" + (f", {flops / per_forward / 1e12 / peak:.1%} of the "
+                                                            f"{peak:g} TFLOP/s bf16 peak" if peak else ""))
+    default = f"image sampling {SampleConfig.sampler} ({SampleConfig.sample_steps})"
+    by_path = {r["path"]: r for r in rows}
+    if default in by_path:
+        mask_rate = by_path[f"mask sampling ({mask_steps} steps)"]["ours"]
+        result["seconds_for_1600_pairs"] = 1600 / mask_rate + 1600 / by_path[default]["ours"]
+        print(f"  1600 pairs with the defaults ({mask_steps} mask steps, {SampleConfig.sampler} "
+              f"{SampleConfig.sample_steps}) at batch {B}: {result['seconds_for_1600_pairs']:.0f} s")
+    if args.json:
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
