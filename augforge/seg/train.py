@@ -116,14 +116,11 @@ class TrainLoop:
         self.augment, self.loss, self.extra_weight = augment, loss, extra_weight
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model.to(memory_format=self.memory_format)
+        if world_size > 1 and self.device.type == "cuda":  # same parameters, BatchNorm layers swapped in place
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.forward = torch.compile(model) if compile else model
-        self.train_forward = self.forward
-        if world_size > 1:
-            if self.device.type == "cuda":
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-                self.forward = torch.compile(model) if compile else model
-            self.train_forward = nn.parallel.DistributedDataParallel(
-                self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.train_forward = self.forward if world_size == 1 else nn.parallel.DistributedDataParallel(
+            self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.on_step, self.on_epoch_end = on_step, on_epoch_end
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps completed
