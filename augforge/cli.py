@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from augforge import __version__
-from augforge.configs import (DEFAULT_SCHEDULE, AttackConfig, DemoConfig, EvaluateConfig, PipelineConfig, PrepareConfig, SampleConfig,
-                              SynthesizeConfig, TrainDiffusionConfig, TrainSegConfig)
+from augforge.configs import (DEFAULT_SCHEDULE, AttackConfig, DemoConfig, EvaluateConfig, PipelineConfig, PrepareConfig,
+                              SampleConfig, SynthesizeConfig, TrainDiffusionConfig, TrainSegConfig)
 from augforge.errors import AugforgeError
 
 app = typer.Typer(
