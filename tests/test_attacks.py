@@ -130,6 +130,20 @@ def test_pgd_random_start_is_seeded(model, data):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("name", ["pgd", "diff-pgd"])
+def test_per_image_generators_make_an_image_independent_of_its_batch(name, model, data):
+    x, y = data
+    kw = dict(eps=EPS, step_size=0.01, steps=2, random_start=True)
+    if name == "diff-pgd":
+        kw["purify"] = shrink
+    gens = lambda idx: [torch.Generator().manual_seed(100 + i) for i in idx]  # noqa: E731
+    whole = ATTACKS[name](model, x, y, **kw, generator=gens(range(4)))
+    part = ATTACKS[name](model, x[2:], y[2:], **kw, generator=gens(range(2, 4)))
+    assert torch.allclose(whole[2:], part, atol=1e-6)
+    with pytest.raises(ValueError, match="3 generators for a batch of 4"):
+        ATTACKS[name](model, x, y, **kw, generator=gens(range(3)))
+
+
 @pytest.mark.parametrize("grad", ["bpda", "full"])
 def test_diff_pgd_outputs_purified_iterate(grad, model, data):
     x, y = data

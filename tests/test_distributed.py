@@ -1,5 +1,5 @@
 """torchrun with 2 CPU processes (gloo) against 1 process: train-seg (DDP), a diffusion trainer
-resumed with another number of processes, and `sample` splitting its ids across ranks."""
+resumed with another number of processes, and `sample` and `attack` splitting their ids across ranks."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from augforge.models.folder import read_metrics
+from tests.test_attack_stage import _attacked_pixels, folders  # noqa: F401  (the folders fixture)
 from tests.test_sample import _args, _pixels, models  # noqa: F401  (the models fixture)
 
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
@@ -67,6 +68,20 @@ def test_sample_two_ranks_gives_the_pairs_of_one_process(tmp_path, models):  # n
         assert np.abs(a[k][0] - b[k][0]).mean() <= 1.0  # images within 1 intensity level on average
     assert json.loads((tmp_path / "two" / "dataset.json").read_text())["complete"] is True
     assert result["out"] == str(tmp_path / "two")
+
+
+def test_attack_two_ranks_gives_the_pairs_of_one_process(tmp_path, synthetic_dataset, folders):  # noqa: F811
+    """Diff-PGD with a random start: both the start and the SDEdit noise come from per-pair streams."""
+    args = ["attack", synthetic_dataset, "--segmenter", folders / "seg", "--method", "diff-pgd", "--image-model",
+            folders / "image", "--random-start", "--eps", "16", "--steps", "2", "--step-size", "2", "--split", "val",
+            "--batch-size", "4", "--device", "cpu"]
+    augforge(*args, "--out", tmp_path / "one")
+    result = augforge(*args, "--out", tmp_path / "two", nproc=2)
+    a, b = _attacked_pixels(tmp_path / "one"), _attacked_pixels(tmp_path / "two")
+    assert sorted(a) == sorted(b) and len(a) == 6
+    for k in a:
+        assert np.abs(a[k] - b[k]).mean() <= 1.0  # within 1 intensity level on average
+    assert result["count"] == 6 and json.loads((tmp_path / "two" / "dataset.json").read_text())["complete"] is True
 
 
 @pytest.mark.parametrize("batch", ["3"])

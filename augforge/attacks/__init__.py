@@ -12,7 +12,8 @@ Every untargeted attack has one signature (torchattacks' ``forward`` without a b
   ``augforge.ranges.intensity_to_unit``.
 - ``weights``: DASP per-pixel uncertainty weights from :func:`uncertainty_weights` on the clean
   logits; ``weight_mode`` "loss" (DASP Eq. 10) or "step" (per-pixel step scale).
-- ``generator``: the only source of randomness (PGD/Diff-PGD random start).
+- ``generator``: the only source of randomness (PGD/Diff-PGD random start): one generator, or a
+  list of one per image so that an image's result does not depend on the batch it is in.
 - x_adv: detached, in [0, 1] and within eps of x (L-inf), except Diff-PGD whose output is the
   purified final iterate.
 

@@ -46,7 +46,7 @@ def diff_pgd(
     weights: Tensor | None = None,
     weight_mode: str = "loss",
     random_start: bool = False,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Diff-PGD on a segmenter. Returns purify(x^K) (B, 3, H, W) in [0, 1], detached.
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from augforge.attacks.losses import LOSSES, segmentation_loss
 from augforge.attacks.weighting import WEIGHT_MODES
+from augforge.rng import Generators, rand_like
 
 
 def _check_args(x: Tensor, y: Tensor, eps: float, loss: str, weights: Tensor | None, weight_mode: str) -> None:
@@ -77,11 +78,9 @@ def _project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
 
 
-def _random_start(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
-    """x + U(-eps, eps) noise, projected; drawn on the generator's device, then moved to x's."""
-    device = generator.device if generator is not None else x.device
-    u = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
-    return _project(x + eps * (2.0 * u - 1.0), x, eps)
+def _random_start(x: Tensor, eps: float, generator: Generators) -> Tensor:
+    """x + U(-eps, eps) noise, projected; with a list of generators, image i's noise from generator i."""
+    return _project(x + eps * (2.0 * rand_like(x, generator) - 1.0), x, eps)
 
 
 def pgd(
@@ -96,13 +95,14 @@ def pgd(
     loss: str = "bce",
     weights: Tensor | None = None,
     weight_mode: str = "loss",
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Untargeted L-inf PGD on a segmenter (Madry et al. 2018). Returns x_adv (B, 3, H, W), detached.
 
     x: images (B, 3, H, W) in [0, 1]; y: masks (B, 1, H, W) in {0, 1}; ``model(x)`` gives logits
     (B, 1, H, W). eps, step_size: [0, 1] units. ``random_start`` starts from a uniform point of
-    the eps ball drawn with ``generator``. ``weights`` (B, 1, H, W): DASP uncertainty weights,
+    the eps ball drawn with ``generator`` (one, or a list of one per image so that an image's
+    start does not depend on its batch). ``weights`` (B, 1, H, W): DASP uncertainty weights,
     used as ``weight_mode`` says. The output lies in [0, 1] and within eps of x (L-inf).
     """
     _check_args(x, y, eps, loss, weights, weight_mode)

@@ -27,28 +27,18 @@ from torch import Tensor
 
 from augforge.diffusion.schedules import betas_for
 from augforge.ranges import to_model_range
+from augforge.rng import Generators, rand_like
 
 Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
 FlipModel = Callable[[Tensor, Tensor], Tensor]  # (y_t in {-1,1} (B,1,H,W), t (B,)) -> logits (B,1,H,W)
-Generators = torch.Generator | list[torch.Generator] | None  # a list: one generator per batch element
 
 
 def _bernoulli(probs: Tensor, generator: Generators) -> Tensor:
     """y ~ B(probs) in {0, 1} (probs' dtype and device) as y = [u < probs], u ~ U[0, 1).
 
-    u is drawn on the generator's own device and moved; with a list, element i's u comes from
-    generator i, so it does not depend on the batch it is in (as in diffusers' ``randn_tensor``).
+    With a list of generators, element i's u comes from generator i (:func:`augforge.rng.rand_like`).
     """
-    if isinstance(generator, list):
-        if len(generator) != probs.shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {probs.shape[0]}")
-        u = torch.stack(
-            [torch.rand(probs.shape[1:], generator=g, device=g.device, dtype=probs.dtype) for g in generator]
-        ).to(probs.device)
-    else:
-        device = generator.device if generator is not None else probs.device
-        u = torch.rand(probs.shape, generator=generator, device=device, dtype=probs.dtype).to(probs.device)
-    return (u < probs).to(probs.dtype)
+    return (rand_like(probs, generator) < probs).to(probs.dtype)
 
 
 class BernoulliDiffusion:

@@ -31,11 +31,11 @@ from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from augforge.diffusion.schedules import betas_for
 from augforge.ranges import from_model_range, to_model_range
+from augforge.rng import Generators
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
 EpsModel = Callable[[Tensor, Tensor], Tensor]  # (cat[x_t, mask] (B,4,H,W), t (B,)) -> eps (B,3,H,W)
-Generators = torch.Generator | list[torch.Generator] | None  # a list: one generator per batch element
 Scheduler = DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler
 NULL_MASK = 0.0  # the "no condition" value of the mask channel
 

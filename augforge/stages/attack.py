@@ -32,6 +32,7 @@ from augforge.visual import contact_sheet, gray_to_rgb, heatmap
 
 WEIGHTABLE = ("fgsm", "inverse-fgsm", "pgd", "diff-pgd")
 NOT_IDENTITY = ("out", "batch_size", "shard", "device", "overwrite")
+RANDOM_START_STREAM, ASMA_TARGET_STREAM, SDEDIT_STREAM = 13, 7, 11  # keys of the per-pair generators
 
 
 def default_eps(cfg: AttackConfig) -> float:
@@ -74,7 +75,7 @@ def asma_targets(cfg: AttackConfig, masks: torch.Tensor, all_masks: torch.Tensor
         m = cv2.resize(read_mask(Path(cfg.target_file)), (size, size), interpolation=cv2.INTER_NEAREST)
         return torch.from_numpy(m // 255).float().to(masks.device).expand_as(masks).clone()
     n = all_masks.shape[0]
-    others = [(i + 1 + int(torch.randint(0, n - 1, (1,), generator=generator_for(cfg.seed, i, 7)))) % n
+    others = [(i + 1 + int(torch.randint(0, n - 1, (1,), generator=generator_for(cfg.seed, i, ASMA_TARGET_STREAM)))) % n
               if n > 1 else i for i in index]
     return all_masks[others].to(masks.device).float()
 
@@ -128,7 +129,8 @@ def run(cfg: AttackConfig) -> dict:
             index = todo[start:start + cfg.batch_size]
             images, masks = load_pairs(ds, [rows[i] for i in index])
             x, y = images.to(device).float() / 255.0, masks.to(device).float()
-            generator = generator_for(cfg.seed, index[0], device=device)
+            # per-pair streams: a pair's result does not depend on its batch, --shard or rank
+            generator = [generator_for(cfg.seed, i, RANDOM_START_STREAM, device=device) for i in index]
             with torch.no_grad():
                 clean_logits = seg(x)
             weights = uncertainty_weights(clean_logits, cfg.sigma2) if cfg.weighted else None
@@ -148,8 +150,7 @@ def run(cfg: AttackConfig) -> dict:
                     kwargs.update(step_size=step_size, steps=cfg.steps, random_start=cfg.random_start)
                 if cfg.method == "diff-pgd":
                     net, diffusion = purifier
-                    # SDEdit noise from per-pair streams: a pair's result does not depend on its batch
-                    pair_gens = [generator_for(cfg.seed, i, 11, device=device) for i in index]
+                    pair_gens = [generator_for(cfg.seed, i, SDEDIT_STREAM, device=device) for i in index]
 
                     def purify(images01: torch.Tensor, _y=y, _gens=pair_gens) -> torch.Tensor:
                         return diffusion.sdedit(net, images01, mask01=_y, sdedit_steps=cfg.sdedit_steps,
