@@ -153,7 +153,7 @@ def summarise(a: argparse.Namespace, seconds: float) -> str:
            "Structure of DASP Tables 1–2: test-split mIoU / mDice, mean ± std over seeds "
            f"({', '.join(seeds)}), of a segmenter trained with each augmentation.", "",
            "| scale | value |", "|---|---|",
-           f"| data | Kvasir-SEG, {a.size} px, 80/10/10 split (seed 0) |",
+           f"| data | {Path(a.data).name}, {a.size} px, 80/10/10 split (seed 0) |",
            f"| segmenters | {', '.join(archs)} / {a.encoder}, {a.epochs} epochs, batch {a.batch_size}, Adam lr {a.lr}, "
            "Dice loss (Eq. 11), best-val-mDice weights |",
            f"| diffusion models | `{a.model_size}` UNets: masks {a.mask_steps} steps, images {a.image_steps} steps, "
@@ -200,7 +200,7 @@ def main() -> None:
     if a.dry_run:
         return
     table = summarise(a, time.perf_counter() - t0)
-    print(table)
+    print(table, end="")
     if a.table:
         Path(a.table).write_text(table)
 
