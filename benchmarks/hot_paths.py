@@ -19,8 +19,13 @@ freshly initialised (the cost does not depend on the weights).
    ``--peak-tflops``) the fraction of the device's dense bf16 matmul peak; and the time 1600 pairs
    would take with the default sampler (the issue's goal: under 2 minutes at 256 px on an H100).
 
+7. the FLOP budget of 1600 pairs with the default sampler (mask + image forwards) and the least
+   time it needs at the device's bf16 peak (an H100's when the device's is unknown): how close
+   to the physical limit a sampling rate is, and whether a goal is reachable at all.
+
     python benchmarks/hot_paths.py                      # CPU: 32 px, tiny UNet, a few minutes
     python benchmarks/hot_paths.py --size 256 --model-size base --batch 64 --device cuda
+    python benchmarks/hot_paths.py --size 256 --model-size base --flops-only   # the budget alone, any machine
 """
 
 from __future__ import annotations
@@ -147,6 +152,52 @@ def plain_diff_pgd(seg, purify, x, y, eps: float, step: float, steps: int, grad:
         return purify(x_k)
 
 
+# --------------------------------------------------------------------------- FLOP budget
+
+H100_BF16_TFLOPS = BF16_PEAK_TFLOPS["H100"]
+
+
+def forward_flops(net, x_in: torch.Tensor) -> int:
+    """FLOPs of one forward of ``net`` on ``x_in`` (``torch.utils.flop_counter``: 2 per multiply-add)."""
+    with torch.no_grad(), autocast(x_in.device), FlopCounterMode(display=False) as counter:
+        net(x_in, torch.full((x_in.shape[0],), 500, device=x_in.device))
+    return counter.get_total_flops()
+
+
+def sampling_budget(mask_net, image_net, size: int, mask_steps: int, image_steps: int, guidance: float,
+                    peak_tflops: float, pairs: int = 1600) -> dict:
+    """The FLOPs ``pairs`` generated pairs take (mask then image, batch-1 forwards counted) and the time
+    they need at least at ``peak_tflops``: the physical limit of ``sample`` with these settings."""
+    device = next(image_net.parameters()).device
+    mask_flops = forward_flops(mask_net, torch.zeros(1, 1, size, size, device=device))
+    image_flops = forward_flops(image_net, torch.zeros(1, 4, size, size, device=device))
+    per_pair = mask_steps * mask_flops + image_steps * image_flops * (1 if guidance == 1.0 else 2)  # CFG: 2 calls
+    return {"pairs": pairs, "mask_gflops_per_forward": mask_flops / 1e9, "image_gflops_per_forward": image_flops / 1e9,
+            "tflops_per_pair": per_pair / 1e12, "pflops_total": pairs * per_pair / 1e15, "peak_tflops": peak_tflops,
+            "seconds_at_peak": pairs * per_pair / (peak_tflops * 1e12)}
+
+
+def device_peak(args, device: torch.device) -> float:
+    """--peak-tflops, else the data-sheet bf16 peak of a known CUDA device, else 0 (unknown)."""
+    if args.peak_tflops or device.type != "cuda":
+        return args.peak_tflops
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), 0.0)
+
+
+def print_budget(args, mask_net, image_net, peak: float) -> dict:
+    """The FLOP budget of 1600 pairs with the default sampler at this size and model, against the peak
+    (this device's, or an H100's for reference when it is unknown)."""
+    budget = sampling_budget(mask_net, image_net, args.size, args.mask_sample_steps, SampleConfig.sample_steps,
+                             SampleConfig.guidance, peak or H100_BF16_TFLOPS)
+    where = f"the {peak:g} TFLOP/s peak" if peak else f"an H100's {H100_BF16_TFLOPS:g} TFLOP/s bf16 peak (reference)"
+    print(f"  FLOP budget, {budget['pairs']} pairs at {args.size} px, UNet {args.model_size} "
+          f"({budget['mask_gflops_per_forward']:.1f} + {budget['image_gflops_per_forward']:.1f} GFLOP per mask/image "
+          f"forward; {args.mask_sample_steps} mask steps, {SampleConfig.sampler} {SampleConfig.sample_steps}): "
+          f"{budget['pflops_total']:.1f} PFLOP = at least {budget['seconds_at_peak']:.0f} s at {where}", flush=True)
+    return budget
+
+
 # --------------------------------------------------------------------------- the benchmark
 
 def main() -> None:
@@ -163,6 +214,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 dense peak (default: from the device name)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--flops-only", action="store_true",
+                    help="print only the FLOP budget of 1600 pairs with the default sampler (no timed rows)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -173,6 +226,11 @@ def main() -> None:
     image_net = build_denoiser(args.model_size, 4, 3, S).to(device)
     mask_net = build_denoiser(args.model_size, 1, 1, S).to(device).eval()
     gaussian = GaussianDiffusion()
+    if args.flops_only:
+        budget = print_budget(args, mask_net, image_net, device_peak(args, device))
+        if args.json:
+            print(json.dumps(budget, indent=2))
+        return
     rows = []
     print(f"device {device}, {torch.get_num_threads()} threads, {S} px, UNet {args.model_size}, batch {B}")
     print(f"  {'path':34s} {'ours':>10s} {'reference':>10s} {'ratio':>7s}  unit")
@@ -252,12 +310,8 @@ def main() -> None:
               "cpu", "threads": torch.get_num_threads(), "size": S, "model_size": args.model_size, "batch": B,
               "rows": rows}
     # 6. the UNet forward's FLOPs and achieved rate; on CUDA also its fraction of the bf16 peak
-    peak = args.peak_tflops or (next((v for k, v in BF16_PEAK_TFLOPS.items() if k in result["device_name"]), 0.0)
-                                if device.type == "cuda" else 0.0)
-    t = torch.full((B,), 500, device=device)
-    with torch.no_grad(), autocast(device), FlopCounterMode(display=False) as counter:
-        image_net(x_in, t)
-    flops = counter.get_total_flops()
+    peak = device_peak(args, device)
+    flops = forward_flops(image_net, x_in)
     per_forward = min(seconds(lambda: bare_evaluations(image_net, x_in, 10), device) for _ in range(3)) / 10
     achieved = flops / per_forward / 1e12
     result["unet_forward"] = {"gflops": flops / 1e9, "ms": per_forward * 1e3, "achieved_tflops": achieved,
@@ -272,6 +326,7 @@ def main() -> None:
         result["seconds_for_1600_pairs"] = 1600 / mask_rate + 1600 / by_path[default]["ours"]
         print(f"  1600 pairs with the defaults ({mask_steps} mask steps, {SampleConfig.sampler} "
               f"{SampleConfig.sample_steps}) at batch {B}: {result['seconds_for_1600_pairs']:.0f} s")
+    result["budget"] = print_budget(args, mask_net, image_net, peak)
     if args.json:
         print(json.dumps(result, indent=2))
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from augforge.configs import SynthesizeConfig
+from augforge.configs import SampleConfig, SynthesizeConfig
 from augforge.stages.prepare import run_synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +37,13 @@ def test_hot_paths_prints_every_ratio():
         assert f"{row['ratio']:7.3f}" in r.stdout  # printed in the table
     forward = result["unet_forward"]
     assert forward["gflops"] > 0 and forward["achieved_tflops"] > 0 and forward["peak_fraction"] is None  # CPU
+    # the FLOP budget of 1600 pairs: 2 mask steps + the default sampler's steps, at an H100's peak (reference)
+    budget = result["budget"]
+    assert math.isclose(budget["image_gflops_per_forward"], forward["gflops"] / 4, rel_tol=1e-6)  # batch 1 vs 4
+    per_pair = 2 * budget["mask_gflops_per_forward"] + SampleConfig.sample_steps * budget["image_gflops_per_forward"]
+    assert math.isclose(budget["tflops_per_pair"], per_pair / 1e3, rel_tol=1e-9)
+    assert math.isclose(budget["seconds_at_peak"], 1600 * per_pair * 1e9 / (budget["peak_tflops"] * 1e12),
+                        rel_tol=1e-9)
 
 
 def test_kvasir_protocol_fills_every_row_of_the_table(tmp_path):
