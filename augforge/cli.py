@@ -76,8 +76,14 @@ def _flatten(d: dict, prefix: str = ""):
             yield f"{prefix}{k}", v
 
 
+# stages with no torchrun support: under torchrun rank 0 runs them alone (the others would write the same files)
+RANK_ZERO_ONLY = ("prepare", "evaluate", "report", "demo")
+
+
 def _run(stage: str, cfg, as_json: bool = False, func: str = "run") -> None:
     """Import ``augforge.stages.<stage>``, call ``func(cfg)``, print the result; one clear line on failure."""
+    if stage in RANK_ZERO_ONLY and os.environ.get("RANK", "0") != "0":
+        return
     try:
         result = getattr(importlib.import_module(f"augforge.stages.{stage}"), func)(cfg)
     except (AugforgeError, ValueError) as e:  # ValueError: an option value the maths refuses
@@ -121,7 +127,7 @@ def prepare(
 @app.command()
 def synthesize(
     out: Path = typer.Argument(..., help="Output dataset folder."),
-    n: int = typer.Option(_default(SynthesizeConfig, "n"), help="Number of pairs."),
+    n: int = typer.Option(_default(SynthesizeConfig, "n"), "--n", "-n", help="Number of pairs."),
     size: int = typer.Option(_default(SynthesizeConfig, "size"), help="Side length in pixels."),
     split: str = typer.Option(_default(SynthesizeConfig, "split"), help="train,val,test fractions summing to 1."),
     seed: int = typer.Option(_default(SynthesizeConfig, "seed"), help="Seed: the same seed gives the same bytes."),

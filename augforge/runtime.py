@@ -7,6 +7,7 @@ import json
 import os
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -100,14 +101,17 @@ def dist_info() -> DistInfo:
     )
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+def init_distributed(device: torch.device, timeout: timedelta | None = None) -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU).
+
+    ``timeout``: how long a collective (a barrier) may wait; torch's default when None.
+    """
     info = dist_info()
     if info.world_size > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend=backend)
+        torch.distributed.init_process_group(backend=backend, **({"timeout": timeout} if timeout else {}))
     return info
 
 

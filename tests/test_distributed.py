@@ -14,6 +14,7 @@ import pytest
 
 from augforge.models.folder import read_metrics
 from tests.test_attack_stage import _attacked_pixels, folders  # noqa: F401  (the folders fixture)
+from tests.test_pipeline import CHAIN
 from tests.test_sample import _args, _pixels, models  # noqa: F401  (the models fixture)
 
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
@@ -82,6 +83,31 @@ def test_attack_two_ranks_gives_the_pairs_of_one_process(tmp_path, synthetic_dat
     for k in a:
         assert np.abs(a[k] - b[k]).mean() <= 1.0  # within 1 intensity level on average
     assert result["count"] == 6 and json.loads((tmp_path / "two" / "dataset.json").read_text())["complete"] is True
+
+
+def test_pipeline_under_torchrun_runs_ddp_stages_on_every_rank_and_the_others_once(tmp_path):
+    toml = tmp_path / "p.toml"
+    toml.write_text(CHAIN.format(run=tmp_path / "run"))
+    first = augforge("pipeline", toml, nproc=2)
+    assert first["ran"] == 3 and [r["status"].split()[0] for r in first["tables"]["stages"]] == ["ran"] * 3
+    state = json.loads((tmp_path / "run" / "pipeline-state.json").read_text())["stages"]
+    assert sorted(state) == ["eval", "seg", "synthesize"]
+    # synthesize ran once: two ranks writing one dataset would repeat manifest rows
+    ids = [json.loads(line)["id"] for line in (tmp_path / "run" / "data" / "manifest.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 40
+    assert state["eval"]["upstream"] == {"synthesize": state["synthesize"]["run_id"], "seg": state["seg"]["run_id"]}
+    seg = json.loads((tmp_path / "run" / "seg" / "config.json").read_text())
+    assert seg["steps_done"] == 40 * 8 // 10 // 16  # DDP: global batches of 16 over the 32 train pairs
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run" / "seg")] == [1]  # rank 0 alone wrote it
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["n_images"] == 4
+    again = augforge("pipeline", toml, nproc=2)
+    assert again["ran"] == 0 and "nothing to do" in again["message"]
+
+
+def test_a_command_without_torchrun_support_runs_on_rank_0_alone(tmp_path):
+    result = augforge("synthesize", tmp_path / "syn", "-n", 20, "--size", 32, nproc=2)
+    ids = [json.loads(line)["id"] for line in (tmp_path / "syn" / "manifest.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 20 and result["count"] == 20
 
 
 @pytest.mark.parametrize("batch", ["3"])

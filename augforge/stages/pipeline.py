@@ -23,6 +23,10 @@ options, its output still exists, and the stages it reads from (an earlier stage
 option values) have not run again since. A stage that is not up to date runs through the same
 ``run(cfg)`` as its command: over a half-written output of the same run it continues; over an output
 the pipeline itself made with other options or other inputs it starts afresh (``--overwrite``).
+
+Under ``torchrun`` the pipeline joins the process group once; the trainers, ``sample`` and ``attack``
+run on every rank (as their commands do under torchrun), the other stages on rank 0 alone, and every
+rank waits for each stage to finish before deciding the next. Only rank 0 writes the state file.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import time
 import tomllib
 import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from importlib import import_module
 from pathlib import Path
 
@@ -42,7 +46,7 @@ from augforge.configs import (DEFAULT_SCHEDULE, AttackConfig, EvaluateConfig, Pi
                               SynthesizeConfig, TrainDiffusionConfig, TrainSegConfig)
 from augforge.errors import AugforgeError
 from augforge.progress import log
-from augforge.runtime import atomic_write_json, read_json
+from augforge.runtime import DistInfo, atomic_write_json, barrier, dist_info, init_distributed, read_json, resolve_device
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,9 @@ COMMANDS = {
     "evaluate": Command(EvaluateConfig, "evaluate"),
 }
 NOT_COMPARED = ("overwrite", "resume")  # options the pipeline sets itself
+# under torchrun these run on every rank (DDP or split ids); the others run on rank 0 while the rest wait
+DISTRIBUTED = ("train-mask-diffusion", "train-image-diffusion", "train-seg", "sample", "attack")
+RANK0_STAGE_TIMEOUT = timedelta(hours=2)  # the others wait that long in a barrier (nccl's default is 10 min)
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
 
 
@@ -244,20 +251,44 @@ def default_state_path(stages: list[Stage]) -> Path:
 
 # --------------------------------------------------------------------------- running
 
+def join_ranks(stages: list[Stage]) -> DistInfo:
+    """Under torchrun, join the process group once, on the device type of the distributed stages
+    (they then find it joined); outside torchrun, nothing."""
+    world = dist_info()
+    if world.world_size > 1:
+        devices = {s.name: resolve_device(s.cfg.device) for s in stages if s.command in DISTRIBUTED}
+        kinds = {d.type for d in devices.values()}
+        if len(kinds) > 1:
+            raise AugforgeError("under torchrun the distributed stages must all run on one device type; got "
+                                + ", ".join(f"{name}: {d.type}" for name, d in devices.items()))
+        init_distributed(next(iter(devices.values())) if devices else resolve_device("cpu"), timeout=RANK0_STAGE_TIMEOUT)
+    return world
+
+
 def run(cfg: PipelineConfig) -> dict:
     stages, settings = load_pipeline(cfg.config, cfg.variables)
     state_path = Path(settings.get("state") or default_state_path(stages))
+    world = join_ranks(stages) if not cfg.dry_run else dist_info()
+    say = log if world.is_main else (lambda message: None)
     state = read_json(state_path, "pipeline state") if state_path.exists() else {"stages": {}}
     records = state["stages"]
     selected = {s.name for s in select(stages, cfg)}
+    barrier()  # every rank has read the state file before rank 0 changes it
+
+    def save_state() -> None:
+        if world.is_main:
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(state_path, state)
+
     rows, ran = [], 0
     for i, stage in enumerate(stages):
         if stage.name not in selected:
             continue
         fresh, why = up_to_date(stages, i, records)
+        barrier()  # every rank has decided before any writes this stage's output
         if fresh and not cfg.force:
             rows.append({"stage": stage.name, "command": stage.command, "status": "skipped (up to date)", "seconds": 0.0})
-            log(f"[bold]pipeline[/]: {stage.name} is up to date, skipped")
+            say(f"[bold]pipeline[/]: {stage.name} is up to date, skipped")
             continue
         if cfg.dry_run:
             records[stage.name] = {"run_id": "would run"}  # so the stages reading it show as stale too
@@ -267,32 +298,34 @@ def run(cfg: PipelineConfig) -> dict:
         #    (a half-written output of this same run, or a foreign one) is left to the stage to judge
         overwrite = cfg.force or stage.name in records
         if records.pop(stage.name, None) is not None:  # so that an interrupted rerun continues, not restarts
-            atomic_write_json(state_path, state)
-        log(f"[bold]pipeline[/]: {stage.name} ({stage.command}): running ({why})")
-        # 2. the same function the command calls
+            save_state()
+        say(f"[bold]pipeline[/]: {stage.name} ({stage.command}): running ({why})")
+        # 2. the same function the command calls: on every rank, or on rank 0 while the others wait
         t0 = time.perf_counter()
         spec = COMMANDS[stage.command]
-        try:
-            stage_cfg = replace(stage.cfg, overwrite=True) if overwrite and hasattr(stage.cfg, "overwrite") else stage.cfg
-            getattr(import_module(f"augforge.stages.{spec.module}"), spec.func)(stage_cfg)
-        except AugforgeError as e:
-            raise AugforgeError(f"stage {stage.name} ({stage.command}): {e}") from None
+        if world.is_main or stage.command in DISTRIBUTED:
+            try:
+                stage_cfg = replace(stage.cfg, overwrite=True) if overwrite and hasattr(stage.cfg, "overwrite") \
+                    else stage.cfg
+                getattr(import_module(f"augforge.stages.{spec.module}"), spec.func)(stage_cfg)
+            except AugforgeError as e:
+                raise AugforgeError(f"stage {stage.name} ({stage.command}): {e}") from None
+        barrier()
         seconds = round(time.perf_counter() - t0, 1)
         # 3. record it, with the run ids of the stages it read, so their reruns make it stale
-        state_path.parent.mkdir(parents=True, exist_ok=True)
         records[stage.name] = {"command": stage.command, "options": stage.options(), "run_id": uuid.uuid4().hex,
                                "upstream": {n: records.get(n, {}).get("run_id") for n in upstream(stages, i)},
                                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                "seconds": seconds}
-        atomic_write_json(state_path, state)
+        save_state()
         rows.append({"stage": stage.name, "command": stage.command, "status": f"ran ({why})", "seconds": seconds})
         ran += 1
     result = {"config": cfg.config, "state": str(state_path), "ran": ran,
               "skipped": sum(r["status"].startswith("skipped") for r in rows)}
-    if settings.get("report") and ran:
+    if settings.get("report") and ran and world.is_main:
         result["report"] = import_module("augforge.stages.report").run_report(settings["report"])["report"]
     if ran == 0 and not cfg.dry_run:
         result["message"] = f"nothing to do: all {len(rows)} selected stages are up to date"
-        log(f"[bold]pipeline[/]: {result['message']}")
+        say(f"[bold]pipeline[/]: {result['message']}")
     result["tables"] = {"stages": rows}
     return result
