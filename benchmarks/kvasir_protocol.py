@@ -14,8 +14,9 @@ Rows (every row except "No aug" trains with the basic flips/rotations as well):
                                  the generated pairs plus their attacked copies (K steps of gamma = 1,
                                  SDEdit T^s = 3, sigma^2 = 4), attacked against the Basic segmenter
 
-The diffusion models, the generated pairs and the attacked sets are made once (attacks against the
-first seed's Basic segmenter of each backbone); the seeds vary the segmenter training.
+The diffusion models and the generated pairs are made once; the attacked sets too (against the first
+seed's Basic segmenter of each backbone), unless ``--attacks-per-seed`` makes them against every
+seed's Basic segmenter, so that the seed spread covers the attacks as well as segmenter training.
 
     python benchmarks/kvasir_protocol.py --size 64 --epochs 5 --seeds 0,1 --archs unet \
         --table docs/kvasir-protocol-cpu.md                       # CPU scale
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -48,7 +50,7 @@ EXTRA_ROWS = [("FGSM", ["fgsm"]), ("Inverse-FGSM", ["inverse-fgsm"]), ("Generate
 
 
 def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+    return re.sub("-+", "-", "".join(c if c.isalnum() else "-" for c in name.lower())).strip("-")
 
 
 def toml_value(v) -> str:
@@ -80,7 +82,6 @@ def protocol_stages(a: argparse.Namespace) -> list[dict]:
     archs = a.archs.split(",")
     attack = dict(steps=a.attack_steps, step_size=1.0, batch_size=32, device=a.device)
     for arch in archs:
-        basic = f"{run}/seg/basic-{arch}-s{seeds[0]}"
         extras = {"fgsm": dict(data=data, split="train", method="fgsm"),
                   "inverse-fgsm": dict(data=data, split="train", method="inverse-fgsm"),
                   "pgd-w": dict(data=f"{run}/extra/generated", method="pgd", weighted=True, sigma2=4.0, **attack),
@@ -92,12 +93,16 @@ def protocol_stages(a: argparse.Namespace) -> list[dict]:
             for row, aug in AUG_ROWS:
                 stages.append(dict(name=f"seg-{slug(row)}-{arch}-s{seed}", command="train-seg", data=data,
                                    out=f"{run}/seg/{slug(row)}-{arch}-s{seed}", arch=arch, aug=aug, seed=seed, **seg))
-            if seed == seeds[0]:  # the attacked sets, against this backbone's first Basic segmenter
+            # the attacked sets, against this backbone's Basic segmenter of the first seed (or of each seed)
+            attacked = f"{arch}-s{seed}" if a.attacks_per_seed else f"{arch}-s{seeds[0]}"
+            if a.attacks_per_seed or seed == seeds[0]:
                 for key, opts in extras.items():
-                    stages.append(dict(name=f"attack-{key}-{arch}", command="attack", segmenter=basic,
-                                       out=f"{run}/extra/{key}-{arch}", **{"device": a.device, **opts}))
+                    stages.append(dict(name=f"attack-{key}-{attacked}", command="attack",
+                                       segmenter=f"{run}/seg/basic-{attacked}", out=f"{run}/extra/{key}-{attacked}",
+                                       **{"device": a.device, **opts}))
             for row, keys in EXTRA_ROWS:
-                paths = [f"{run}/extra/{k}" if k in ("given", "generated") else f"{run}/extra/{k}-{arch}" for k in keys]
+                paths = [f"{run}/extra/{k}" if k in ("given", "generated") else f"{run}/extra/{k}-{attacked}"
+                         for k in keys]
                 stages.append(dict(name=f"seg-{slug(row)}-{arch}-s{seed}", command="train-seg", data=data,
                                    extra=paths, out=f"{run}/seg/{slug(row)}-{arch}-s{seed}", arch=arch, aug="basic",
                                    seed=seed, **seg))
@@ -160,7 +165,8 @@ def summarise(a: argparse.Namespace, seconds: float) -> str:
            f"lr {a.diffusion_lr} |",
            f"| generated | N' = {a.generated} pairs ({SampleConfig.sampler} {SampleConfig.sample_steps} steps), given masks: {a.given} |",
            f"| attacks | K = {a.attack_steps}, γ = 1, ε = K·γ (0–255 units); Diff-PGD T^s = 3 (BPDA); σ² = 4; "
-           "FGSM ε = 8 |",
+           "FGSM ε = 8; against " + ("each seed's" if a.attacks_per_seed else "the first seed's")
+           + " Basic segmenter |",
            f"| hardware | {hardware(a.device)} |",
            f"| time | {stage_time / 60:.0f} min of stages ({seconds / 60:.0f} min this invocation) |", "",
            "| method | " + " | ".join(f"{arch} mIoU / mDice" for arch in archs) + " |",
@@ -188,6 +194,8 @@ def main() -> None:
     ap.add_argument("--generated", type=int, default=400, help="N' generated pairs (the paper: 2N)")
     ap.add_argument("--given", type=int, default=800, help="pairs rendered for real masks (N = 800 on Kvasir)")
     ap.add_argument("--attack-steps", type=int, default=10)
+    ap.add_argument("--attacks-per-seed", action="store_true",
+                    help="attack against each seed's Basic segmenter (default: the first seed's, made once)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--table", default="", help="also write the markdown table to this file")
     ap.add_argument("--dry-run", action="store_true", help="write protocol.toml and list the stages only")

@@ -66,3 +66,19 @@ def test_kvasir_protocol_fills_every_row_of_the_table(tmp_path):
         assert 0 <= miou <= mdice <= 1
     # the pipeline state makes a rerun a no-op
     assert "0 stages ran, 70 skipped" in script("kvasir_protocol.py", *args, "--dry-run").stderr
+
+
+def test_kvasir_protocol_attacks_per_seed(tmp_path):
+    """--attacks-per-seed: every seed's extra rows read sets attacked against that seed's Basic segmenter."""
+    import tomllib
+
+    script("kvasir_protocol.py", "--data", tmp_path / "src", "--out", tmp_path / "run", "--seeds", "0,1",
+           "--archs", "unet", "--attacks-per-seed", "--dry-run")
+    stages = tomllib.loads((tmp_path / "run" / "protocol.toml").read_text())["stage"]
+    assert len(stages) == 5 + 2 * (8 + 5 + 7 + 15)  # shared models/data; per seed: 15 segmenters, 5 attacks, 15 evals
+    attacks = {s["name"]: s for s in stages if s["command"] == "attack"}
+    for seed in (0, 1):
+        assert attacks[f"attack-diff-pgd-w-unet-s{seed}"]["segmenter"] == str(tmp_path / "run" / "seg" / f"basic-unet-s{seed}")
+        dasp = next(s for s in stages if s["name"] == f"seg-diff-pgd-w-dasp-unet-s{seed}")
+        assert dasp["extra"] == [str(tmp_path / "run" / "extra" / "generated"),
+                                 str(tmp_path / "run" / "extra" / f"diff-pgd-w-unet-s{seed}")]
