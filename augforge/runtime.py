@@ -129,6 +129,18 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def rank_zero_first(make):
+    """``make()`` on rank 0, then, once it has returned, on the other torchrun ranks (just ``make()``
+    outside torchrun): rank 0 judges and creates an output folder, the others then open it as a
+    same-run folder instead of racing rank 0 for it."""
+    if dist_info().is_main:
+        made = make()
+        barrier()
+        return made
+    barrier()
+    return make()
+
+
 def parse_shard(shard: str) -> tuple[int, int]:
     """``"i/n"`` -> (i, n) with 0 <= i < n; combined with torchrun ranks by :func:`work_shard`."""
     try:

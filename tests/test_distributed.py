@@ -26,7 +26,8 @@ def augforge(*args, nproc: int = 1) -> dict:
                 if nproc > 1 else [sys.executable, "-m"])
     r = subprocess.run([*launcher, "augforge", *map(str, args), "--json"], env=ENV, capture_output=True, text=True,
                        timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, "\n".join(line for line in r.stderr.splitlines() if "[rank0]" in line
+                                        or line.startswith("error")) + "\n" + r.stderr[-2000:]
     return json.loads(r.stdout)  # one JSON document: only rank 0 prints
 
 

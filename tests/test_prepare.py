@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from augforge.data.dataset import DatasetWriter, assign_splits, load_pairs, read_dataset, read_manifest, run_record
+from augforge.errors import AugforgeError
 from tests.helpers import KVASIR, write_pair_folder
 
 
@@ -128,6 +129,32 @@ def test_atomic_append_survives_exception_mid_write(tmp_path, monkeypatch):
     assert w2.existing_ids() == {"a"}
     w2.append("b", img, mask, {"split": "train", "source": "real"})
     assert w2.existing_ids() == {"a", "b"}
+
+
+def test_writers_of_two_shards_starting_together_agree(tmp_path, monkeypatch):
+    """Shards (or ranks) open one folder at once: whatever instant the second one looks, it sees an
+    empty folder or this run's marker, never a half-made folder it would refuse."""
+    import augforge.data.dataset as dsmod
+
+    made_by = run_record("sample", {"n": 4})
+    seen = []
+    real_write = dsmod.atomic_write_json
+
+    def marker_being_written(path, obj):  # the first writer's marker is still in its temporary file
+        if not seen:
+            (path.parent / f".{path.name}.tmp999999").write_text("{")
+            seen.append(None)
+            seen[0] = DatasetWriter(tmp_path / "d", made_by, 8).resumed  # the second shard opens now
+            (path.parent / f".{path.name}.tmp999999").unlink()
+        real_write(path, obj)
+
+    monkeypatch.setattr(dsmod, "atomic_write_json", marker_being_written)
+    first = DatasetWriter(tmp_path / "d", made_by, 8)
+    monkeypatch.undo()
+    assert seen == [False] and not first.resumed  # the second found an empty folder and started the run
+    assert DatasetWriter(tmp_path / "d", made_by, 8).resumed  # a third, once the marker is there, continues it
+    with pytest.raises(AugforgeError, match="different run"):
+        DatasetWriter(tmp_path / "d", run_record("sample", {"n": 5}), 8)
 
 
 def test_synthesize_same_seed_same_bytes(tmp_path, cli):

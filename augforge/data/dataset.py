@@ -271,7 +271,7 @@ def open_output(out: Path, made_by: dict, *, overwrite: bool, marker: str) -> bo
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AugforgeError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(not p.name.startswith(".") for p in out.iterdir()):  # a writer's temporary files: empty
         marker_path = out / marker
         if overwrite:
             shutil.rmtree(out)
@@ -308,10 +308,11 @@ class DatasetWriter:
         self.made_by = made_by
         self.image_size = image_size
         self.resumed = open_output(self.root, made_by, overwrite=overwrite, marker=INFO)
-        (self.root / "images").mkdir(exist_ok=True)
-        (self.root / "masks").mkdir(exist_ok=True)
+        # the marker first: a writer of another shard that starts now sees an empty folder or this run's
         if not self.resumed and not (self.root / INFO).exists():
             atomic_write_json(self.root / INFO, {"made_by": made_by, "image_size": image_size, "complete": False})
+        (self.root / "images").mkdir(exist_ok=True)
+        (self.root / "masks").mkdir(exist_ok=True)
         self._repair_manifest()
 
     def _repair_manifest(self) -> None:

@@ -23,8 +23,8 @@ from augforge.errors import AugforgeError
 from augforge.models.folder import load_network
 from augforge.progress import progress_bar
 from augforge.ranges import intensity_to_unit
-from augforge.runtime import (atomic_write_bytes, barrier, generator_for, init_distributed, resolve_device,
-                              seed_everything, work_shard)
+from augforge.runtime import (atomic_write_bytes, barrier, generator_for, init_distributed, rank_zero_first,
+                              resolve_device, seed_everything, work_shard)
 from augforge.seg.metrics import per_image_scores
 from augforge.stages.sample import to_uint8_images
 from augforge.stages.train_diffusion import build_diffusion
@@ -107,8 +107,8 @@ def run(cfg: AttackConfig) -> dict:
     options = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
     options["eps"] = eps255
     made_by = run_record("attack", options)
-    writer = DatasetWriter(Path(cfg.out), made_by, ds.image_size, overwrite=cfg.overwrite and world.is_main)
-    barrier()
+    writer = rank_zero_first(lambda: DatasetWriter(Path(cfg.out), made_by, ds.image_size,
+                                                   overwrite=cfg.overwrite and world.is_main))
     done = writer.existing_ids()
     ids = [f"{r['id']}-{cfg.method}" for r in rows]
     todo = [i for i in range(shard_index, len(rows), shard_count) if ids[i] not in done]

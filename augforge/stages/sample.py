@@ -22,7 +22,7 @@ from augforge.models.folder import load_network
 from augforge.progress import progress_bar
 from augforge.ranges import from_model_range
 from augforge.runtime import (atomic_write_bytes, autocast, barrier, generator_for, init_distributed,
-                              resolve_device, seed_everything, work_shard)
+                              rank_zero_first, resolve_device, seed_everything, work_shard)
 from augforge.stages.train_diffusion import build_diffusion
 from augforge.visual import contact_sheet, overlay
 
@@ -113,8 +113,8 @@ def run(cfg: SampleConfig) -> dict:
     if mask_cfg:
         options["mask_model_fingerprint"] = mask_cfg["data_fingerprint"] + f"@{mask_cfg['steps_done']}"
     made_by = run_record("sample", options)
-    writer = DatasetWriter(Path(cfg.out), made_by, size, overwrite=cfg.overwrite and world.is_main)
-    barrier()
+    writer = rank_zero_first(lambda: DatasetWriter(Path(cfg.out), made_by, size,
+                                                   overwrite=cfg.overwrite and world.is_main))
     ids = [f"gen{i:06d}" for i in range(cfg.n)]
     done = writer.existing_ids()
     todo = [i for i in range(shard_index, cfg.n, shard_count) if ids[i] not in done]
