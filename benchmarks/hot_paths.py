@@ -194,7 +194,7 @@ def print_budget(args, mask_net, image_net, peak: float) -> dict:
     print(f"  FLOP budget, {budget['pairs']} pairs at {args.size} px, UNet {args.model_size} "
           f"({budget['mask_gflops_per_forward']:.1f} + {budget['image_gflops_per_forward']:.1f} GFLOP per mask/image "
           f"forward; {args.mask_sample_steps} mask steps, {SampleConfig.sampler} {SampleConfig.sample_steps}): "
-          f"{budget['pflops_total']:.1f} PFLOP = at least {budget['seconds_at_peak']:.0f} s at {where}", flush=True)
+          f"{budget['pflops_total']:.3g} PFLOP = at least {budget['seconds_at_peak']:.3g} s at {where}", flush=True)
     return budget
 
 
