@@ -218,6 +218,7 @@ def sample(
     device: str = typer.Option(_default(SampleConfig, "device"), help="auto | cpu | cuda."),
     report: bool = typer.Option(False, "--report", help="Also compute the quality report (needs --segmenter)."),
     segmenter: str = typer.Option(_default(SampleConfig, "segmenter"), help="Segmenter for the quality report."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile both UNets (pays off on long runs)."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it holds a different run."),
     json_: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:

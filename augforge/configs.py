@@ -115,6 +115,7 @@ class SampleConfig:
     device: str = "auto"
     report: bool = False
     segmenter: str = ""  # for --report: mask-image consistency and feature distance
+    compile: bool = False  # torch.compile both UNets (a pair's result stays the same up to float noise)
     overwrite: bool = False
 
 

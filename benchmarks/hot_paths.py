@@ -23,7 +23,10 @@ freshly initialised (the cost does not depend on the weights).
    time it needs at the device's bf16 peak (an H100's when the device's is unknown): how close
    to the physical limit a sampling rate is, and whether a goal is reachable at all.
 
-    python benchmarks/hot_paths.py                      # CPU: 32 px, tiny UNet, a few minutes
+With ``--compile``, also a diffusion training step and the UNet forward under ``torch.compile``
+against the same eager computation (the compile time printed apart).
+
+    python benchmarks/hot_paths.py [--compile]          # CPU: 32 px, tiny UNet, a few minutes
     python benchmarks/hot_paths.py --size 256 --model-size base --batch 64 --device cuda
     python benchmarks/hot_paths.py --size 256 --model-size base --flops-only   # the budget alone, any machine
 """
@@ -214,6 +217,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 dense peak (default: from the device name)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time torch.compile against eager: a diffusion train step and the UNet forward")
     ap.add_argument("--flops-only", action="store_true",
                     help="print only the FLOP budget of 1600 pairs with the default sampler (no timed rows)")
     ap.add_argument("--json", action="store_true")
@@ -249,6 +254,30 @@ def main() -> None:
     rows.append(compare("diffusion train step", "steps/s", n, lambda: loop.run(0, n, log_every=n),
                         lambda: bare_diffusion_steps(ref_net, gaussian, images01, masks, ref_opt, B, n),
                         device, args.repeats))
+    if args.compile:  # torch.compile (inductor) against the same eager computation; first call = compile time
+        eager_net = copy.deepcopy(ref_net)
+        compiled_model = copy.deepcopy(ref_net)
+        compiled_net = torch.compile(compiled_model)
+
+        def train_loop(net, model):
+            return DiffusionTrainLoop(net, gaussian, pairs, torch.optim.AdamW(model.parameters(), lr=1e-4,
+                                                                              fused=device.type == "cuda"),
+                                      EMA(model, 0.999), B, torch.Generator(device).manual_seed(0),
+                                      condition_on_mask=True, cond_drop=0.1)
+
+        compiled_loop, eager_loop = train_loop(compiled_net, compiled_model), train_loop(eager_net, eager_net)
+        first = seconds(lambda: compiled_loop.run(0, 1, log_every=1), device)
+        print(f"  (torch.compile: first training step {first:.1f} s)", flush=True)
+        rows.append(compare("diffusion train step, --compile", "steps/s", n,
+                            lambda: compiled_loop.run(0, n, log_every=n), lambda: eager_loop.run(0, n, log_every=n),
+                            device, args.repeats))
+        compiled_model.eval(), eager_net.eval()
+        x_eval = torch.cat([images01[:B] * 2 - 1, masks[:B] * 2 - 1], 1)
+        first = seconds(lambda: bare_evaluations(compiled_net, x_eval, 1), device)
+        print(f"  (torch.compile: first no-grad forward {first:.1f} s)", flush=True)
+        rows.append(compare("UNet forward x10, --compile", "forwards/s", 10,
+                            lambda: bare_evaluations(compiled_net, x_eval, 10),
+                            lambda: bare_evaluations(eager_net, x_eval, 10), device, args.repeats))
     image_net.eval()
 
     # 2. sampling: masks, then images per sampler (one batch of B pairs)

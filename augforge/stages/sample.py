@@ -27,7 +27,7 @@ from augforge.stages.train_diffusion import build_diffusion
 from augforge.visual import contact_sheet, overlay
 
 MASK_STREAM, IMAGE_STREAM = 0, 1  # the two per-pair random streams
-NOT_IDENTITY = ("out", "n", "batch_size", "shard", "device", "overwrite", "report", "segmenter")
+NOT_IDENTITY = ("out", "n", "batch_size", "shard", "device", "overwrite", "report", "segmenter", "compile")
 
 
 def pair_generators(seed: int, indices: list[int], stream: int, device: torch.device) -> list[torch.Generator]:
@@ -106,6 +106,10 @@ def run(cfg: SampleConfig) -> dict:
         parents = [r["id"] for r in rows]
     else:
         mask_net, mask_cfg = load_network(Path(cfg.mask_model), kind="mask-diffusion", image_size=size, device=device)
+
+    if cfg.compile:  # the first batch (and a smaller last one) compiles; later batches reuse the graphs
+        image_net = torch.compile(image_net)
+        mask_net = torch.compile(mask_net) if mask_net is not None else None
 
     # 2. output: same run continues, different run refused
     options = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
