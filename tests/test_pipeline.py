@@ -103,6 +103,52 @@ def test_a_stage_run_outside_the_pipeline_is_continued_not_overwritten(tmp_path,
     assert r.exit_code == 2 and "stage synthesize (synthesize):" in r.output and "--overwrite" in r.output
 
 
+TRAIN = """
+[defaults]
+device = "cpu"
+
+[[stage]]
+command = "synthesize"
+out = "{run}/data"
+n = 20
+size = 32
+
+[[stage]]
+name = "mask"
+command = "train-mask-diffusion"
+data = "{run}/data"
+out = "{run}/mask"
+model-size = "tiny"
+steps = 2
+batch-size = 4
+log-every = 1
+save-every = 2
+"""
+
+
+def test_a_larger_steps_trains_on_and_an_identity_change_starts_afresh(tmp_path, cli):
+    """Options outside a command's run identity (a trainer's steps and logging, sample's n and batch
+    size, the device) continue the run; the others replace the pipeline's own earlier output."""
+    toml = _write(tmp_path, TRAIN.format(run=tmp_path / "run"))
+    model = tmp_path / "run" / "mask"
+    assert _status(cli("pipeline", toml, "--json"))["mask"] == "ran"
+    (model / "notes.txt").write_text("kept unless the run starts afresh")
+    first = (model / "metrics.jsonl").read_text()
+
+    toml.write_text(toml.read_text().replace("steps = 2", "steps = 4"))
+    assert _status(cli("pipeline", toml, "--json"))["mask"] == "ran"
+    assert json.loads((model / "config.json").read_text())["steps_done"] == 4
+    assert (model / "notes.txt").exists() and (model / "metrics.jsonl").read_text().startswith(first)
+    assert [json.loads(line)["step"] for line in (model / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+    toml.write_text(toml.read_text().replace("log-every = 1", "log-every = 2"))  # not identity: nothing to do
+    assert _status(cli("pipeline", toml, "--json"))["mask"] == "ran" and (model / "notes.txt").exists()
+
+    toml.write_text(toml.read_text().replace('model-size = "tiny"', 'model-size = "tiny"\nlr = 0.001'))
+    assert _status(cli("pipeline", toml, "--json"))["mask"] == "ran"
+    assert not (model / "notes.txt").exists()  # another run: the old output was replaced
+
+
 def test_upstream_follows_outputs_named_in_options(tmp_path):
     toml = _write(tmp_path, CHAIN.format(run=tmp_path / "run"))
     stages, settings = load_pipeline(str(toml))

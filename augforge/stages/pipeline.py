@@ -231,6 +231,13 @@ def select(stages: list[Stage], cfg: PipelineConfig) -> list[Stage]:
     return stages[first:last + 1]
 
 
+def rerun_upstream(stages: list[Stage], i: int, records: dict) -> list[str]:
+    """The stages stage i reads that ran again since it finished."""
+    record = records[stages[i].name]
+    return [name for name in upstream(stages, i)
+            if record["upstream"].get(name) != records.get(name, {}).get("run_id")]
+
+
 def up_to_date(stages: list[Stage], i: int, records: dict) -> tuple[bool, str]:
     stage, record = stages[i], records.get(stages[i].name)
     if record is None:
@@ -239,10 +246,21 @@ def up_to_date(stages: list[Stage], i: int, records: dict) -> tuple[bool, str]:
         return False, "options changed"
     if not Path(stage.out).exists():
         return False, "output missing"
-    for name in upstream(stages, i):
-        if record["upstream"].get(name) != records.get(name, {}).get("run_id"):
-            return False, f"{name} ran again"
+    rerun = rerun_upstream(stages, i, records)
+    if rerun:
+        return False, f"{rerun[0]} ran again"
     return True, "up to date"
+
+
+def continues_its_run(stages: list[Stage], i: int, records: dict) -> bool:
+    """Only options outside the command's run identity changed (its ``NOT_IDENTITY``: a trainer's
+    ``steps`` and logging, ``sample``'s ``n`` and batch size, the device) and its inputs did not run
+    again: the command continues its own run (trains on, adds pairs) instead of starting afresh."""
+    stage, record = stages[i], records[stages[i].name]
+    module = import_module(f"augforge.stages.{COMMANDS[stage.command].module}")
+    ignored = {*getattr(module, "NOT_IDENTITY", ("out", "overwrite")), *NOT_COMPARED}
+    identity = lambda options: {k: v for k, v in options.items() if k not in ignored}  # noqa: E731
+    return identity(record["options"]) == identity(stage.options()) and not rerun_upstream(stages, i, records)
 
 
 def default_state_path(stages: list[Stage]) -> Path:
@@ -296,7 +314,7 @@ def run(cfg: PipelineConfig) -> dict:
             continue
         # 1. an output the pipeline made earlier with other options/inputs is replaced; anything else
         #    (a half-written output of this same run, or a foreign one) is left to the stage to judge
-        overwrite = cfg.force or stage.name in records
+        overwrite = cfg.force or (stage.name in records and not continues_its_run(stages, i, records))
         if records.pop(stage.name, None) is not None:  # so that an interrupted rerun continues, not restarts
             save_state()
         say(f"[bold]pipeline[/]: {stage.name} ({stage.command}): running ({why})")

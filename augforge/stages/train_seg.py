@@ -28,10 +28,13 @@ from augforge.runtime import atomic_write_bytes, barrier, generator_for, init_di
 SCHEDULES = ("constant", "cosine")
 
 
+NOT_IDENTITY = ("out", "resume", "overwrite", "device", "compile")
+
+
 def _options(cfg: TrainSegConfig) -> dict:
     """The options that define the run (made_by): data paths resolved; output and runtime switches left out."""
     options = asdict(cfg)
-    for key in ("out", "resume", "overwrite", "device", "compile"):
+    for key in NOT_IDENTITY:
         options.pop(key)
     options["data"] = str(Path(cfg.data).resolve())
     options["extra"] = [str(Path(p).resolve()) for p in cfg.extra]
