@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from augforge import __version__
-from augforge.configs import (DEFAULT_SCHEDULE, AttackConfig, DemoConfig, EvaluateConfig, PipelineConfig, PrepareConfig,
-                              SampleConfig, SynthesizeConfig, TrainDiffusionConfig, TrainSegConfig)
+from augforge.configs import (DEFAULT_SCHEDULE, TORCHRUN_STAGES, AttackConfig, DemoConfig, EvaluateConfig, PipelineConfig,
+                              PrepareConfig, SampleConfig, SynthesizeConfig, TrainDiffusionConfig, TrainSegConfig)
 from augforge.errors import AugforgeError
 
 app = typer.Typer(
@@ -76,14 +76,10 @@ def _flatten(d: dict, prefix: str = ""):
             yield f"{prefix}{k}", v
 
 
-# stages with no torchrun support: under torchrun rank 0 runs them alone (the others would write the same files)
-RANK_ZERO_ONLY = ("prepare", "evaluate", "report", "demo")
-
-
 def _run(stage: str, cfg, as_json: bool = False, func: str = "run") -> None:
     """Import ``augforge.stages.<stage>``, call ``func(cfg)``, print the result; one clear line on failure."""
-    if stage in RANK_ZERO_ONLY and os.environ.get("RANK", "0") != "0":
-        return
+    if stage not in TORCHRUN_STAGES and os.environ.get("RANK", "0") != "0":
+        return  # rank 0 runs it alone: the other ranks would write the same files
     try:
         result = getattr(importlib.import_module(f"augforge.stages.{stage}"), func)(cfg)
     except (AugforgeError, ValueError) as e:  # ValueError: an option value the maths refuses

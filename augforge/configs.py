@@ -71,6 +71,9 @@ class EvaluateConfig:
 
 
 DEFAULT_SCHEDULE = {"mask-diffusion": "cosine", "image-diffusion": "linear"}  # what schedule="" means
+# stage modules that run on every torchrun rank (DDP, or ids split by rank); under torchrun the
+# others (prepare/synthesize, evaluate, report, demo) run on rank 0 alone
+TORCHRUN_STAGES = ("train_diffusion", "train_seg", "sample", "attack", "pipeline")
 
 
 @dataclass(frozen=True)

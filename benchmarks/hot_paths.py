@@ -228,6 +228,7 @@ def main() -> None:
     B, S = args.batch, args.size
     images01 = torch.rand(4 * B, 3, S, S, device=device)
     masks = (torch.rand(4 * B, 1, S, S, device=device) > 0.7).float()
+    x_in = torch.cat([images01[:B] * 2 - 1, masks[:B] * 2 - 1], 1)  # an image UNet's input: x_t and the mask
     image_net = build_denoiser(args.model_size, 4, 3, S).to(device)
     mask_net = build_denoiser(args.model_size, 1, 1, S).to(device).eval()
     gaussian = GaussianDiffusion()
@@ -272,12 +273,11 @@ def main() -> None:
                             lambda: compiled_loop.run(0, n, log_every=n), lambda: eager_loop.run(0, n, log_every=n),
                             device, args.repeats))
         compiled_model.eval(), eager_net.eval()
-        x_eval = torch.cat([images01[:B] * 2 - 1, masks[:B] * 2 - 1], 1)
-        first = seconds(lambda: bare_evaluations(compiled_net, x_eval, 1), device)
+        first = seconds(lambda: bare_evaluations(compiled_net, x_in, 1), device)
         print(f"  (torch.compile: first no-grad forward {first:.1f} s)", flush=True)
         rows.append(compare("UNet forward x10, --compile", "forwards/s", 10,
-                            lambda: bare_evaluations(compiled_net, x_eval, 10),
-                            lambda: bare_evaluations(eager_net, x_eval, 10), device, args.repeats))
+                            lambda: bare_evaluations(compiled_net, x_in, 10),
+                            lambda: bare_evaluations(eager_net, x_in, 10), device, args.repeats))
     image_net.eval()
 
     # 2. sampling: masks, then images per sampler (one batch of B pairs)
@@ -287,7 +287,6 @@ def main() -> None:
                         lambda: sample_masks(mask_net, process, list(range(B)), size=S, steps=mask_steps, seed=0,
                                              device=device),
                         lambda: bare_evaluations(mask_net, masks[:B] * 2 - 1, mask_steps), device, args.repeats))
-    x_in = torch.cat([images01[:B] * 2 - 1, masks[:B] * 2 - 1], 1)
     image_process = {"timesteps": 1000, "schedule": "linear"}
     for spec in args.samplers.split(","):
         sampler, steps = spec.split(":")

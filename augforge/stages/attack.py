@@ -129,8 +129,9 @@ def run(cfg: AttackConfig) -> dict:
             index = todo[start:start + cfg.batch_size]
             images, masks = load_pairs(ds, [rows[i] for i in index])
             x, y = images.to(device).float() / 255.0, masks.to(device).float()
-            # per-pair streams: a pair's result does not depend on its batch, --shard or rank
-            generator = [generator_for(cfg.seed, i, RANDOM_START_STREAM, device=device) for i in index]
+            # the random start from per-pair streams: a pair's result does not depend on its batch, --shard or rank
+            generator = ([generator_for(cfg.seed, i, RANDOM_START_STREAM, device=device) for i in index]
+                         if cfg.random_start else None)
             with torch.no_grad():
                 clean_logits = seg(x)
             weights = uncertainty_weights(clean_logits, cfg.sigma2) if cfg.weighted else None

@@ -42,8 +42,8 @@ from datetime import datetime, timedelta, timezone
 from importlib import import_module
 from pathlib import Path
 
-from augforge.configs import (DEFAULT_SCHEDULE, AttackConfig, EvaluateConfig, PipelineConfig, PrepareConfig, SampleConfig,
-                              SynthesizeConfig, TrainDiffusionConfig, TrainSegConfig)
+from augforge.configs import (DEFAULT_SCHEDULE, TORCHRUN_STAGES, AttackConfig, EvaluateConfig, PipelineConfig,
+                              PrepareConfig, SampleConfig, SynthesizeConfig, TrainDiffusionConfig, TrainSegConfig)
 from augforge.errors import AugforgeError
 from augforge.progress import log
 from augforge.runtime import DistInfo, atomic_write_json, barrier, dist_info, init_distributed, read_json, resolve_device
@@ -71,8 +71,6 @@ COMMANDS = {
     "evaluate": Command(EvaluateConfig, "evaluate"),
 }
 NOT_COMPARED = ("overwrite", "resume")  # options the pipeline sets itself
-# under torchrun these run on every rank (DDP or split ids); the others run on rank 0 while the rest wait
-DISTRIBUTED = ("train-mask-diffusion", "train-image-diffusion", "train-seg", "sample", "attack")
 RANK0_STAGE_TIMEOUT = timedelta(hours=2)  # the others wait that long in a barrier (nccl's default is 10 min)
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
 
@@ -86,6 +84,11 @@ class Stage:
     @property
     def out(self) -> str:
         return _norm(self.cfg.out)
+
+    @property
+    def distributed(self) -> bool:
+        """Runs on every torchrun rank (the others run on rank 0 while the rest wait)."""
+        return COMMANDS[self.command].module in TORCHRUN_STAGES
 
     def options(self) -> dict:
         """The options as the state file stores them (JSON: tuples become lists)."""
@@ -274,7 +277,7 @@ def join_ranks(stages: list[Stage]) -> DistInfo:
     (they then find it joined); outside torchrun, nothing."""
     world = dist_info()
     if world.world_size > 1:
-        devices = {s.name: resolve_device(s.cfg.device) for s in stages if s.command in DISTRIBUTED}
+        devices = {s.name: resolve_device(s.cfg.device) for s in stages if s.distributed}
         kinds = {d.type for d in devices.values()}
         if len(kinds) > 1:
             raise AugforgeError("under torchrun the distributed stages must all run on one device type; got "
@@ -321,7 +324,7 @@ def run(cfg: PipelineConfig) -> dict:
         # 2. the same function the command calls: on every rank, or on rank 0 while the others wait
         t0 = time.perf_counter()
         spec = COMMANDS[stage.command]
-        if world.is_main or stage.command in DISTRIBUTED:
+        if world.is_main or stage.distributed:
             try:
                 stage_cfg = replace(stage.cfg, overwrite=True) if overwrite and hasattr(stage.cfg, "overwrite") \
                     else stage.cfg
