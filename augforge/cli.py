@@ -238,7 +238,7 @@ def attack(
     weight_mode: str = typer.Option(_default(AttackConfig, "weight_mode"),
                                     help="loss: weight the loss (the paper's Eq. 10); step: scale each pixel's step."),
     image_model: str = typer.Option(_default(AttackConfig, "image_model"), help="Image-diffusion model (diff-pgd purifier)."),
-    sdedit_steps: int = typer.Option(_default(AttackConfig, "sdedit_steps"), help="SDEdit steps T^s of the DDIM grid."),
+    sdedit_steps: int = typer.Option(_default(AttackConfig, "sdedit_steps"), help="SDEdit start T^s on the DDIM grid: T^s + 1 denoiser calls (3 of 50: t = 60, 40, 20, 0)."),
     grid_steps: int = typer.Option(_default(AttackConfig, "grid_steps"), help="DDIM grid size for SDEdit."),
     grad: str = typer.Option(_default(AttackConfig, "grad"), help="diff-pgd gradient: bpda (fast) | full (through the denoiser)."),
     target: str = typer.Option(_default(AttackConfig, "target"), help="asma target: random-other | shift | file."),

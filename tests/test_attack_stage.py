@@ -101,6 +101,7 @@ def test_attacked_pair_does_not_depend_on_batch_size_or_shard(tmp_path, cli, syn
 @pytest.mark.parametrize("extra, expected", [
     (["--method", "diff-pgd"], "--image-model"), (["--method", "nope"], "--method"),
     (["--method", "asma", "--weighted"], "--weighted"),
+    (["--method", "diff-pgd", "--image-model", "x", "--sdedit-steps", "50"], "--sdedit-steps"),
 ])
 def test_attack_bad_options(tmp_path, cli, synthetic_dataset, folders, extra, expected):
     r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--out", tmp_path / "a", *extra)

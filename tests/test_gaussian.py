@@ -189,8 +189,33 @@ def test_sdedit_with_oracle_returns_x_star_and_uses_the_grid_tail():
     oracle = PointMassOracle(d, x_star)
     x0_01 = torch.rand(2, 3, SIZE, SIZE, generator=_gen(2))
     out = d.sdedit(oracle, x0_01, mask01=_masks(2), generator=_gen(3))
-    assert [int(t[0]) for t in oracle.calls] == [40, 20, 0]
+    assert [int(t[0]) for t in oracle.calls] == [60, 40, 20, 0]
     torch.testing.assert_close(out, (x_star + 1) / 2, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("sdedit_steps,grid_steps,grid", [(3, 50, [60, 40, 20, 0]), (1, 50, [20, 0]),
+                                                          (2, 10, [200, 100, 0])])
+def test_sdedit_makes_t_s_plus_one_calls_from_grid_point_t_s(sdedit_steps, grid_steps, grid):
+    """DASP Eq. (1): x_{T^s} ~ q, then R_phi at T^s, ..., 0 of the DDIM grid (T^s + 1 denoiser calls);
+    Diff-PGD's reference with T^s = 3 on DDIM-50 starts at t = 60."""
+    d = GaussianDiffusion()
+    inputs: list[torch.Tensor] = []
+    oracle = PointMassOracle(d, torch.zeros(4, 3, SIZE, SIZE))
+
+    def model(x_in, t):
+        inputs.append(x_in[:, :3].clone())
+        return oracle(x_in, t)
+
+    x0_01 = torch.full((4, 3, SIZE, SIZE), 0.5)  # x_0 = 0 in [-1, 1]: x_{t_s} is pure noise of std sqrt(1 - ab)
+    d.sdedit(model, x0_01, mask01=_masks(4), sdedit_steps=sdedit_steps, grid_steps=grid_steps, generator=_gen(4))
+    assert len(oracle.calls) == sdedit_steps + 1
+    assert [int(t[0]) for t in oracle.calls] == grid
+    expected_std = float((1 - d.alphas_cumprod[grid[0]]).sqrt())
+    assert abs(float(inputs[0].std()) - expected_std) < 0.05 * expected_std
+    if grid[0] == 60:
+        assert abs(expected_std - 0.204) < 1e-3  # not 0.142 (t = 40)
+    with pytest.raises(ValueError, match="sdedit_steps"):
+        d.sdedit(model, x0_01, mask01=_masks(4), sdedit_steps=grid_steps, grid_steps=grid_steps)
 
 
 def test_denoise_from_gradients_and_checkpoint():

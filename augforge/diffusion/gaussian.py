@@ -286,7 +286,7 @@ class GaussianDiffusion:
         """The ``denoise_from`` grid: t_start, t_start - k, ..., t_start - (steps - 1) k, then x_0.
 
         k is the largest DDIM stride T // N (N an integer, as in DDIMScheduler.step) with
-        (steps - 1) k <= t_start; e.g. (40, 3) -> [40, 20, 0] for T = 1000, the last 3 points of the
+        (steps - 1) k <= t_start; e.g. (60, 4) -> [60, 40, 20, 0] for T = 1000, the last 4 points of the
         50-step DDIM grid. The same grid serves all samplers.
         """
         if not 0 <= t_start < self.timesteps:
@@ -347,20 +347,24 @@ class GaussianDiffusion:
     ) -> Tensor:
         """SDEdit purification (Meng et al. 2022) as used by Diff-PGD (Xue et al. 2023) and DASP.
 
-        x0_01: (B, 3, H, W) in [0, 1]; mask01: (B, 1, H, W) in {0, 1}. On the ``grid_steps`` DDIM grid
-        over T (diffusers "leading": 980, 960, ..., 0 for 50 of 1000) t_start is the point
-        ``sdedit_steps`` from the end (40 for the defaults). Returns images (B, 3, H, W) in [0, 1].
+        x0_01: (B, 3, H, W) in [0, 1]; mask01: (B, 1, H, W) in {0, 1}. DASP Eq. (1) noises x to
+        x_{T^s} and applies the denoiser R_phi at T^s, T^s - 1, ..., 0 of the DDIM grid: T^s + 1 calls.
+        With T^s = ``sdedit_steps`` on the ``grid_steps`` DDIM grid over T (diffusers "leading": 980,
+        960, ..., 0 for 50 of 1000), t_start is the grid point ``sdedit_steps`` + 1 from the end, as
+        in Diff-PGD's reference code: 60 for the defaults, run 60, 40, 20, 0 (4 denoiser calls,
+        noise std sqrt(1 - alphabar_60) = 0.204 for the linear schedule). Returns images
+        (B, 3, H, W) in [0, 1].
         """
-        if not 1 <= sdedit_steps <= grid_steps:
-            raise ValueError(f"sdedit_steps must be in [1, grid_steps = {grid_steps}], got {sdedit_steps}")
-        # 1. t_start: the grid point sdedit_steps from the end
-        t_start = int(self.make_scheduler("ddim", grid_steps).timesteps[-sdedit_steps])
+        if not 1 <= sdedit_steps < grid_steps:
+            raise ValueError(f"sdedit_steps must be in [1, grid_steps - 1 = {grid_steps - 1}], got {sdedit_steps}")
+        # 1. t_start = T^s on the DDIM grid: the point sdedit_steps + 1 from the end (grid index T^s)
+        t_start = int(self.make_scheduler("ddim", grid_steps).timesteps[-(sdedit_steps + 1)])
         # 2. x_t ~ q(x_t | x_0) at t_start
         with torch.enable_grad() if differentiable else torch.no_grad():
             x_t = self.q_sample(to_model_range(x0_01), t_start, generator=generator)
-        # 3. DDIM back to x_0 over the last sdedit_steps grid points, conditioned on the mask
+        # 3. DDIM back to x_0 over the last sdedit_steps + 1 grid points (T^s, ..., 0), conditioned on the mask
         x0 = self.denoise_from(
-            model, x_t, t_start, mask=mask01, steps=sdedit_steps, sampler="ddim",
+            model, x_t, t_start, mask=mask01, steps=sdedit_steps + 1, sampler="ddim",
             generator=generator, differentiable=differentiable, checkpoint=checkpoint,
         )
         return from_model_range(x0)

@@ -60,8 +60,9 @@ def _check(cfg: AttackConfig) -> None:
         raise AugforgeError("--target file needs --target-file MASK.png")
     if cfg.sigma2 <= 0 or cfg.step_size < 0 or cfg.beta < 0 or cfg.tau < 0 or cfg.max_iter < 1:
         raise AugforgeError("--sigma2 must be > 0, --step-size/--beta/--tau >= 0 and --max-iter >= 1")
-    if not 1 <= cfg.sdedit_steps <= cfg.grid_steps:
-        raise AugforgeError(f"--sdedit-steps must be in [1, --grid-steps={cfg.grid_steps}], got {cfg.sdedit_steps}")
+    if not 1 <= cfg.sdedit_steps < cfg.grid_steps:
+        raise AugforgeError(f"--sdedit-steps must be in [1, --grid-steps - 1 = {cfg.grid_steps - 1}], "
+                            f"got {cfg.sdedit_steps}")
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise AugforgeError("--steps and --batch-size must be at least 1")
 
