@@ -135,7 +135,7 @@ def synthesize(
 
 # --------------------------------------------------------------------------- diffusion models
 
-def _train_diffusion(kind: str, data: Path, out: Path, steps: int, batch_size: int, lr: float, image_size: int,
+def _train_diffusion(kind: str, data: Path, out: Path, steps: int, minutes: float, batch_size: int, lr: float, image_size: int,
                      timesteps: int, schedule: str, model_size: str, ema_decay: float, cond_drop: float,
                      save_every: int, log_every: int, seed: int, device: str, compile_: bool, resume: bool,
                      overwrite: bool, as_json: bool) -> None:
@@ -149,6 +149,8 @@ def _d(name: str) -> Any:
 DATA_ARG = typer.Argument(..., help="Prepared dataset (its train split is used).")
 OUT_OPT = typer.Option(..., "--out", help="Model folder to write (continued if it holds the same run).")
 STEPS_OPT = typer.Option(_d("steps"), help="Optimisation steps in total (a rerun with more steps continues).")
+MINUTES_OPT = typer.Option(_d("minutes"), help="Wall-clock budget in minutes over all runs into OUT (0: none); "
+                           "training stops at --steps or the budget, and a rerun with a larger budget continues.")
 BATCH_OPT = typer.Option(_d("batch_size"), help="Pairs per step.")
 LR_OPT = typer.Option(_d("lr"), help="AdamW learning rate.")
 SIZE_OPT = typer.Option(_d("image_size"), help="Train at this side length (0: the dataset's; smaller downsamples).")
@@ -167,7 +169,8 @@ JSON_OPT = typer.Option(False, "--json", help=JSON_HELP)
 
 @app.command("train-mask-diffusion")
 def train_mask_diffusion(
-    data: Path = DATA_ARG, out: Path = OUT_OPT, steps: int = STEPS_OPT, batch_size: int = BATCH_OPT,
+    data: Path = DATA_ARG, out: Path = OUT_OPT, steps: int = STEPS_OPT, minutes: float = MINUTES_OPT,
+    batch_size: int = BATCH_OPT,
     lr: float = LR_OPT, image_size: int = SIZE_OPT, timesteps: int = T_OPT,
     schedule: str = typer.Option(DEFAULT_SCHEDULE["mask-diffusion"], help="Noise schedule: cosine (ᾱ_T < 1e-3 at T=1000) or linear."),
     model_size: str = MS_OPT, ema_decay: float = EMA_OPT, save_every: int = SAVE_OPT, log_every: int = LOG_OPT,
@@ -175,13 +178,14 @@ def train_mask_diffusion(
     overwrite: bool = OVERWRITE_OPT, json_: bool = JSON_OPT,
 ) -> None:
     """Train a Bernoulli diffusion model of polyp masks (DASP §3.1)."""
-    _train_diffusion("mask-diffusion", data, out, steps, batch_size, lr, image_size, timesteps, schedule, model_size,
+    _train_diffusion("mask-diffusion", data, out, steps, minutes, batch_size, lr, image_size, timesteps, schedule, model_size,
                      ema_decay, 0.0, save_every, log_every, seed, device, compile_, resume, overwrite, json_)
 
 
 @app.command("train-image-diffusion")
 def train_image_diffusion(
-    data: Path = DATA_ARG, out: Path = OUT_OPT, steps: int = STEPS_OPT, batch_size: int = BATCH_OPT,
+    data: Path = DATA_ARG, out: Path = OUT_OPT, steps: int = STEPS_OPT, minutes: float = MINUTES_OPT,
+    batch_size: int = BATCH_OPT,
     lr: float = LR_OPT, image_size: int = SIZE_OPT, timesteps: int = T_OPT,
     schedule: str = typer.Option(DEFAULT_SCHEDULE["image-diffusion"], help="Noise schedule: linear (β 1e-4..0.02, ADM) or cosine."),
     model_size: str = MS_OPT, ema_decay: float = EMA_OPT,
@@ -190,7 +194,7 @@ def train_image_diffusion(
     compile_: bool = COMPILE_OPT, resume: bool = RESUME_OPT, overwrite: bool = OVERWRITE_OPT, json_: bool = JSON_OPT,
 ) -> None:
     """Train a mask-conditioned Gaussian image diffusion model (DDPM, ε-prediction; DASP §3.2)."""
-    _train_diffusion("image-diffusion", data, out, steps, batch_size, lr, image_size, timesteps, schedule, model_size,
+    _train_diffusion("image-diffusion", data, out, steps, minutes, batch_size, lr, image_size, timesteps, schedule, model_size,
                      ema_decay, cond_drop, save_every, log_every, seed, device, compile_, resume, overwrite, json_)
 
 @app.command()
@@ -319,6 +323,8 @@ def train_seg(
     extra_weight: float = typer.Option(_ts("extra_weight"), help="Weight of the extra-pair mean loss (Eq. 11)."),
     lr: float = typer.Option(_ts("lr"), help="Adam learning rate."),
     epochs: int = typer.Option(_ts("epochs"), help="Training epochs."),
+    minutes: float = typer.Option(_ts("minutes"), help="Wall-clock budget in minutes over all runs into OUT (0: none); "
+                                  "training stops after the epoch that reaches it, a rerun with a larger one continues."),
     batch_size: int = typer.Option(_ts("batch_size"), help="Pairs per step (>= 2; the last partial batch is dropped)."),
     schedule: str = typer.Option(_ts("schedule"), help="Learning-rate schedule: constant | cosine (per epoch)."),
     aug: str = typer.Option(_ts("aug"), help="Batch augmentations joined by + (none, basic, cutmix, cutout, elastic, "

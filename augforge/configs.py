@@ -43,6 +43,7 @@ class TrainSegConfig:
     extra_weight: float = 1.0
     lr: float = 1e-3
     epochs: int = 200
+    minutes: float = 0.0  # wall-clock budget of training over all runs into --out (0: none); checked per epoch
     batch_size: int = 16
     schedule: str = "constant"  # constant | cosine
     aug: str = "basic"
@@ -84,6 +85,7 @@ class TrainDiffusionConfig:
     out: str
     kind: str = "mask-diffusion"  # mask-diffusion | image-diffusion
     steps: int = 20000
+    minutes: float = 0.0  # wall-clock budget of training over all runs into --out (0: none); stops at steps or budget
     batch_size: int = 16
     lr: float = 2e-4
     image_size: int = 0  # 0: the dataset's

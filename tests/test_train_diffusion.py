@@ -83,3 +83,62 @@ def test_bad_ema_decay_is_refused_before_anything_is_written(tmp_path, cli, synt
     r = _train(cli, synthetic_dataset, tmp_path / "m", "mask", "--ema-decay", "1.5")
     assert r.exit_code == 2 and "--ema-decay" in r.output
     assert not (tmp_path / "m").exists()
+
+
+def test_ema_warmup_matches_the_closed_form():
+    """d_n = min(decay, (1 + n) / (10 + n)); with a constant parameter c after init 0 the EMA is
+    c (1 - prod_k d_k), and the weight of the initialisation vanishes within a short run."""
+    from augforge.diffusion.train import EMA
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.zero_()
+    ema = EMA(net, decay=0.999)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    keep = 1.0
+    for n in range(1500):
+        assert ema.current_decay() == pytest.approx(min(0.999, (1 + n) / (10 + n)))
+        ema.update()
+        keep *= min(0.999, (1 + n) / (10 + n))
+    assert ema.num_updates == 1500
+    assert ema.state_dict()["weight"].item() == pytest.approx(1.0 - keep, abs=1e-6)
+    assert keep < 1e-8  # without warm-up: 0.999 ** 1500 ≈ 0.22 of the random initialisation left
+    # decay 0 is a copy of the current weights at every update
+    copy = EMA(net, decay=0.0)
+    with torch.no_grad():
+        net.weight.fill_(3.0)
+    copy.update()
+    assert copy.state_dict()["weight"].item() == 3.0
+
+
+def test_time_budget_stops_cleanly_and_a_larger_budget_continues(tmp_path, cli, synthetic_dataset, monkeypatch):
+    """--minutes: a valid folder with steps_done and train_seconds; rerun with more minutes goes on."""
+    from augforge.diffusion import train as train_mod
+
+    clock = {"now": 1000.0}  # each training step advances a fake clock by 6 s (a 0.1-minute step)
+    real_loss = train_mod.DiffusionTrainLoop.loss
+
+    def slow(self, index):
+        clock["now"] += 6.0
+        return real_loss(self, index)
+
+    monkeypatch.setattr(train_mod.DiffusionTrainLoop, "loss", slow)
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: clock["now"])
+    from augforge.stages import train_diffusion as stage
+
+    monkeypatch.setattr(stage.time, "perf_counter", lambda: clock["now"])
+    out = tmp_path / "m"
+    r = _train(cli, synthetic_dataset, out, "mask", "--steps", 100, "--minutes", 0.3, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["steps_done"] == 3 and doc["train_seconds"] == pytest.approx(18.0)
+    net, cfg = load_network(out, kind="mask-diffusion")
+    assert cfg["steps_done"] == 3
+    # the same budget again: nothing to do; a larger budget continues from step 3
+    r = _train(cli, synthetic_dataset, out, "mask", "--steps", 100, "--minutes", 0.3, "--json")
+    assert r.exit_code == 0 and "nothing to do" in json.loads(r.stdout)["note"]
+    r = _train(cli, synthetic_dataset, out, "mask", "--steps", 100, "--minutes", 0.5, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["steps_done"] == 5
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4, 5]

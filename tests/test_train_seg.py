@@ -238,3 +238,29 @@ def test_deeplabv3plus_drops_a_last_batch_of_one():
     # predict: uint8 storage and [0, 1] floats give the same logits, in any batch size
     assert torch.allclose(predict(model, val.images, 1, "cpu"), predict(model, val.images.float() / 255, 2, "cpu"),
                           atol=1e-5)
+
+
+def test_time_budget_stops_after_the_epoch_that_reaches_it(tmp_path, monkeypatch, synthetic_dataset):
+    """--minutes: each epoch takes 10 s on a fake clock; 0.3 min -> 2 epochs, then 0.5 min continues to 3."""
+    from augforge.seg import train as train_mod
+
+    clock = {"now": 0.0}
+    real_epoch = train_mod.TrainLoop.train_epoch
+
+    def slow_epoch(self):
+        clock["now"] += 10.0
+        return real_epoch(self)
+
+    monkeypatch.setattr(train_mod.TrainLoop, "train_epoch", slow_epoch)
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: clock["now"])
+    out = tmp_path / "seg"
+    args = ["train-seg", synthetic_dataset, "--out", out, *NET, "--epochs", "50", "--batch-size", "16",
+            "--device", "cpu", "--json"]
+    r = _invoke(*args, "--minutes", "0.3")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["epochs"] == 2 and doc["train_seconds"] == pytest.approx(20.0)
+    r = _invoke(*args, "--minutes", "0.5")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["epochs"] == 3
+    assert [row["epoch"] for row in read_metrics(out)] == [1, 2, 3]

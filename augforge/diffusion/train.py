@@ -20,27 +20,53 @@ from augforge.runtime import all_reduce_mean, autocast
 
 
 class EMA:
-    """Exponential moving average of a network's parameters: θ_ema ← d·θ_ema + (1-d)·θ."""
+    """Exponential moving average of a network's parameters with warm-up.
+
+    Update n (n = 0, 1, ...) does θ_ema ← d_n·θ_ema + (1 - d_n)·θ with
+
+        d_n = min(decay, (1 + n) / (10 + n))
+
+    (the warm-up of TensorFlow's ``ExponentialMovingAverage(num_updates=...)``, also diffusers'
+    ``EMAModel`` without ``use_ema_warmup``). Without it a short run keeps decay^n of its random
+    initialisation in the EMA (0.999^1500 ≈ 22 %); with it the weight of the initialisation after
+    n updates is prod_k d_k ≤ prod_{k<n} (1 + k)/(10 + k) = 9!·n!/(n + 9)! (≈ 3.6e-18 for n = 1500,
+    while d_n < decay). ``num_updates`` is part of the training state (saved for --resume).
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
+        self.num_updates = 0
         self.model = _unwrap(model)
-        self.shadow = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()}
+        live = self.model.state_dict()
+        self.shadow = {k: v.detach().clone().float() for k, v in live.items()}
+        # the live tensors share storage with the parameters, so the pairs are built once
+        keys = [k for k, v in self.shadow.items() if v.is_floating_point()]
+        self._targets = [self.shadow[k] for k in keys]
+        self._sources = [live[k] for k in keys]
+
+    def current_decay(self) -> float:
+        """d_n for the next update."""
+        n = self.num_updates
+        return min(self.decay, (1.0 + n) / (10.0 + n))
 
     @torch.no_grad()
     def update(self) -> None:
-        state = self.model.state_dict()
-        keys = [k for k, v in self.shadow.items() if v.is_floating_point()]
-        torch._foreach_lerp_([self.shadow[k] for k in keys], [state[k].float() for k in keys], 1.0 - self.decay)
+        weight = 1.0 - self.current_decay()
+        sources = self._sources if self._sources[0].dtype == torch.float32 else [s.float() for s in self._sources]
+        torch._foreach_lerp_(self._targets, sources, weight)
+        self.num_updates += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged weights (what a model folder saves)."""
         return self.shadow
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor], num_updates: int | None = None) -> None:
         for k, v in state.items():
             self.shadow[k].copy_(v)
+        if num_updates is not None:
+            self.num_updates = int(num_updates)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -74,6 +100,7 @@ class DiffusionTrainLoop:
     condition_on_mask: bool = False
     cond_drop: float = 0.0
     history: list[dict] = field(default_factory=list)
+    steps_done: int = 0  # after ``run``: the last step taken (end_step, or earlier on a time budget)
 
     def loss(self, index: torch.Tensor) -> torch.Tensor:
         images, masks, _ = self.data.batch(index)
@@ -87,15 +114,20 @@ class DiffusionTrainLoop:
 
     def run(self, start_step: int, end_step: int, *, log_every: int = 50,
             on_log: Callable[[dict], None] | None = None, save_every: int = 0,
-            on_save: Callable[[int], None] | None = None, progress: Callable[..., None] | None = None) -> list[dict]:
+            on_save: Callable[[int], None] | None = None, progress: Callable[..., None] | None = None,
+            time_budget_s: float | None = None) -> list[dict]:
         """Steps ``start_step`` .. ``end_step``-1. The loss is read on the host only every ``log_every`` steps.
 
+        ``time_budget_s``: stop after the first step that ends this many wall-clock seconds after the
+        call (then log and save that step as the last one); ``self.steps_done`` tells where it stopped.
         A non-finite loss raises FloatingPointError before the next save, so the last checkpoint stays good.
         """
         device = self.data.images.device
         self.model.train()
         loss_sum = torch.zeros((), device=device)
         window, t0 = 0, time.perf_counter()
+        deadline = None if time_budget_s is None else t0 + time_budget_s
+        self.steps_done = start_step
         for step in range(start_step, end_step):
             # 1. a random batch of resident pairs (with replacement across steps)
             index = torch.randint(0, len(self.data), (self.batch_size,), device=device, generator=self.generator)
@@ -108,10 +140,12 @@ class DiffusionTrainLoop:
             self.ema.update()
             loss_sum += loss.detach()
             window += 1
-            done = step + 1
-            saving = bool(on_save and save_every and (done % save_every == 0 or done == end_step))
+            done = self.steps_done = step + 1
+            out_of_time = deadline is not None and time.perf_counter() >= deadline
+            last = done == end_step or out_of_time
+            saving = bool(on_save and save_every and (done % save_every == 0 or last))
             # 3. logging: the one host sync of the window (also before every save, so no NaN is saved)
-            if done % log_every == 0 or done == end_step or saving:
+            if done % log_every == 0 or last or saving:
                 mean_loss = all_reduce_mean(loss_sum / window)
                 elapsed = time.perf_counter() - t0
                 row = {"step": done, "loss": mean_loss, "steps_per_s": window / max(elapsed, 1e-9),
@@ -128,4 +162,6 @@ class DiffusionTrainLoop:
             # 4. checkpoint (weights from the EMA, state for --resume)
             if saving:
                 on_save(done)
+            if out_of_time:
+                break
         return self.history

@@ -97,6 +97,7 @@ class TrainLoop:
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        time_budget_s: float | None = None,
         on_step: Callable[[], None] | None = None,
         on_epoch_end: Callable[[dict, TrainLoop], None] | None = None,
     ):
@@ -122,6 +123,8 @@ class TrainLoop:
         self.train_forward = self.forward if world_size == 1 else nn.parallel.DistributedDataParallel(
             self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.on_step, self.on_epoch_end = on_step, on_epoch_end
+        self.time_budget_s = time_budget_s
+        self.train_seconds = 0.0  # wall-clock seconds of the epochs completed (training and validation)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps completed
         self.best = {"epoch": 0, "val_mDice": -math.inf, "val_mIoU": -math.inf}
@@ -131,14 +134,19 @@ class TrainLoop:
         return len(self.train_set) // self.batch_size
 
     def run(self) -> list[dict]:
-        """Train from ``self.epoch`` to ``epochs``; returns the log rows of the epochs run."""
+        """Train from ``self.epoch`` to ``epochs``, or until ``train_seconds`` reaches ``time_budget_s``
+        (checked after each epoch); returns the log rows of the epochs run."""
         history = []
-        while self.epoch < self.epochs:
+        while self.epoch < self.epochs and not self.out_of_time:
             row = self.run_epoch()
             history.append(row)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(row, self)
         return history
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.time_budget_s is not None and self.train_seconds >= self.time_budget_s
 
     def run_epoch(self) -> dict:
         """One epoch of training, the scheduler step and validation; returns the epoch's log row."""
@@ -151,6 +159,7 @@ class TrainLoop:
         if self.scheduler is not None:
             self.scheduler.step()
         val = self.validate()
+        self.train_seconds += time.perf_counter() - start
         self.epoch += 1
         if val["mDice"] > self.best["val_mDice"]:
             self.best = {"epoch": self.epoch, "val_mDice": val["mDice"], "val_mIoU": val["mIoU"]}
@@ -208,6 +217,7 @@ class TrainLoop:
             "epoch": self.epoch,
             "step": self.step,
             "best": dict(self.best),
+            "train_seconds": self.train_seconds,
             "generator": self.generator.get_state(),
         }
 
@@ -217,4 +227,5 @@ class TrainLoop:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), dict(state["best"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.generator.set_state(state["generator"])

@@ -7,6 +7,7 @@ Image model (DASP §3.2): Gaussian DDPM on the train-split images conditioned on
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from augforge.runtime import atomic_write_json, barrier, generator_for, init_dis
 KINDS = ("mask-diffusion", "image-diffusion")
 CHANNELS = {"mask-diffusion": (1, 1), "image-diffusion": (4, 3)}
 # options that do not change what is learned: a rerun that differs only in these continues the same run
-NOT_IDENTITY = ("out", "overwrite", "resume", "device", "compile", "steps", "save_every", "log_every")
+NOT_IDENTITY = ("out", "overwrite", "resume", "device", "compile", "steps", "minutes", "save_every", "log_every")
 
 
 def build_diffusion(kind: str, process: dict) -> BernoulliDiffusion | GaussianDiffusion:
@@ -54,6 +55,8 @@ def _check(cfg: TrainDiffusionConfig) -> None:
     for name in ("steps", "batch_size", "timesteps", "save_every", "log_every"):
         if getattr(cfg, name) < 1:
             raise AugforgeError(f"--{name.replace('_', '-')} must be at least 1")
+    if not cfg.minutes >= 0:
+        raise AugforgeError(f"--minutes must be >= 0 (0: no time budget), got {cfg.minutes}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise AugforgeError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay}")
     if not 0.0 <= cfg.cond_drop <= 1.0:
@@ -93,9 +96,10 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     except ValueError as e:
         raise AugforgeError(f"--image-size / --model-size: {e}") from None
 
-    def config(steps_done: int) -> dict:
-        return make_config(cfg.kind, network=model.unet_kwargs, image_size=size, process=process,
-                           data_fingerprint=ds.fingerprint(), made_by=made_by, steps_done=steps_done)
+    def config(steps_done: int, train_seconds: float = 0.0) -> dict:
+        return {**make_config(cfg.kind, network=model.unet_kwargs, image_size=size, process=process,
+                              data_fingerprint=ds.fingerprint(), made_by=made_by, steps_done=steps_done),
+                "train_seconds": round(train_seconds, 1)}
 
     if world.is_main and not (out / CONFIG).exists():
         atomic_write_json(out / CONFIG, config(0))
@@ -106,16 +110,21 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     ema = EMA(model, cfg.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0,
                                   fused=device.type == "cuda")
-    start = 0
+    start, seconds_before = 0, 0.0
     state = load_train_state(out) if resumed else None
     if state is not None:
         model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
+        ema.load_state_dict(state["ema"], num_updates=state.get("ema_updates", start))
+        optimizer.load_state_dict(state["optimizer"])
+        seconds_before = float(state.get("train_seconds", 0.0))
         log(f"continuing {out} from step {start}")
     if start >= cfg.steps:
         return {"out": str(out), "steps_done": start, "note": "already trained to --steps; nothing to do"}
+    budget = cfg.minutes * 60.0 - seconds_before if cfg.minutes else None
+    if budget is not None and budget <= 0:
+        return {"out": str(out), "steps_done": start,
+                "note": f"already trained for --minutes {cfg.minutes:g} ({seconds_before:.0f} s); nothing to do"}
     net = torch.compile(model) if cfg.compile else model
     if world.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -133,12 +142,14 @@ def run(cfg: TrainDiffusionConfig) -> dict:
 
     def on_save(step: int) -> None:
         if world.is_main:
-            save_model(out, config(step), ema.state_dict())
+            seconds = seconds_before + time.perf_counter() - t_start
+            save_model(out, config(step, seconds), ema.state_dict())
             save_train_state(out, {"model": model.state_dict(), "ema": ema.state_dict(),
-                                   "optimizer": optimizer.state_dict(), "step": step})
+                                   "ema_updates": ema.num_updates, "optimizer": optimizer.state_dict(),
+                                   "step": step, "train_seconds": seconds})
 
     # 4. train; Ctrl-C saves a resumable state, a NaN loss keeps the last good checkpoint
-    last = start
+    last, t_start = start, time.perf_counter()
     with progress_bar(f"train {cfg.kind}", total=cfg.steps, completed=start) as advance:
         def track(n: int = 1, **fields) -> None:
             nonlocal last
@@ -147,7 +158,8 @@ def run(cfg: TrainDiffusionConfig) -> dict:
 
         try:
             history = loop.run(start, cfg.steps, log_every=cfg.log_every, on_log=on_log,
-                               save_every=cfg.save_every, on_save=on_save, progress=track)
+                               save_every=cfg.save_every, on_save=on_save, progress=track,
+                               time_budget_s=budget)
         except FloatingPointError as e:
             raise AugforgeError(f"{e}; stopped. {out} keeps the last good checkpoint "
                                 f"(lower --lr or check the data)") from None
@@ -155,6 +167,7 @@ def run(cfg: TrainDiffusionConfig) -> dict:
             on_save(last)
             raise
     final = history[-1] if history else {}
-    return {"out": str(out), "kind": cfg.kind, "steps_done": cfg.steps, "image_size": size,
+    return {"out": str(out), "kind": cfg.kind, "steps_done": loop.steps_done, "image_size": size,
+            "train_seconds": round(seconds_before + time.perf_counter() - t_start, 1),
             "final_loss": final.get("loss"), "steps_per_s": final.get("steps_per_s"),
             "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}

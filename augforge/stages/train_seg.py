@@ -28,7 +28,7 @@ from augforge.runtime import atomic_write_bytes, barrier, generator_for, init_di
 SCHEDULES = ("constant", "cosine")
 
 
-NOT_IDENTITY = ("out", "resume", "overwrite", "device", "compile")
+NOT_IDENTITY = ("out", "resume", "overwrite", "device", "compile", "minutes")
 
 
 def _options(cfg: TrainSegConfig) -> dict:
@@ -48,6 +48,8 @@ def _check(cfg: TrainSegConfig) -> dict:
 
     if cfg.epochs < 1:
         raise AugforgeError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if not cfg.minutes >= 0:
+        raise AugforgeError(f"--minutes must be >= 0 (0: no time budget), got {cfg.minutes}")
     if cfg.batch_size < 2:
         raise AugforgeError(f"--batch-size must be >= 2 (BatchNorm needs two images per batch), got {cfg.batch_size}")
     if not cfg.lr > 0:
@@ -148,6 +150,7 @@ def run(cfg: TrainSegConfig) -> dict:
                      device=device, generator=generator_for(cfg.seed, device=device), augment=augment,
                      loss=cfg.loss, extra_weight=cfg.extra_weight, compile=cfg.compile,
                      rank=world.rank, world_size=world.world_size, channels_last=device.type == "cuda",
+                     time_budget_s=cfg.minutes * 60.0 if cfg.minutes else None,
                      on_step=lambda: advance(1), on_epoch_end=on_epoch_end)
     if state is not None:
         loop.load_state_dict(state)
@@ -170,6 +173,7 @@ def run(cfg: TrainSegConfig) -> dict:
     return {
         "out": str(out),
         "epochs": loop.epoch,
+        "train_seconds": round(loop.train_seconds, 1),
         "steps": loop.step,
         "train_pairs": len(train),
         "extra_pairs": int(train.is_extra.sum()),
