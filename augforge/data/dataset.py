@@ -18,7 +18,9 @@ import hashlib
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+import ctypes
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,17 +298,62 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class DatasetWriter:
-    """Writes a SPEC dataset pair by pair; resumable, safe under kill -9 and under several shards.
+def _write_renamed(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary name in the same folder and rename it over ``path`` (no fsync)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
 
-    Each pair's PNGs are written to temporary names and renamed, then one manifest line is
-    appended with a single O_APPEND write, so a reader never sees a row whose files are missing.
+
+def _sync_files(root: Path, paths: list[Path]) -> None:
+    """Make ``paths`` durable: one ``syncfs`` of the filesystem holding ``root`` (Linux), else fsync each."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        syncfs = getattr(_LIBC, "syncfs", None) if _LIBC is not None else None
+        if syncfs is not None and syncfs(fd) == 0:
+            return
+    finally:
+        os.close(fd)
+    for path in paths:
+        f = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(f)
+        finally:
+            os.close(f)
+
+
+try:
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+except OSError:  # no C library to load (not a POSIX system): per-file fsync
+    _LIBC = None
+
+
+class DatasetWriter:
+    """Writes a SPEC dataset pair by pair or batch by batch; resumable, safe under kill -9 and under shards.
+
+    Each pair's PNGs are written to temporary names and renamed, then its manifest line is
+    appended with an O_APPEND write, so a reader never sees a row whose files are missing.
+
+    - :meth:`append` writes one pair synchronously (encode, write + fsync each file, row + fsync);
+      it may be called from several threads at once.
+    - :meth:`append_batch` hands a batch to a background thread and returns at once, so the GPU
+      does not wait for PNG encoding and disk: the thread encodes and renames every pair's files,
+      makes them durable with one filesystem sync for the batch (``syncfs``; per-file fsync where
+      that is unavailable), then appends the batch's rows in one write and fsyncs the manifest.
+      At most ``max_pending`` batches are queued (the caller then waits for the oldest). An error
+      in the thread is raised in the caller's thread by the next ``append_batch``, :meth:`flush`,
+      :meth:`close` or :meth:`finalize`.
     """
 
-    def __init__(self, out: Path, made_by: dict, image_size: int, *, overwrite: bool = False):
+    def __init__(self, out: Path, made_by: dict, image_size: int, *, overwrite: bool = False, max_pending: int = 2):
         self.root = Path(out)
         self.made_by = made_by
         self.image_size = image_size
+        self.max_pending = max(1, max_pending)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future] = deque()
         self.resumed = open_output(self.root, made_by, overwrite=overwrite, marker=INFO)
         # the marker first: a writer of another shard that starts now sees an empty folder or this run's
         if not self.resumed and not (self.root / INFO).exists():
@@ -331,23 +378,79 @@ class DatasetWriter:
     def existing_ids(self) -> set[str]:
         return {r["id"] for r in read_manifest(self.root / MANIFEST)}
 
-    def append(self, pair_id: str, image: np.ndarray, mask: np.ndarray, row: dict) -> None:
-        """image uint8 (S,S,3) RGB, mask uint8 (S,S) in {0,255}; row holds split/source/... fields."""
+    def _check(self, pair_id: str, image: np.ndarray, mask: np.ndarray) -> None:
         if image.shape != (self.image_size, self.image_size, 3) or mask.shape != (self.image_size, self.image_size):
             raise ValueError(f"pair {pair_id}: expected {self.image_size}px image and mask, got {image.shape} / {mask.shape}")
-        image_rel, mask_rel = f"images/{pair_id}.png", f"masks/{pair_id}.png"
-        atomic_write_bytes(self.root / image_rel, encode_png(image))
-        atomic_write_bytes(self.root / mask_rel, encode_png(mask))
-        line = json.dumps({"id": pair_id, "image": image_rel, "mask": mask_rel, **row}, sort_keys=True) + "\n"
+
+    def _line(self, pair_id: str, row: dict) -> str:
+        return json.dumps({"id": pair_id, "image": f"images/{pair_id}.png", "mask": f"masks/{pair_id}.png", **row},
+                          sort_keys=True) + "\n"
+
+    def _append_lines(self, text: str) -> None:
+        """One O_APPEND write of whole manifest lines, then fsync."""
         fd = os.open(self.root / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line.encode())
+            os.write(fd, text.encode())
             os.fsync(fd)
         finally:
             os.close(fd)
 
+    def append(self, pair_id: str, image: np.ndarray, mask: np.ndarray, row: dict) -> None:
+        """image uint8 (S,S,3) RGB, mask uint8 (S,S) in {0,255}; row holds split/source/... fields. Synchronous."""
+        self._check(pair_id, image, mask)
+        atomic_write_bytes(self.root / f"images/{pair_id}.png", encode_png(image))
+        atomic_write_bytes(self.root / f"masks/{pair_id}.png", encode_png(mask))
+        self._append_lines(self._line(pair_id, row))
+
+    def append_batch(self, pair_ids: list[str], images: np.ndarray, masks: np.ndarray, rows: list[dict]) -> None:
+        """Queue a batch for the background thread (see the class docstring) and return.
+
+        images uint8 (B,S,S,3) RGB, masks uint8 (B,S,S) in {0,255}, rows B dicts; the arrays are
+        kept by reference until written, so the caller must not modify them afterwards.
+        """
+        if not len(pair_ids) == len(images) == len(masks) == len(rows):
+            raise ValueError(f"append_batch: {len(pair_ids)} ids, {len(images)} images, {len(masks)} masks, "
+                             f"{len(rows)} rows")
+        for k, pair_id in enumerate(pair_ids):
+            self._check(pair_id, images[k], masks[k])
+        self._reap(block=False)
+        while len(self._pending) >= self.max_pending:
+            self._pending.popleft().result()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dataset-writer")
+        self._pending.append(self._pool.submit(self._write_batch, list(pair_ids), images, masks, list(rows)))
+
+    def _write_batch(self, pair_ids: list[str], images: np.ndarray, masks: np.ndarray, rows: list[dict]) -> None:
+        """Background thread: files (encode, temporary name, rename), one sync, then the rows."""
+        paths = []
+        for k, pair_id in enumerate(pair_ids):
+            for rel, array in ((f"images/{pair_id}.png", images[k]), (f"masks/{pair_id}.png", masks[k])):
+                paths.append(_write_renamed(self.root / rel, encode_png(array)))
+        _sync_files(self.root, paths)
+        self._append_lines("".join(self._line(i, r) for i, r in zip(pair_ids, rows)))
+
+    def _reap(self, block: bool) -> None:
+        """Drop finished batches (all of them when ``block``), raising the first error here."""
+        while self._pending and (block or self._pending[0].done()):
+            self._pending.popleft().result()
+
+    def flush(self) -> None:
+        """Wait until every queued batch is on disk with its rows; raise a background error here."""
+        self._reap(block=True)
+
+    def close(self) -> None:
+        """:meth:`flush`, then stop the background thread."""
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
     def finalize(self, extra: dict | None = None) -> dict:
-        """Write the summary (count, size, splits, sources, what made it) and mark the dataset complete."""
+        """Write the summary (count, size, splits, sources, what made it) and mark the dataset complete
+        (after :meth:`close`: every queued batch is written first)."""
+        self.close()
         rows = read_manifest(self.root / MANIFEST)
         splits = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
         sources = {s: sum(r["source"] == s for r in rows) for s in SOURCES if any(r["source"] == s for r in rows)}

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from augforge.diffusion.schedules import betas_for
 from augforge.ranges import to_model_range
-from augforge.rng import Generators, rand_like
+from augforge.rng import Generators, check_batch, rand_like
 
 Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
 FlipModel = Callable[[Tensor, Tensor], Tensor]  # (y_t in {-1,1} (B,1,H,W), t (B,)) -> logits (B,1,H,W)
@@ -36,7 +36,9 @@ FlipModel = Callable[[Tensor, Tensor], Tensor]  # (y_t in {-1,1} (B,1,H,W), t (B
 def _bernoulli(probs: Tensor, generator: Generators) -> Tensor:
     """y ~ B(probs) in {0, 1} (probs' dtype and device) as y = [u < probs], u ~ U[0, 1).
 
-    With a list of generators, element i's u comes from generator i (:func:`augforge.rng.rand_like`).
+    With a list of generators element i's u comes from generator i; with
+    :class:`augforge.rng.PairStreams` from its stream i, the whole batch in one batched draw
+    (:func:`augforge.rng.rand_like`).
     """
     return (rand_like(probs, generator) < probs).to(probs.dtype)
 
@@ -190,14 +192,19 @@ class BernoulliDiffusion:
     ) -> tuple[Tensor, Tensor]:
         """Generate masks of ``shape`` (B, 1, H, W) with ``steps`` model calls (default T).
 
-        ``generator`` may be a list with one generator per batch element (element i then does not
-        depend on the batch it is in). device defaults to the (first) generator's device, else
-        CPU. ``progress(i, n)`` is called after each of the n steps. Returns (masks in {0, 1}, probs in [0, 1]): probs is the model's
-        y_0 estimate at the last step and masks = (probs > 0.5).
+        ``generator`` may be :class:`augforge.rng.PairStreams` (the stages' form: O(1) kernels per
+        step) or a list with one generator per batch element (one kernel per element and step);
+        either way element i does not depend on the batch it is in. Stream layout: draw 0 is
+        y_T's uniforms (1, H, W) per element, draw k (k = 1..steps) the uniforms of the k-th
+        posterior step; the last step's draw is made but not used for the masks. device defaults
+        to the (first) generator's device, else CPU. ``progress(i, n)`` is called after each of
+        the n steps. Returns (masks in {0, 1}, probs in [0, 1]): probs is the model's y_0 estimate
+        at the last step and masks = (probs > 0.5), both (B, 1, H, W) float32.
         """
         if device is None:
             first = generator[0] if isinstance(generator, list) else generator
             device = first.device if first is not None else "cpu"
+        check_batch(generator, shape[0])
         timesteps = self.sampling_timesteps(self.timesteps if steps is None else steps)
         # 1. y_T ~ B(1/2)
         y = _bernoulli(torch.full(shape, 0.5, device=device), generator)

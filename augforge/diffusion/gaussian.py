@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from augforge.diffusion.schedules import betas_for
 from augforge.ranges import from_model_range, to_model_range
-from augforge.rng import Generators
+from augforge.rng import Generators, PairStreams, check_batch, randn
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
@@ -89,10 +89,10 @@ class GaussianDiffusion:
     ) -> Tensor:
         """x_t = sqrt(alphabar_t) x0 + sqrt(1 - alphabar_t) noise (DDPM Eq. 4), x0 (B, 3, H, W) in [-1, 1].
 
-        noise ~ N(0, I) is drawn with ``generator`` when not given.
+        noise ~ N(0, I) is drawn with ``generator`` when not given (one draw of a PairStreams).
         """
         if noise is None:
-            noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            noise = randn(tuple(x0.shape), generator, x0.device, x0.dtype)
         alphabar = self._alphabar(t, x0)
         return alphabar.sqrt() * x0 + (1.0 - alphabar).sqrt() * noise
 
@@ -200,8 +200,35 @@ class GaussianDiffusion:
         else:
             eps = eps_fn(x_t, t_batch, mask)
         # 2. the scheduler's update to its next grid timestep; 3. the clean estimate at t
+        x0_hat = self.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
+        if isinstance(generator, PairStreams):
+            if isinstance(scheduler, DDPMScheduler):  # the ancestral step with batched per-pair noise
+                return self._ddpm_step(scheduler, x_t, t, x0_hat, generator), x0_hat
+            generator = None  # DDIM (eta = 0) and DPM-Solver++ draw no noise in their steps
         x_prev = scheduler.step(eps, t, x_t, generator=generator).prev_sample
-        return x_prev, self.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
+        return x_prev, x0_hat
+
+    @staticmethod
+    def _ddpm_step(scheduler: DDPMScheduler, x_t: Tensor, t: int, x0_hat: Tensor, streams: PairStreams) -> Tensor:
+        """DDPMScheduler.step (fixed_small variance, clipped x0) with the noise from ``streams``.
+
+        x_{t'} = c0 x0_hat + ct x_t + sigma z, z ~ N(0, I) (one draw; none at t = 0), where t' is the
+        grid's previous timestep, c0 = sqrt(alphabar_t') beta_t / (1 - alphabar_t),
+        ct = sqrt(alpha_t) (1 - alphabar_t') / (1 - alphabar_t), sigma^2 = beta~_t = (1 - alphabar_t') /
+        (1 - alphabar_t) beta_t (DDPM Eqs. 6-7, with alpha_t = alphabar_t / alphabar_t' for strided grids).
+        """
+        prev_t = scheduler.previous_timestep(t)
+        alpha_prod_t = float(scheduler.alphas_cumprod[t])
+        alpha_prod_prev = float(scheduler.alphas_cumprod[prev_t]) if prev_t >= 0 else 1.0
+        beta_prod_t, beta_prod_prev = 1.0 - alpha_prod_t, 1.0 - alpha_prod_prev
+        current_alpha = alpha_prod_t / alpha_prod_prev
+        current_beta = 1.0 - current_alpha
+        x_prev = (alpha_prod_prev ** 0.5 * current_beta / beta_prod_t) * x0_hat \
+            + (current_alpha ** 0.5 * beta_prod_prev / beta_prod_t) * x_t
+        if t > 0:
+            variance = max(beta_prod_prev / beta_prod_t * current_beta, 1e-20)
+            x_prev = x_prev + variance ** 0.5 * streams.normal(tuple(x_t.shape[1:]), dtype=x_t.dtype)
+        return x_prev
 
     @torch.no_grad()
     def p_sample(
@@ -265,16 +292,17 @@ class GaussianDiffusion:
         """Generate images of ``shape`` (B, 3, H, W) in [-1, 1] for masks (B, 1, H, W) in {0, 1}.
 
         x_T ~ N(0, I), then ``steps`` model calls along the sampler's grid (``make_scheduler``).
-        ``generator`` may be a list with one generator per batch element: each element's x_T and
-        every DDPM step's noise come from its own generator, so element i does not depend on the
-        batch it is in. guidance > 1: classifier-free guidance against the null mask. Runs on
+        ``generator`` may be :class:`augforge.rng.PairStreams` (batched: O(1) kernels per step) or a
+        list with one generator per batch element: each element's x_T and every DDPM step's noise
+        come from its own stream, so element i does not depend on the batch it is in. PairStreams
+        layout: draw 0 is x_T (3, H, W) per element; DDPM draws one (3, H, W) normal per step with
+        t > 0 (draws 1..steps-1); DDIM and DPM-Solver++ draw nothing after x_T. guidance > 1: classifier-free guidance against the null mask. Runs on
         ``mask.device``; ``progress(i, n)`` is called after each step.
         """
-        if isinstance(generator, list) and len(generator) != shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        check_batch(generator, shape[0])
         scheduler = self.make_scheduler(sampler, steps)
-        # 1. x_T ~ N(0, I), per element from its own generator when given a list
-        x_T = randn_tensor(tuple(shape), generator=generator, device=mask.device, dtype=torch.float32)
+        # 1. x_T ~ N(0, I), per element from its own stream when given per-element streams
+        x_T = randn(tuple(shape), generator, mask.device, torch.float32)
         # 2. reverse steps along the scheduler's grid (a Python list: no host syncs in the loop)
         return self._reverse(
             model, x_T, scheduler.timesteps.tolist(), mask=mask, scheduler=scheduler,

@@ -1,7 +1,9 @@
 """``augforge sample``: masks from the Bernoulli mask model, then images from the mask-conditioned image model.
 
-Pair i is drawn from its own generators (seeded from ``(seed, i)``), so it does not depend on the
-batch size, the shard or the number of torchrun ranks. Rerunning the same command writes only the
+Pair i is drawn from its own counter-based random streams (keyed by ``(seed, i, stream)``,
+:class:`augforge.rng.PairStreams`), so it does not depend on the batch size, the shard or the
+number of torchrun ranks. On CUDA both UNets run as bf16 copies (:func:`augforge.models.inference.inference_net`);
+PNG encoding and disk writes happen in the writer's background thread while the next batch runs. Rerunning the same command writes only the
 pairs that are missing (kill -9 included) and ends with exactly N.
 """
 
@@ -21,8 +23,10 @@ from augforge.errors import AugforgeError
 from augforge.models.folder import load_network
 from augforge.progress import progress_bar
 from augforge.ranges import from_model_range
-from augforge.runtime import (atomic_write_bytes, autocast, barrier, generator_for, init_distributed,
-                              rank_zero_first, resolve_device, seed_everything, work_shard)
+from augforge.models.inference import inference_net
+from augforge.rng import PairStreams
+from augforge.runtime import (atomic_write_bytes, barrier, init_distributed, rank_zero_first, resolve_device,
+                              seed_everything, work_shard)
 from augforge.stages.train_diffusion import build_diffusion
 from augforge.visual import contact_sheet, overlay
 
@@ -30,29 +34,34 @@ MASK_STREAM, IMAGE_STREAM = 0, 1  # the two per-pair random streams
 NOT_IDENTITY = ("out", "n", "batch_size", "shard", "device", "overwrite", "report", "segmenter", "compile")
 
 
-def pair_generators(seed: int, indices: list[int], stream: int, device: torch.device) -> list[torch.Generator]:
-    return [generator_for(seed, i, stream, device=device) for i in indices]
+def pair_streams(seed: int, indices: list[int], stream: int, device: torch.device) -> PairStreams:
+    """The random streams of pairs ``indices``: pair i's numbers depend only on (seed, i, stream)."""
+    return PairStreams.for_pairs(seed, indices, stream, device)
 
 
 @torch.no_grad()
 def sample_masks(mask_net, process: dict, indices: list[int], *, size: int, steps: int, seed: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw the masks of pairs ``indices`` (one batch): (masks {0,1}, probability maps), (B,1,S,S)."""
+    """Draw the masks of pairs ``indices`` (one batch): (masks {0,1}, probability maps), (B,1,S,S) float32.
+
+    ``mask_net`` runs as given (no autocast): pass :func:`inference_net`'s network (bf16 on CUDA).
+    """
     diffusion = build_diffusion("mask-diffusion", process)
-    with autocast(device):
-        return diffusion.sample_loop(mask_net, (len(indices), 1, size, size), steps=steps,
-                                     generator=pair_generators(seed, indices, MASK_STREAM, device), device=device)
+    return diffusion.sample_loop(mask_net, (len(indices), 1, size, size), steps=steps,
+                                 generator=pair_streams(seed, indices, MASK_STREAM, device), device=device)
 
 
 @torch.no_grad()
 def render_images(image_net, process: dict, masks: torch.Tensor, indices: list[int], *, sampler: str, steps: int,
                   guidance: float, seed: int) -> torch.Tensor:
-    """Images in [0,1] (B,3,S,S) for masks (B,1,S,S) in {0,1}."""
+    """Images in [0,1] (B,3,S,S) float32 for masks (B,1,S,S) in {0,1}.
+
+    ``image_net`` runs as given (no autocast): pass :func:`inference_net`'s network (bf16 on CUDA).
+    """
     diffusion = build_diffusion("image-diffusion", process)
-    with autocast(masks.device):
-        x0 = diffusion.sample_loop(image_net, (masks.shape[0], 3, *masks.shape[-2:]), mask=masks.float(),
-                                   sampler=sampler, steps=steps, guidance=guidance,
-                                   generator=pair_generators(seed, indices, IMAGE_STREAM, masks.device))
+    x0 = diffusion.sample_loop(image_net, (masks.shape[0], 3, *masks.shape[-2:]), mask=masks.float(),
+                               sampler=sampler, steps=steps, guidance=guidance,
+                               generator=pair_streams(seed, indices, IMAGE_STREAM, masks.device))
     return from_model_range(x0.float())
 
 
@@ -107,7 +116,10 @@ def run(cfg: SampleConfig) -> dict:
     else:
         mask_net, mask_cfg = load_network(Path(cfg.mask_model), kind="mask-diffusion", image_size=size, device=device)
 
-    if cfg.compile:  # the first batch (and a smaller last one) compiles; later batches reuse the graphs
+    # bf16 copies on CUDA (the networks themselves on the CPU)
+    image_net = inference_net(image_net, device)
+    mask_net = inference_net(mask_net, device) if mask_net is not None else None
+    if cfg.compile:  # the first batch compiles; the last batch is padded to the same shape (no recompile)
         image_net = torch.compile(image_net)
         mask_net = torch.compile(mask_net) if mask_net is not None else None
 
@@ -123,19 +135,23 @@ def run(cfg: SampleConfig) -> dict:
     done = writer.existing_ids()
     todo = [i for i in range(shard_index, cfg.n, shard_count) if ids[i] not in done]
 
-    # 3. draw and write, batch by batch
+    # 3. draw and write, batch by batch (the writer's thread encodes and writes while the next batch runs)
     with progress_bar("sample", total=len(todo)) as advance:
         for start in range(0, len(todo), cfg.batch_size):
             idx = todo[start:start + cfg.batch_size]
+            # with --compile the last batch is padded with copies of its last pair (dropped below): one shape
+            run_idx = idx + [idx[-1]] * (cfg.batch_size - len(idx)) if cfg.compile else idx
             if real_masks is not None:
-                masks = real_masks[[i % len(parents) for i in idx]].to(device).float()
+                masks = real_masks[[i % len(parents) for i in run_idx]].to(device).float()
             else:
-                masks, _ = sample_masks(mask_net, mask_cfg["process"], idx, size=size, steps=cfg.mask_sample_steps,
-                                        seed=cfg.seed, device=device)
-            images = to_uint8_images(render_images(image_net, image_cfg["process"], masks, idx, sampler=cfg.sampler,
-                                                   steps=cfg.sample_steps, guidance=cfg.guidance, seed=cfg.seed))
-            masks_u8 = (masks[:, 0] * 255).to(torch.uint8).cpu().numpy()
-            for k, i in enumerate(idx):
+                masks, _ = sample_masks(mask_net, mask_cfg["process"], run_idx, size=size,
+                                        steps=cfg.mask_sample_steps, seed=cfg.seed, device=device)
+            images = render_images(image_net, image_cfg["process"], masks, run_idx, sampler=cfg.sampler,
+                                   steps=cfg.sample_steps, guidance=cfg.guidance, seed=cfg.seed)
+            images_u8 = to_uint8_images(images[:len(idx)])
+            masks_u8 = (masks[:len(idx), 0] * 255).to(torch.uint8).cpu().numpy()
+            rows = []
+            for i in idx:
                 row = {"split": "train", "source": "generated", "seed": cfg.seed, "index": i,
                        "method": {"name": "dasp-sample", "sampler": cfg.sampler, "sample_steps": cfg.sample_steps,
                                   "mask_sample_steps": None if real_masks is not None else cfg.mask_sample_steps,
@@ -144,8 +160,10 @@ def run(cfg: SampleConfig) -> dict:
                        "mask_model": options.get("mask_model_fingerprint", "real-masks")}
                 if parents is not None:
                     row["parent"] = parents[i % len(parents)]
-                writer.append(ids[i], images[k], masks_u8[k], row)
+                rows.append(row)
+            writer.append_batch([ids[i] for i in idx], images_u8, masks_u8, rows)
             advance(len(idx))
+    writer.flush()
     barrier()
 
     # 4. summary, contact sheet, optional quality report (rank 0)
