@@ -4,6 +4,10 @@ Every pair (or ``--split``) is attacked against the segmenter; rows keep their p
 split, with ``source: attacked``, ``parent`` and ``method`` (name and parameters) plus the
 perturbation's L∞/L2 and the segmenter's Dice before/after. Resumable and shardable like ``sample``.
 Budgets are given in 0-255 units and converted here, once, with :func:`intensity_to_unit`.
+A pair's random numbers (random start, SDEdit noise) come from counter-based per-pair streams
+(:class:`augforge.rng.PairStreams`); the Diff-PGD purifier runs as a bf16 copy on CUDA
+(:func:`augforge.models.inference.inference_net`); per-pair numbers reach the host once per batch and
+the PNGs are written by the writer's background thread.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from augforge.data.dataset import (MANIFEST, DatasetWriter, encode_png, load_pai
                                    read_mask, run_record)
 from augforge.errors import AugforgeError
 from augforge.models.folder import load_network
+from augforge.models.inference import inference_net
 from augforge.progress import progress_bar
 from augforge.ranges import intensity_to_unit
+from augforge.rng import PairStreams
 from augforge.runtime import (atomic_write_bytes, barrier, generator_for, init_distributed, rank_zero_first,
                               resolve_device, seed_everything, work_shard)
 from augforge.seg.metrics import per_image_scores
@@ -102,7 +108,8 @@ def run(cfg: AttackConfig) -> dict:
         image_net, image_cfg = load_network(Path(cfg.image_model), kind="image-diffusion",
                                             image_size=ds.image_size, device=device)
         image_net.requires_grad_(False)
-        purifier = (image_net, build_diffusion("image-diffusion", image_cfg["process"]))
+        # bf16 weights on CUDA (input cast inside; with --grad full the gradient reaches the float32 image)
+        purifier = (inference_net(image_net, device), build_diffusion("image-diffusion", image_cfg["process"]))
 
     # 2. output
     options = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
@@ -131,8 +138,7 @@ def run(cfg: AttackConfig) -> dict:
             images, masks = load_pairs(ds, [rows[i] for i in index])
             x, y = images.to(device).float() / 255.0, masks.to(device).float()
             # the random start from per-pair streams: a pair's result does not depend on its batch, --shard or rank
-            generator = ([generator_for(cfg.seed, i, RANDOM_START_STREAM, device=device) for i in index]
-                         if cfg.random_start else None)
+            generator = PairStreams.for_pairs(cfg.seed, index, RANDOM_START_STREAM, device) if cfg.random_start else None
             with torch.no_grad():
                 clean_logits = seg(x)
             weights = uncertainty_weights(clean_logits, cfg.sigma2) if cfg.weighted else None
@@ -152,7 +158,7 @@ def run(cfg: AttackConfig) -> dict:
                     kwargs.update(step_size=step_size, steps=cfg.steps, random_start=cfg.random_start)
                 if cfg.method == "diff-pgd":
                     net, diffusion = purifier
-                    pair_gens = [generator_for(cfg.seed, i, SDEDIT_STREAM, device=device) for i in index]
+                    pair_gens = PairStreams.for_pairs(cfg.seed, index, SDEDIT_STREAM, device)
 
                     def purify(images01: torch.Tensor, _y=y, _gens=pair_gens) -> torch.Tensor:
                         return diffusion.sdedit(net, images01, mask01=_y, sdedit_steps=cfg.sdedit_steps,
@@ -164,21 +170,23 @@ def run(cfg: AttackConfig) -> dict:
                 extra = {}
             with torch.no_grad():
                 adv_logits = seg(x_adv)
-            dice_before = per_image_scores((clean_logits > 0).float(), y)["dice"]
-            dice_after = per_image_scores((adv_logits > 0).float(), y)["dice"]
+            # per-pair numbers computed batched, moved to the host in one transfer
             delta = (x_adv - x).flatten(1)
-            linf, l2 = (delta.abs().amax(1) * 255).tolist(), (delta.norm(dim=1) * 255).tolist()
+            stats = torch.stack([delta.abs().amax(1) * 255, delta.norm(dim=1) * 255,
+                                 per_image_scores((clean_logits > 0).float(), y)["dice"].to(delta.dtype),
+                                 per_image_scores((adv_logits > 0).float(), y)["dice"].to(delta.dtype)], 1)
+            linf, l2, dice_before, dice_after = zip(*stats.cpu().tolist()) if index else ((),) * 4
             adv_u8 = to_uint8_images(x_adv)
-            masks_u8 = (masks[:, 0] * 255).numpy()
-            for k, i in enumerate(index):
-                row = {"split": rows[i]["split"], "source": "attacked", "parent": rows[i]["id"], "method": method,
-                       "seed": cfg.seed, "linf": linf[k], "l2": l2[k],
-                       "dice_before": float(dice_before[k]), "dice_after": float(dice_after[k]),
-                       **{key: v[k] for key, v in extra.items()}}
-                writer.append(ids[i], adv_u8[k], masks_u8[k], row)
+            masks_u8 = (masks[:, 0] * 255).to(torch.uint8).numpy()
+            out_rows = [{"split": rows[i]["split"], "source": "attacked", "parent": rows[i]["id"], "method": method,
+                         "seed": cfg.seed, "linf": linf[k], "l2": l2[k], "dice_before": dice_before[k],
+                         "dice_after": dice_after[k], **{key: v[k] for key, v in extra.items()}}
+                        for k, i in enumerate(index)]
+            writer.append_batch([ids[i] for i in index], adv_u8, masks_u8, out_rows)
             if start == 0 and world.is_main:
                 _sheet(writer.root, images, x_adv, masks, clean_logits, adv_logits, weights)
             advance(len(index))
+    writer.flush()
     barrier()
 
     # 4. summary over all attacked pairs written so far
