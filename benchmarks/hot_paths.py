@@ -8,10 +8,16 @@ freshly initialised (the cost does not depend on the weights).
 1. diffusion training step: ``DiffusionTrainLoop`` (flips, EMA, cond-drop, autocast, one host sync
    per log window) vs a bare loop: random batch -> q_sample -> UNet -> MSE -> backward -> AdamW.
 2. mask sampling and image sampling per sampler: ``sample_masks`` / ``render_images`` (diffusers
-   schedulers, a generator per pair) vs the bare minimum: the same number of UNet evaluations on
+   schedulers, per-pair random streams) vs the bare minimum: the same number of UNet evaluations on
    the batch and nothing else (the physical limit of that sampler on this device).
-3. Diff-PGD per grad mode: ``diff_pgd`` with SDEdit purification vs a plain loop with a hand-written
-   DDIM SDEdit (``full`` backpropagates through the denoiser: ours with gradient checkpointing).
+3. Diff-PGD per grad mode: ``diff_pgd`` with SDEdit purification (per-pair streams, as the attack
+   stage) vs a plain loop with a hand-written DDIM SDEdit (``full`` backpropagates through the
+   denoiser: ours with gradient checkpointing).
+
+Ours and the reference always run the same networks in the same precision: the inference rows
+(2, 3, 6) both use :func:`augforge.models.inference.inference_net` (bf16 weights on CUDA, no
+autocast; float32 on the CPU), the training rows both train float32 weights under autocast. Every
+row records the parameter dtype of the networks each side ran (``ours_dtype``, ``reference_dtype``).
 4. PGD: ``pgd`` vs the textbook loop (``benchmarks/attack_throughput.py``).
 5. segmentation training: ``TrainLoop`` vs the bare forward/backward loop
    (``benchmarks/seg_train_overhead.py``).
@@ -53,8 +59,10 @@ from augforge.configs import SampleConfig  # noqa: E402
 from augforge.diffusion.bernoulli import BernoulliDiffusion  # noqa: E402
 from augforge.diffusion.gaussian import GaussianDiffusion  # noqa: E402
 from augforge.diffusion.train import EMA, DiffusionTrainLoop  # noqa: E402
+from augforge.models.inference import inference_net, net_dtype  # noqa: E402
 from augforge.models.segmenter import build_segmenter, segmenter_config  # noqa: E402
 from augforge.models.unet import build_denoiser  # noqa: E402
+from augforge.rng import PairStreams  # noqa: E402
 from augforge.runtime import autocast, resolve_device  # noqa: E402
 from augforge.seg.augment import parse_augs  # noqa: E402
 from augforge.seg.train import TrainLoop  # noqa: E402
@@ -77,15 +85,19 @@ def seconds(fn, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def compare(name: str, unit: str, work: float, ours, reference, device: torch.device, repeats: int) -> dict:
-    """Best-of-``repeats`` rates of two callables doing ``work`` units each, alternating, after a warm-up."""
+def compare(name: str, unit: str, work: float, ours, reference, device: torch.device, repeats: int,
+            nets: tuple[torch.nn.Module, torch.nn.Module]) -> dict:
+    """Best-of-``repeats`` rates of two callables doing ``work`` units each, alternating, after a warm-up.
+
+    ``nets``: the (main) network each side runs; their parameter dtypes are recorded in the row."""
     ours(), reference()
     best_ours = best_ref = float("inf")
     for _ in range(repeats):
         best_ours = min(best_ours, seconds(ours, device))
         best_ref = min(best_ref, seconds(reference, device))
     row = {"path": name, "unit": unit, "ours": work / best_ours, "reference": work / best_ref,
-           "ratio": best_ref / best_ours}
+           "ratio": best_ref / best_ours, "ours_dtype": str(net_dtype(nets[0])).removeprefix("torch."),
+           "reference_dtype": str(net_dtype(nets[1])).removeprefix("torch.")}
     print(f"  {name:34s} {row['ours']:10.2f} {row['reference']:10.2f} {row['ratio']:7.3f}  {unit}", flush=True)
     return row
 
@@ -116,21 +128,23 @@ def bare_diffusion_steps(net, diffusion: GaussianDiffusion, images01, masks, opt
 
 @torch.no_grad()
 def bare_evaluations(net, x_in: torch.Tensor, evaluations: int) -> None:
-    """Only the network evaluations a sampler needs: the physical limit of that sampler."""
+    """Only the network evaluations a sampler needs: the physical limit of that sampler.
+
+    ``net`` runs as given (an inference net: bf16 weights on CUDA, casts at its boundary)."""
     t = torch.full((x_in.shape[0],), 500, device=x_in.device)
-    with autocast(x_in.device):
-        for _ in range(evaluations):
-            net(x_in, t)
+    for _ in range(evaluations):
+        net(x_in, t)
 
 
 def plain_sdedit(net, ab: torch.Tensor, x01, mask, grid: list[int]):
-    """DDIM (eta = 0) from q(x_{grid[0]} | x0) down the grid to x0, conditioned on the mask."""
+    """DDIM (eta = 0) from q(x_{grid[0]} | x0) down the grid to x0, conditioned on the mask.
+
+    ``net`` runs as given (the same inference net as ours); the DDIM arithmetic is float32."""
     x0 = x01 * 2 - 1
     x_t = ab[grid[0]].sqrt() * x0 + (1 - ab[grid[0]]).sqrt() * torch.randn_like(x0)
     cond = mask * 2 - 1
     for i, t in enumerate(grid):
-        with autocast(x01.device):
-            eps = net(torch.cat([x_t, cond], 1), torch.full((x0.shape[0],), t, device=x0.device)).float()
+        eps = net(torch.cat([x_t, cond], 1), torch.full((x0.shape[0],), t, device=x0.device)).float()
         x0_hat = (x_t - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()
         nxt = grid[i + 1] if i + 1 < len(grid) else None
         x_t = x0_hat if nxt is None else ab[nxt].sqrt() * x0_hat + (1 - ab[nxt]).sqrt() * eps
@@ -162,7 +176,7 @@ H100_BF16_TFLOPS = BF16_PEAK_TFLOPS["H100"]
 
 def forward_flops(net, x_in: torch.Tensor) -> int:
     """FLOPs of one forward of ``net`` on ``x_in`` (``torch.utils.flop_counter``: 2 per multiply-add)."""
-    with torch.no_grad(), autocast(x_in.device), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(x_in, torch.full((x_in.shape[0],), 500, device=x_in.device))
     return counter.get_total_flops()
 
@@ -231,9 +245,11 @@ def main() -> None:
     x_in = torch.cat([images01[:B] * 2 - 1, masks[:B] * 2 - 1], 1)  # an image UNet's input: x_t and the mask
     image_net = build_denoiser(args.model_size, 4, 3, S).to(device)
     mask_net = build_denoiser(args.model_size, 1, 1, S).to(device).eval()
+    # what sample/attack run: bf16 copies on CUDA (casts at the boundary), the nets themselves on the CPU
+    infer_mask = inference_net(mask_net, device)
     gaussian = GaussianDiffusion()
     if args.flops_only:
-        budget = print_budget(args, mask_net, image_net, device_peak(args, device))
+        budget = print_budget(args, infer_mask, inference_net(image_net, device), device_peak(args, device))
         if args.json:
             print(json.dumps(budget, indent=2))
         return
@@ -244,7 +260,7 @@ def main() -> None:
     # 1. diffusion training step
     from augforge.data.dataset import PairSet
 
-    pairs = PairSet((images01 * 255).to(torch.uint8), masks.to(torch.uint8), torch.zeros(4 * B, dtype=torch.bool))
+    pairs = PairSet((images01 * 255).to(torch.uint8), masks.to(torch.uint8), torch.zeros(4 * B, dtype=torch.bool, device=device))
     ref_net = copy.deepcopy(image_net)
     loop = DiffusionTrainLoop(image_net, gaussian, pairs, torch.optim.AdamW(image_net.parameters(), lr=1e-4,
                                                                              fused=device.type == "cuda"),
@@ -254,7 +270,7 @@ def main() -> None:
     n = args.train_steps
     rows.append(compare("diffusion train step", "steps/s", n, lambda: loop.run(0, n, log_every=n),
                         lambda: bare_diffusion_steps(ref_net, gaussian, images01, masks, ref_opt, B, n),
-                        device, args.repeats))
+                        device, args.repeats, (image_net, ref_net)))
     if args.compile:  # torch.compile (inductor) against the same eager computation; first call = compile time
         eager_net = copy.deepcopy(ref_net)
         compiled_model = copy.deepcopy(ref_net)
@@ -271,31 +287,37 @@ def main() -> None:
         print(f"  (torch.compile: first training step {first:.1f} s)", flush=True)
         rows.append(compare("diffusion train step, --compile", "steps/s", n,
                             lambda: compiled_loop.run(0, n, log_every=n), lambda: eager_loop.run(0, n, log_every=n),
-                            device, args.repeats))
+                            device, args.repeats, (compiled_model, eager_net)))
         compiled_model.eval(), eager_net.eval()
+        eager_net, compiled_model = inference_net(eager_net, device), inference_net(compiled_model, device)
+        compiled_net = torch.compile(compiled_model)
         first = seconds(lambda: bare_evaluations(compiled_net, x_in, 1), device)
         print(f"  (torch.compile: first no-grad forward {first:.1f} s)", flush=True)
         rows.append(compare("UNet forward x10, --compile", "forwards/s", 10,
                             lambda: bare_evaluations(compiled_net, x_in, 10),
-                            lambda: bare_evaluations(eager_net, x_in, 10), device, args.repeats))
+                            lambda: bare_evaluations(eager_net, x_in, 10), device, args.repeats,
+                            (compiled_model, eager_net)))
     image_net.eval()
+    infer_image = inference_net(image_net, device)  # the trained weights, as sample would load them
 
     # 2. sampling: masks, then images per sampler (one batch of B pairs)
     process = {"timesteps": 1000, "schedule": "cosine"}
     mask_steps = args.mask_sample_steps
     rows.append(compare(f"mask sampling ({mask_steps} steps)", "masks/s", B,
-                        lambda: sample_masks(mask_net, process, list(range(B)), size=S, steps=mask_steps, seed=0,
+                        lambda: sample_masks(infer_mask, process, list(range(B)), size=S, steps=mask_steps, seed=0,
                                              device=device),
-                        lambda: bare_evaluations(mask_net, masks[:B] * 2 - 1, mask_steps), device, args.repeats))
+                        lambda: bare_evaluations(infer_mask, masks[:B] * 2 - 1, mask_steps), device, args.repeats,
+                        (infer_mask, infer_mask)))
     image_process = {"timesteps": 1000, "schedule": "linear"}
     for spec in args.samplers.split(","):
         sampler, steps = spec.split(":")
         # DPM-Solver++(2M) and DDIM: one evaluation per step; DDPM: one per step
         rows.append(compare(f"image sampling {sampler} ({steps})", "pairs/s", B,
-                            lambda s=sampler, k=int(steps): render_images(image_net, image_process, masks[:B],
+                            lambda s=sampler, k=int(steps): render_images(infer_image, image_process, masks[:B],
                                                                           list(range(B)), sampler=s, steps=k,
                                                                           guidance=1.0, seed=0),
-                            lambda k=int(steps): bare_evaluations(image_net, x_in, k), device, args.repeats))
+                            lambda k=int(steps): bare_evaluations(infer_image, x_in, k), device, args.repeats,
+                            (infer_image, infer_image)))
 
     # 3./4. attacks on a segmenter (Diff-PGD: K=10, gamma=1, T^s=3 on the 50-step DDIM grid)
     seg = build_segmenter(segmenter_config("unet", "resnet18")).to(device).eval()
@@ -303,19 +325,23 @@ def main() -> None:
     eps, step = 10 / 255, 1 / 255
     grid = [int(t) for t in gaussian.make_scheduler("ddim", 50).timesteps[-4:]]  # T^s + 1 = 4 calls
     ab = gaussian.alphas_cumprod.to(device)
+    infer_image.requires_grad_(False)
     for grad in ("bpda", "full"):
-        ours_purify = lambda im, g=grad: gaussian.sdedit(image_net.requires_grad_(False), im, mask01=y,
-                                                         differentiable=g == "full", checkpoint=g == "full")
-        plain_purify = lambda im: plain_sdedit(image_net, ab, im, y, grid)
+        streams = PairStreams.for_pairs(0, list(range(B)), 11, device)  # per-pair SDEdit noise, as the stage
+        ours_purify = lambda im, g=grad, st=streams: gaussian.sdedit(infer_image, im, mask01=y, generator=st,
+                                                                     differentiable=g == "full",
+                                                                     checkpoint=g == "full")
+        plain_purify = lambda im: plain_sdedit(infer_image, ab, im, y, grid)
         rows.append(compare(f"diff-pgd {grad} ({args.attack_steps} steps)", "images/s", B,
                             lambda g=grad, p=ours_purify: diff_pgd(seg, x, y, eps=eps, step_size=step,
                                                                    steps=args.attack_steps, purify=p, grad=g),
                             lambda g=grad, p=plain_purify: plain_diff_pgd(seg, p, x, y, eps, step,
                                                                           args.attack_steps, g),
-                            device, args.repeats))
+                            device, args.repeats, (infer_image, infer_image)))
     rows.append(compare(f"pgd ({args.attack_steps} steps)", "images/s", B,
                         lambda: pgd(seg, x, y, eps=eps, step_size=step, steps=args.attack_steps),
-                        lambda: reference_pgd(seg, x, y, eps, step, args.attack_steps), device, args.repeats))
+                        lambda: reference_pgd(seg, x, y, eps, step, args.attack_steps), device, args.repeats,
+                        (seg, seg)))
 
     # 5. segmentation training (U-Net/ResNet-18, DASP loss, basic augmentation)
     train, val = synthetic_pairs(args.seg_pairs, S, device), synthetic_pairs(B, S, device)
@@ -332,15 +358,15 @@ def main() -> None:
     rows.append(compare("seg training (unet/resnet18)", "images/s", work,
                         lambda: [seg_loop.train_epoch() for _ in range(args.seg_epochs)],
                         lambda: [bare_epoch(bare_model, bare_opt, train, B, bare_gen, augment, device)
-                                 for _ in range(args.seg_epochs)], device, args.repeats))
+                                 for _ in range(args.seg_epochs)], device, args.repeats, (seg_model, bare_model)))
 
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
               "cpu", "threads": torch.get_num_threads(), "size": S, "model_size": args.model_size, "batch": B,
               "rows": rows}
     # 6. the UNet forward's FLOPs and achieved rate; on CUDA also its fraction of the bf16 peak
     peak = device_peak(args, device)
-    flops = forward_flops(image_net, x_in)
-    per_forward = min(seconds(lambda: bare_evaluations(image_net, x_in, 10), device) for _ in range(3)) / 10
+    flops = forward_flops(infer_image, x_in)
+    per_forward = min(seconds(lambda: bare_evaluations(infer_image, x_in, 10), device) for _ in range(3)) / 10
     achieved = flops / per_forward / 1e12
     result["unet_forward"] = {"gflops": flops / 1e9, "ms": per_forward * 1e3, "achieved_tflops": achieved,
                               "peak_tflops": peak or None, "peak_fraction": achieved / peak if peak else None}
@@ -354,7 +380,8 @@ def main() -> None:
         result["seconds_for_1600_pairs"] = 1600 / mask_rate + 1600 / by_path[default]["ours"]
         print(f"  1600 pairs with the defaults ({mask_steps} mask steps, {SampleConfig.sampler} "
               f"{SampleConfig.sample_steps}) at batch {B}: {result['seconds_for_1600_pairs']:.0f} s")
-    result["budget"] = print_budget(args, mask_net, image_net, peak)
+    result["unet_forward"]["dtype"] = str(net_dtype(infer_image)).removeprefix("torch.")
+    result["budget"] = print_budget(args, infer_mask, infer_image, peak)
     if args.json:
         print(json.dumps(result, indent=2))
 
