@@ -224,3 +224,26 @@ def test_pipeline_sh_runs_the_same_stages_with_the_same_options_as_the_quick_tom
         if stage.command.startswith("train-") and stage.command.endswith("-diffusion"):
             params |= {"kind": stage.cfg.kind, "cond_drop": params.get("cond_drop", 0.0)}
         assert _config(type(stage.cfg), params) == stage.cfg, stage.name
+
+
+def test_dasp_example_gives_each_table_2_row_its_own_extra_set_and_the_papers_settings():
+    """examples/dasp-kvasir.toml: DASP section 4 (Adam lr 4e-3 on Kvasir-SEG, batch 16, 200 epochs,
+    N' = 2N generated pairs, K = 10, gamma = 1, T^s = 3, sigma^2 = 4); the DASP row trains on the real
+    pairs plus the attacked-and-purified generated pairs only (Eq. 11), the "generated" row on the
+    clean generated pairs only."""
+    stages, _ = load_pipeline(str(Path(__file__).parents[1] / "examples" / "dasp-kvasir.toml"))
+    by_name = {s.name: s.cfg for s in stages}
+    prepare = by_name["prepare"]
+    sample = by_name["sample"]
+    assert prepare.split == "0.8,0.1,0.1" and sample.n == 2 * 800
+    segs = [s.cfg for s in stages if s.command == "train-seg"]
+    assert segs and all((c.lr, c.batch_size, c.epochs, c.loss) == (4e-3, 16, 200, "dice") for c in segs)
+    run = prepare.out.rsplit("/", 1)[0]
+    assert by_name["seg-gen-unet"].extra == (f"{run}/generated",)
+    for arch in ("unet", "unetplusplus", "linknet", "deeplabv3plus"):
+        assert by_name[f"seg-real-{arch}"].extra == ()
+        assert by_name[f"seg-dasp-{arch}"].extra == (f"{run}/attacked-{arch}",)
+        attack = by_name[f"attack-{arch}"]
+        assert attack.data == f"{run}/generated" and attack.segmenter == f"{run}/seg-real-{arch}"
+        assert (attack.method, attack.weighted, attack.steps, attack.step_size, attack.sdedit_steps, attack.sigma2) == (
+            "diff-pgd", True, 10, 1.0, 3, 4.0)
