@@ -248,7 +248,8 @@ def attack(
     target: str = typer.Option(_default(AttackConfig, "target"), help="asma target: random-other | shift | file."),
     target_file: str = typer.Option(_default(AttackConfig, "target_file"), help="asma: target mask file for --target file."),
     max_iter: int = typer.Option(_default(AttackConfig, "max_iter"), help="asma: iteration cap per image."),
-    beta: float = typer.Option(_default(AttackConfig, "beta"), help="asma: β of the step multiplier β·IoU + τ."),
+    beta: str = typer.Option(_default(AttackConfig, "beta"), help="asma: β of the step multiplier β·IoU + τ; a comma "
+                             "list or 'search' (1e-6,5e-6,1e-5) keeps per image the β of highest target IoU."),
     tau: float = typer.Option(_default(AttackConfig, "tau"), help="asma: τ of the step multiplier."),
     split: str = typer.Option(_default(AttackConfig, "split"), help="all | train | val | test."),
     batch_size: int = typer.Option(_default(AttackConfig, "batch_size"), help="Images per batch."),

@@ -145,7 +145,7 @@ class AttackConfig:
     target: str = "random-other"  # random-other | shift | file
     target_file: str = ""
     max_iter: int = 2500
-    beta: float = 1e-6
+    beta: str = "1e-6"  # asma: one beta, a comma list, or "search" = 1e-6,5e-6,1e-5 (Ozbulak et al.)
     tau: float = 1e-7
     split: str = "all"
     batch_size: int = 16

@@ -70,6 +70,26 @@ def test_diff_pgd_and_asma(tmp_path, cli, synthetic_dataset, folders):
     assert all("iou_target" in x for x in rows)
 
 
+def test_asma_beta_search_rows_carry_the_chosen_beta_and_unit_norms(tmp_path, cli, synthetic_dataset, folders):
+    """--beta search (Ozbulak et al.: 1e-6, 5e-6, 1e-5) and comma lists; L2/L-inf in [0, 1] units (their Table 1)."""
+    for beta, candidates in (("search", [1e-6, 5e-6, 1e-5]), ("1e-3,1e-2", [1e-3, 1e-2])):
+        out = tmp_path / beta.replace(",", "_")
+        r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--method", "asma", "--target", "shift",
+                "--max-iter", "5", "--beta", beta, "--split", "val", "--device", "cpu", "--out", out, "--json")
+        assert r.exit_code == 0, r.output
+        rows = read_manifest(out / "manifest.jsonl")
+        assert rows and all(x["method"]["beta"] == candidates and x["beta"] in candidates for x in rows)
+        for x in rows:
+            assert x["linf_01"] <= 1 and x["l2_01"] >= x["linf_01"] >= 0
+            assert abs(x["l2_01"] * 255 - x["l2"]) < 1e-3 * max(1.0, x["l2"])
+            assert abs(x["linf_01"] * 255 - x["linf"]) < 1e-3 * max(1.0, x["linf"])
+        assert '"mean_l2_01"' in r.stdout and '"mean_linf_01"' in r.stdout
+    r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--method", "asma", "--beta", "1e-6",
+            "--max-iter", "2", "--split", "val", "--device", "cpu", "--out", tmp_path / "one")
+    assert r.exit_code == 0, r.output
+    assert {x["method"]["beta"] for x in read_manifest(tmp_path / "one" / "manifest.jsonl")} == {1e-6}
+
+
 def _attacked_pixels(root) -> dict[str, np.ndarray]:
     return {r["id"]: cv2.imread(str(root / r["image"])).astype(np.int16) for r in read_manifest(root / "manifest.jsonl")}
 
@@ -102,6 +122,7 @@ def test_attacked_pair_does_not_depend_on_batch_size_or_shard(tmp_path, cli, syn
     (["--method", "diff-pgd"], "--image-model"), (["--method", "nope"], "--method"),
     (["--method", "asma", "--weighted"], "--weighted"),
     (["--method", "diff-pgd", "--image-model", "x", "--sdedit-steps", "50"], "--sdedit-steps"),
+    (["--method", "asma", "--beta", "often"], "--beta"), (["--method", "asma", "--beta", "1e-6,-1"], "--beta"),
 ])
 def test_attack_bad_options(tmp_path, cli, synthetic_dataset, folders, extra, expected):
     r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--out", tmp_path / "a", *extra)

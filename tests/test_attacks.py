@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augforge.attacks import ATTACKS, asma, diff_pgd, pgd, segmentation_loss, uncertainty_weights
+from augforge.attacks import (ATTACKS, BETA_SEARCH, asma, asma_beta_search, diff_pgd, pgd, segmentation_loss,
+                              uncertainty_weights)
 
 SIZE = 24
 EPS = 0.15
@@ -246,6 +247,35 @@ def test_asma_reaches_shifted_target(model, data):
     torch.testing.assert_close(res.pixel_acc_target, (final == target).float().flatten(1).mean(1))
     done = res.iou_target == 1
     assert (res.iterations[done] < 100).all()
+
+
+def test_asma_beta_search_keeps_per_image_the_beta_of_highest_target_iou(model, data):
+    """Ozbulak et al.: tau fixed, beta picked from candidates by the best IoU with the target."""
+    assert BETA_SEARCH == (1e-6, 5e-6, 1e-5)
+    x, y = data
+    with torch.no_grad():
+        pred = (model(x) > 0).float()
+    target = torch.roll(pred, shifts=(2, 2), dims=(2, 3))
+    target[0] = pred[0]  # image 0 is at its target for every beta: a tie at L2 = 0 keeps the first candidate
+    betas = (1e-4, 0.01, 0.003)  # on the toy segmenter 1e-4 barely moves, 0.01 converges (see above)
+    kw = dict(target=target, max_iter=30, tau=1e-4, l2_weight=0.1)
+    runs = {b: asma(model, x, y, beta=b, **kw) for b in betas}
+    best, chosen = asma_beta_search(model, x, y, betas=betas, **kw)
+    assert chosen.shape == (x.shape[0],) and set(chosen.tolist()) <= set(betas)
+    for i in range(x.shape[0]):
+        run = runs[float(chosen[i])]
+        assert best.iou_target[i] == max(r.iou_target[i] for r in runs.values())
+        torch.testing.assert_close(best.x_adv[i], run.x_adv[i])
+        assert best.l2[i] == run.l2[i] and best.iterations[i] == run.iterations[i]
+        ties = [r for r in runs.values() if r.iou_target[i] == best.iou_target[i]]
+        assert best.l2[i] == min(r.l2[i] for r in ties)
+    assert chosen.tolist() == [1e-4] + [0.01] * (x.shape[0] - 1)
+    assert best.iou_target.mean() >= max(r.iou_target.mean() for r in runs.values())
+    assert best.iou_target.mean() > runs[1e-4].iou_target.mean()
+    # one candidate: plain ASMA
+    single, chosen1 = asma_beta_search(model, x, y, betas=(0.01,), **kw)
+    torch.testing.assert_close(single.x_adv, runs[0.01].x_adv)
+    assert (chosen1 == 0.01).all()
 
 
 def test_bad_arguments(model, data):

@@ -18,14 +18,16 @@ Every untargeted attack has one signature (torchattacks' ``forward`` without a b
   purified final iterate.
 
 ASMA is targeted and returns an :class:`AsmaResult` (images and per-image statistics):
-``asma(model, x, y, *, target, max_iter, beta, tau, l2_weight, generator)``.
+``asma(model, x, y, *, target, max_iter, beta, tau, l2_weight, generator)``;
+``asma_beta_search(model, x, y, *, target, betas, ...)`` runs it for each beta and keeps the best
+per image (Ozbulak et al.'s beta selection).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from augforge.attacks.asma import AsmaResult, asma
+from augforge.attacks.asma import BETA_SEARCH, AsmaResult, asma, asma_beta_search
 from augforge.attacks.diff_pgd import diff_pgd
 from augforge.attacks.fgsm import fgsm
 from augforge.attacks.inverse_fgsm import inverse_fgsm
@@ -44,7 +46,9 @@ ATTACKS: dict[str, Callable[..., object]] = {
 __all__ = [
     "ATTACKS",
     "AsmaResult",
+    "BETA_SEARCH",
     "asma",
+    "asma_beta_search",
     "diff_pgd",
     "fgsm",
     "inverse_fgsm",

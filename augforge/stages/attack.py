@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from augforge.attacks import ATTACKS, uncertainty_weights
+from augforge.attacks import ATTACKS, BETA_SEARCH, asma_beta_search, uncertainty_weights
 from augforge.configs import AttackConfig
 from augforge.data.dataset import (MANIFEST, DatasetWriter, encode_png, load_pairs, read_dataset, read_manifest,
                                    read_mask, run_record)
@@ -49,6 +49,20 @@ def default_eps(cfg: AttackConfig) -> float:
     return {"fgsm": 8.0, "inverse-fgsm": 8.0}.get(cfg.method, cfg.steps * cfg.step_size)
 
 
+def asma_betas(cfg: AttackConfig) -> tuple[float, ...]:
+    """--beta as candidates: one value, a comma list, or "search" (Ozbulak et al.: 1e-6, 5e-6, 1e-5)."""
+    text = str(cfg.beta).strip()
+    if text == "search":
+        return BETA_SEARCH
+    try:
+        betas = tuple(float(b) for b in text.split(","))
+    except ValueError:
+        raise AugforgeError(f"--beta must be a number, a comma list of numbers or 'search', got {cfg.beta!r}") from None
+    if any(not b >= 0 for b in betas):
+        raise AugforgeError(f"--beta values must be >= 0, got {cfg.beta!r}")
+    return betas
+
+
 def _check(cfg: AttackConfig) -> None:
     if cfg.method not in ATTACKS:
         raise AugforgeError(f"--method must be one of {', '.join(ATTACKS)}, got {cfg.method!r}")
@@ -64,7 +78,8 @@ def _check(cfg: AttackConfig) -> None:
         raise AugforgeError(f"--target must be random-other, shift or file, got {cfg.target!r}")
     if cfg.target == "file" and not cfg.target_file:
         raise AugforgeError("--target file needs --target-file MASK.png")
-    if cfg.sigma2 <= 0 or cfg.step_size < 0 or cfg.beta < 0 or cfg.tau < 0 or cfg.max_iter < 1:
+    asma_betas(cfg)
+    if cfg.sigma2 <= 0 or cfg.step_size < 0 or cfg.tau < 0 or cfg.max_iter < 1:
         raise AugforgeError("--sigma2 must be > 0, --step-size/--beta/--tau >= 0 and --max-iter >= 1")
     if not 1 <= cfg.sdedit_steps < cfg.grid_steps:
         raise AugforgeError(f"--sdedit-steps must be in [1, --grid-steps - 1 = {cfg.grid_steps - 1}], "
@@ -129,7 +144,9 @@ def run(cfg: AttackConfig) -> dict:
     if cfg.method == "diff-pgd":
         method.update(sdedit_steps=cfg.sdedit_steps, grid_steps=cfg.grid_steps, grad=cfg.grad)
     if cfg.method == "asma":
-        method = {"name": "asma", "target": cfg.target, "max_iter": cfg.max_iter, "beta": cfg.beta, "tau": cfg.tau}
+        betas = asma_betas(cfg)
+        method = {"name": "asma", "target": cfg.target, "max_iter": cfg.max_iter,
+                  "beta": betas[0] if len(betas) == 1 else list(betas), "tau": cfg.tau}
 
     # 3. attack batch by batch
     with progress_bar(f"attack {cfg.method}", total=len(todo)) as advance:
@@ -145,11 +162,13 @@ def run(cfg: AttackConfig) -> dict:
             kwargs: dict = {}
             if cfg.method == "asma":
                 target = asma_targets(cfg, y, all_masks, index)
-                result = ATTACKS["asma"](seg, x, y, target=target, max_iter=cfg.max_iter, beta=cfg.beta,
-                                         tau=cfg.tau, generator=generator)
+                result, chosen = asma_beta_search(seg, x, y, target=target, betas=betas, max_iter=cfg.max_iter,
+                                                  tau=cfg.tau, generator=generator)
                 x_adv = result.x_adv
+                # Ozbulak et al.'s Table 1 columns: L2 and L-inf in [0, 1] units, IoU / pixel accuracy with the target
                 extra = {"iou_target": result.iou_target.tolist(), "pixel_acc_target": result.pixel_acc_target.tolist(),
-                         "iterations": result.iterations.tolist()}
+                         "iterations": result.iterations.tolist(), "l2_01": result.l2.tolist(),
+                         "linf_01": result.linf.tolist(), "beta": chosen.tolist()}
             else:
                 kwargs = dict(eps=eps, loss=cfg.attack_loss, generator=generator)
                 if cfg.weighted:
@@ -198,6 +217,10 @@ def run(cfg: AttackConfig) -> dict:
             result[f"mean_{key}"] = float(np.mean([r[key] for r in written]))
         if cfg.method == "asma":
             result["mean_iou_target"] = float(np.mean([r["iou_target"] for r in written]))
+            for key in ("l2_01", "linf_01"):  # [0, 1] units, as Ozbulak et al.'s Table 1
+                values = [r[key] for r in written if key in r]
+                if values:
+                    result[f"mean_{key}"] = float(np.mean(values))
             result["success_iou_0.9"] = float(np.mean([r["iou_target"] > 0.9 for r in written]))
     if world.is_main and len(written) >= len(rows):
         writer.finalize()
