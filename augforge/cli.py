@@ -189,7 +189,7 @@ def train_image_diffusion(
     lr: float = LR_OPT, image_size: int = SIZE_OPT, timesteps: int = T_OPT,
     schedule: str = typer.Option(DEFAULT_SCHEDULE["image-diffusion"], help="Noise schedule: linear (β 1e-4..0.02, ADM) or cosine."),
     model_size: str = MS_OPT, ema_decay: float = EMA_OPT,
-    cond_drop: float = typer.Option(_d("cond_drop"), help="Probability of dropping the mask (classifier-free guidance)."),
+    cond_drop: float = typer.Option(_d("cond_drop"), help="Probability of dropping the mask for classifier-free guidance (0: DASP Eq. 8; 0.1 to sample with --guidance > 1)."),
     save_every: int = SAVE_OPT, log_every: int = LOG_OPT, seed: int = SEED_OPT, device: str = DEVICE_OPT,
     compile_: bool = COMPILE_OPT, resume: bool = RESUME_OPT, overwrite: bool = OVERWRITE_OPT, json_: bool = JSON_OPT,
 ) -> None:

@@ -93,7 +93,9 @@ class TrainDiffusionConfig:
     schedule: str = ""  # "": cosine for masks, linear for images
     model_size: str = "small"  # tiny | small | base
     ema_decay: float = 0.999
-    cond_drop: float = 0.1  # image diffusion: classifier-free guidance dropout of the mask
+    # image diffusion: probability of dropping the mask for classifier-free guidance (Ho & Salimans 2022);
+    # 0 trains DASP Eq. 8 as written (always conditioned); 0.1 when sampling with --guidance > 1
+    cond_drop: float = 0.0
     save_every: int = 1000
     log_every: int = 50
     seed: int = 0

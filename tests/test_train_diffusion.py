@@ -43,6 +43,8 @@ def test_image_diffusion_downsampled(tmp_path, cli, synthetic_dataset):
     assert json.loads(r.stdout)["image_size"] == 16
     net, cfg = load_network(tmp_path / "i", kind="image-diffusion", image_size=16)
     assert cfg["network"]["in_channels"] == 4 and cfg["network"]["out_channels"] == 3
+    # DASP Eq. 8 as written: the mask is never dropped unless --cond-drop asks for guidance training
+    assert cfg["made_by"]["options"]["cond_drop"] == 0.0
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cli, synthetic_dataset, monkeypatch):
