@@ -261,3 +261,15 @@ def test_training_losses_closed_form_values():
     assert oracle.item() < 1e-10
     with pytest.raises(ValueError):
         diff.training_losses(lambda x, t: x[:, :, :8], y0, generator=g)
+
+
+def test_sample_loop_last_step_thresholds_the_estimate_instead_of_sampling():
+    """The returned mask is the mode 1[y0_hat > 1/2] of the last estimate, not a B(y0_hat) draw."""
+    diff = BernoulliDiffusion(timesteps=10)
+
+    def model(x, t):  # unsure everywhere: y0_hat in {0.38, 0.62}, a draw would flip ~38 % of pixels
+        return torch.full_like(x, 0.5)
+
+    masks, probs = diff.sample_loop(model, (4, 1, 16, 16), steps=1, generator=torch.Generator().manual_seed(0))
+    assert ((probs - 0.5).abs() > 0.1).all()  # far from certain
+    assert torch.equal(masks, (probs > 0.5).float())

@@ -199,7 +199,10 @@ class BernoulliDiffusion:
         posterior step; the last step's draw is made but not used for the masks. device defaults
         to the (first) generator's device, else CPU. ``progress(i, n)`` is called after each of
         the n steps. Returns (masks in {0, 1}, probs in [0, 1]): probs is the model's y_0 estimate
-        at the last step and masks = (probs > 0.5), both (B, 1, H, W) float32.
+        at the last step and masks = (probs > 0.5), both (B, 1, H, W) float32. The last step
+        thresholds instead of sampling: an ancestral chain would draw y_{-1} ~ B(probs), which adds
+        salt-and-pepper pixels where probs is near 1/2 (the polyp border). DASP does not say which; we
+        take the mode 1[probs > 1/2] and return probs for callers who want a draw.
         """
         if device is None:
             first = generator[0] if isinstance(generator, list) else generator
