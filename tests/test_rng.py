@@ -1,0 +1,156 @@
+"""Per-pair counter-based streams, the bf16 inference wrapper and the background dataset writer (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from augforge.data.dataset import DatasetWriter, read_dataset, read_manifest
+from augforge.diffusion.bernoulli import BernoulliDiffusion
+from augforge.diffusion.gaussian import GaussianDiffusion
+from augforge.models.inference import CastNet, inference_net
+from augforge.models.unet import build_denoiser
+from augforge.rng import PairStreams, rand_like
+
+
+def test_a_pairs_numbers_depend_only_on_its_key():
+    whole = PairStreams.for_pairs(3, [0, 1, 2, 3, 4], stream=1)
+    part = PairStreams.for_pairs(3, [3, 1], stream=1)
+    u_whole, u_part = whole.uniform((2, 8, 8)), part.uniform((2, 8, 8))
+    assert u_whole.shape == (5, 2, 8, 8) and u_whole.dtype == torch.float32
+    assert torch.equal(u_part[0], u_whole[3]) and torch.equal(u_part[1], u_whole[1])
+    z_whole, z_part = whole.normal((3, 4, 4)), part.normal((3, 4, 4))  # the second draw
+    assert torch.equal(z_part[0], z_whole[3])
+    # other seeds, streams and draws give other numbers
+    assert not torch.equal(PairStreams.for_pairs(4, [0], 1).uniform((2, 8, 8))[0], u_whole[0])
+    assert not torch.equal(PairStreams.for_pairs(3, [0], 2).uniform((2, 8, 8))[0], u_whole[0])
+    assert not torch.equal(whole.uniform((2, 8, 8)), u_whole)
+    assert whole.draws == 3
+
+
+def test_stream_statistics():
+    s = PairStreams.for_pairs(0, list(range(16)), 0)
+    u = s.uniform((64, 64))
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 0.005 and abs(float(u.var()) * 12 - 1) < 0.01
+    flat = u.flatten(1)
+    neighbours = torch.corrcoef(torch.stack([flat[:, :-1].flatten(), flat[:, 1:].flatten()]))[0, 1]
+    assert abs(float(neighbours)) < 0.01
+    pairs = torch.corrcoef(flat)  # (16, 16): different pairs are uncorrelated
+    assert float((pairs - torch.eye(16)).abs().max()) < 0.05
+    z = s.normal((64, 64))
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01 and abs(float((z ** 4).mean()) - 3) < 0.1
+    with pytest.raises(ValueError, match="per-element streams"):
+        rand_like(torch.zeros(3, 1, 2, 2), PairStreams.for_pairs(0, [0, 1], 0))
+
+
+def test_bernoulli_sampler_with_streams_does_not_depend_on_the_batch():
+    diffusion = BernoulliDiffusion(timesteps=50)
+
+    def model(y_t, t):  # "few flips": the y_0 estimate follows the random y_t
+        return torch.full_like(y_t, -4.0) + 0.01 * t.view(-1, 1, 1, 1)
+
+    def draw(indices):
+        return diffusion.sample_loop(model, (len(indices), 1, 16, 16), steps=6,
+                                     generator=PairStreams.for_pairs(5, indices, 0))
+
+    masks, probs = draw([0, 1, 2, 3])
+    sub_masks, sub_probs = draw([2, 0])
+    assert torch.equal(sub_masks[0], masks[2]) and torch.equal(sub_probs[1], probs[0])
+    assert not torch.equal(masks[0], masks[1])
+
+
+def test_ddpm_step_with_streams_is_diffusers_step_with_that_noise(monkeypatch):
+    import diffusers.schedulers.scheduling_ddpm as ddpm
+
+    diffusion = GaussianDiffusion(timesteps=100)
+    scheduler = diffusion.make_scheduler("ddpm", 10)
+    x_t, eps = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    for t in scheduler.timesteps.tolist()[:3] + [0]:
+        streams = PairStreams.for_pairs(0, [4, 9], 2)
+        noise = PairStreams.for_pairs(0, [4, 9], 2).normal((3, 8, 8))
+        x0_hat = diffusion.predict_x0(x_t, t, eps).clamp(-1, 1)
+        ours = diffusion._ddpm_step(scheduler, x_t, t, x0_hat, streams)
+        monkeypatch.setattr(ddpm, "randn_tensor", lambda *a, **k: noise)
+        theirs = scheduler.step(eps, t, x_t).prev_sample
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        assert streams.draws == (1 if t > 0 else 0)
+
+
+def test_ddpm_sampling_with_streams_does_not_depend_on_the_batch():
+    diffusion = GaussianDiffusion(timesteps=100)
+    net = build_denoiser("tiny", 4, 3, 16).eval()
+    masks = (torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    full = diffusion.sample_loop(net, (3, 3, 16, 16), mask=masks, sampler="ddpm", steps=4,
+                                 generator=PairStreams.for_pairs(1, [0, 1, 2], 1))
+    one = diffusion.sample_loop(net, (1, 3, 16, 16), mask=masks[2:], sampler="ddpm", steps=4,
+                                generator=PairStreams.for_pairs(1, [2], 1))
+    torch.testing.assert_close(one[0], full[2], rtol=0, atol=1e-5)  # float32 convolutions differ by batch
+
+
+def test_inference_net_is_the_net_itself_on_the_cpu():
+    net = build_denoiser("tiny", 4, 3, 16)
+    assert inference_net(net, torch.device("cpu")) is net and not net.training
+
+
+def test_cast_net_runs_bf16_weights_on_float32_inputs_and_passes_gradients():
+    """The CUDA wrapper's behaviour, exercised on the CPU with a bf16 copy built by hand."""
+    torch.manual_seed(0)
+    net = build_denoiser("tiny", 4, 3, 16).eval()
+    cast = CastNet(build_denoiser("tiny", 4, 3, 16).eval(), torch.bfloat16)
+    cast.net.load_state_dict(net.state_dict())
+    cast.net.to(torch.bfloat16).requires_grad_(False)
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    t = torch.tensor([10, 500])
+    out = cast(x, t)
+    assert out.dtype == torch.float32 and next(cast.net.parameters()).dtype == torch.bfloat16
+    ref = net(x, t)
+    ref = ref.detach()
+    assert float((out.detach() - ref).abs().mean()) < 0.05 * float(ref.abs().mean()) + 1e-3  # bf16 rounding only
+    (g,) = torch.autograd.grad(out.square().sum(), x)  # Diff-PGD --grad full: float32 gradient at the input
+    assert g.dtype == torch.float32 and torch.isfinite(g).all() and float(g.abs().sum()) > 0
+
+
+def _arrays(n: int, size: int = 8):
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+            (rng.random((n, size, size)) > 0.5).astype(np.uint8) * 255)
+
+
+def test_writer_append_batch_writes_in_the_background_and_finalize_waits(tmp_path):
+    writer = DatasetWriter(tmp_path / "d", {"command": "test"}, 8, max_pending=1)
+    images, masks = _arrays(6)
+    for start in (0, 3):
+        ids = [f"p{i}" for i in range(start, start + 3)]
+        writer.append_batch(ids, images[start:start + 3], masks[start:start + 3],
+                            [{"split": "train", "source": "generated"}] * 3)
+    info = writer.finalize()
+    assert info["count"] == 6 and info["complete"]
+    ds = read_dataset(tmp_path / "d", require_complete=True)
+    assert sorted(r["id"] for r in ds.rows) == [f"p{i}" for i in range(6)]
+    for row in ds.rows:  # every row's files are there and hold the array that was given
+        assert (tmp_path / "d" / row["image"]).exists() and (tmp_path / "d" / row["mask"]).exists()
+    assert not list((tmp_path / "d").rglob(".*tmp*"))
+
+
+def test_writer_background_error_reaches_the_caller_and_writes_no_row(tmp_path, monkeypatch):
+    import augforge.data.dataset as dataset
+
+    writer = DatasetWriter(tmp_path / "d", {"command": "test"}, 8)
+    images, masks = _arrays(2)
+
+    def broken(array):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dataset, "encode_png", broken)
+    writer.append_batch(["a", "b"], images, masks, [{"split": "train", "source": "generated"}] * 2)
+    with pytest.raises(OSError, match="disk full"):
+        writer.flush()
+    assert read_manifest(tmp_path / "d" / "manifest.jsonl") == []
+    with pytest.raises(ValueError, match="expected 8px"):  # shapes are checked in the caller's thread
+        writer.append_batch(["c"], images[:1, :4], masks[:1], [{}])
+    writer.close()
+    json.dumps(writer.made_by)
