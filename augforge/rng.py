@@ -24,8 +24,8 @@ where mix is the ``lowbias32`` integer hash (a bijection of [0, 2^32); Wellons, 
 For fixed (i, d) the map j -> w_ij is a bijection, so no two elements of one draw share a word.
 Uniforms are u = (w >> 8) / 2^24 in [0, 1) (24 bits: exact in float32); normals come from
 Box-Muller, z = sqrt(-2 ln u1) cos(2 pi u2) with u1 = ((w1 >> 8) + 1) / 2^24 in (0, 1]
-(|z| <= 5.77). All integer arithmetic is done in int64 on values below 2^49, so it is exact and
-the same on every device: a pair's uniforms are bit-identical on the CPU and on CUDA.
+(|z| <= 5.77). All integer arithmetic is done in int64 with every product below 2^63 in magnitude,
+so it is exact (no overflow) and the same on every device: a pair's uniforms are bit-identical on the CPU and on CUDA.
 """
 
 from __future__ import annotations
@@ -94,9 +94,11 @@ Generators = torch.Generator | list[torch.Generator] | PairStreams | None  # a l
 
 
 def _mul32(x: Tensor, c: int) -> Tensor:
-    """(x * c) mod 2^32 for int64 x in [0, 2^32) and a 32-bit constant c, without int64 overflow."""
-    lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
+    """(x * c) mod 2^32 for int64 x in [0, 2^32) and a 32-bit constant c, without int64 overflow.
+
+    c >= 2^31 is used as c - 2^32 (the same residue mod 2^32): |x * c| < 2^63 either way, and the
+    mask of the (possibly negative, two's complement) product is the residue."""
+    return (x * (c - 2**32 if c >= 2**31 else c)) & _MASK32
 
 
 def _mix(x: Tensor) -> Tensor:
