@@ -107,16 +107,25 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 @app.command()
 def prepare(
-    src: Path = typer.Argument(..., help="Folder with images/ and masks/ (Kvasir-SEG) or image/ and mask/ (PraNet)."),
-    out: Path = typer.Argument(..., help="Output dataset folder."),
+    src: Path = typer.Argument(..., help="Folder or .zip/.tar.gz archive of a public polyp set as distributed "
+                                         "(Kvasir-SEG, CVC-ClinicDB, ETIS-LaribPolypDB, CVC-ColonDB, PolypGen, PraNet), "
+                                         "or any folder with --images/--masks."),
+    out: Path = typer.Argument(..., help="Output dataset folder (one sub-folder per set when SRC holds several)."),
     size: int = typer.Option(_default(PrepareConfig, "size"), help="Output side length in pixels (square, >= 16)."),
     fit: str = typer.Option(_default(PrepareConfig, "fit"), help="stretch: resize to a square; pad: pad to square first."),
-    split: str = typer.Option(_default(PrepareConfig, "split"), help="train,val,test fractions summing to 1."),
+    split: str = typer.Option(_default(PrepareConfig, "split"),
+                              help="train,val,test fractions summing to 1, or all-test (an external test set, whole)."),
     seed: int = typer.Option(_default(PrepareConfig, "seed"), help="Seed of the split permutation."),
+    images: str = typer.Option(_default(PrepareConfig, "images"), help="Image folder inside SRC ('.' for SRC itself); "
+                               "with --masks, instead of detecting the layout."),
+    masks: str = typer.Option(_default(PrepareConfig, "masks"), help="Mask folder inside SRC (with --images)."),
+    mask_pattern: str = typer.Option(_default(PrepareConfig, "mask_pattern"),
+                                     help="Mask file name of image <stem>.*, e.g. '{stem}_mask.png' "
+                                          "(no extension: any image extension)."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it holds a different run."),
     json_: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Turn a folder of real images and masks into a prepared dataset (resized, binarised, split)."""
+    """Turn real images and masks (a folder or an archive, layout detected) into a prepared dataset (resized, binarised, split)."""
     _run("prepare", _config(PrepareConfig, locals()), json_)
 
 

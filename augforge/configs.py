@@ -16,8 +16,11 @@ class PrepareConfig:
     out: str
     size: int = 256
     fit: str = "stretch"  # stretch | pad
-    split: str = "0.8,0.1,0.1"
+    split: str = "0.8,0.1,0.1"  # or all-test: every pair in the test split (an external test set)
     seed: int = 0
+    images: str = ""  # with masks: the folders inside src (any layout), instead of detecting it
+    masks: str = ""
+    mask_pattern: str = "{stem}"  # the mask file name of image <stem>.*
     overwrite: bool = False
 
 

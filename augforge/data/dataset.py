@@ -36,6 +36,8 @@ SPLITS = ("train", "val", "test")
 SOURCES = ("real", "generated", "attacked")
 MANIFEST = "manifest.jsonl"
 INFO = "dataset.json"
+# a corrupt file is our error to report in one line; OpenCV would also print its decoders' complaints
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 # --------------------------------------------------------------------------- image files
@@ -50,25 +52,41 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Any image file -> uint8 RGB (H,W,3). Unreadable files are a clear error naming the file."""
-    arr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise AugforgeError(f"{path}: unreadable {what} file ({e.strerror or e})") from None
+
+
+def _decode(data: bytes, flags: int) -> np.ndarray | None:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """Encoded image bytes (PNG, JPEG, BMP, TIFF) -> uint8 RGB (H,W,3); ``where`` names it in errors."""
+    arr = _decode(data, cv2.IMREAD_COLOR)
     if arr is None:
-        raise AugforgeError(f"{path}: unreadable or corrupt image file")
+        raise AugforgeError(f"{where}: unreadable or corrupt image file")
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Any mask file -> uint8 (H,W) in {0,255}.
+def read_image(path: Path) -> np.ndarray:
+    """Any image file -> uint8 RGB (H,W,3). Unreadable files are a clear error naming the file."""
+    return decode_image(_read_bytes(path, "image"), str(path))
+
+
+def decode_mask(data: bytes, where: str) -> np.ndarray:
+    """Encoded mask bytes -> uint8 (H,W) in {0,255}.
 
     Any channel count (the max over colour channels, so a red-on-black mask counts); 16-bit
     masks are scaled to 8 bits; 0/1 label masks are scaled to 0/255; then binarised at 128,
     which makes near-binary JPEG masks exact. A mask with many mid-grey pixels (more than 10%
     in [64, 192)) is not a mask and is refused.
     """
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    arr = _decode(data, cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise AugforgeError(f"{path}: unreadable or corrupt mask file")
+        raise AugforgeError(f"{where}: unreadable or corrupt mask file")
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=2)
     if arr.dtype == np.uint16:
@@ -80,8 +98,13 @@ def read_mask(path: Path) -> np.ndarray:
         arr = arr * 255
     mid = np.count_nonzero((arr >= 64) & (arr < 192)) / arr.size
     if mid > 0.10:
-        raise AugforgeError(f"{path}: not a binary mask ({mid:.0%} of pixels are mid-grey)")
+        raise AugforgeError(f"{where}: not a binary mask ({mid:.0%} of pixels are mid-grey)")
     return np.where(arr >= 128, 255, 0).astype(np.uint8)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Any mask file -> uint8 (H,W) in {0,255} (rules in :func:`decode_mask`)."""
+    return decode_mask(_read_bytes(path, "mask"), str(path))
 
 
 # --------------------------------------------------------------------------- reading

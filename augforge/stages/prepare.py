@@ -1,4 +1,11 @@
-"""``augforge prepare SRC OUT``: a folder of real images and masks -> a prepared dataset.
+"""``augforge prepare SRC OUT``: real images and masks as the public polyp sets ship them -> a prepared dataset.
+
+SRC is a folder or a .zip / .tar(.gz) archive, read member by member (never unpacked to disk);
+the layout is detected (:mod:`augforge.data.layouts`) or named with ``--images/--masks``. A source
+holding several sets side by side (PraNet's TestDataset, PolypGen's centres) gives one prepared
+dataset per set, ``OUT/<set>/``. ``--split all-test`` puts every pair in the test split (an
+external test set). A bad input is one line, and a dataset this run started is removed again, so
+nothing half-done stays behind.
 
 Also ``augforge synthesize OUT``: the seeded synthetic polyps, written the same way.
 """
@@ -6,8 +13,9 @@ Also ``augforge synthesize OUT``: the seeded synthetic polyps, written the same 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+import shutil
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
 
@@ -15,41 +23,29 @@ import cv2
 import numpy as np
 
 from augforge.configs import PrepareConfig, SynthesizeConfig
-from augforge.data.dataset import (DatasetWriter, assign_splits, parse_split, read_image, read_mask,
+from augforge.data.dataset import (DatasetWriter, assign_splits, decode_image, decode_mask, parse_split,
                                    run_record)
+from augforge.data.layouts import IMAGE_EXTS, Source, Subset, detect, explicit, open_source  # noqa: F401
 from augforge.errors import AugforgeError
 from augforge.progress import progress_bar
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-LAYOUTS = (("images", "masks"), ("image", "mask"))
+ALL_TEST = "all-test"
+NEW_OPTIONS = ("images", "masks", "mask_pattern")  # left out of made_by at their defaults (older runs resume)
 
 
-def find_pairs(src: Path) -> dict[str, tuple[Path, Path]]:
-    """Stem -> (image path, mask path) for Kvasir-SEG / PraNet layouts; clear errors otherwise."""
-    if not src.is_dir():
-        raise AugforgeError(f"{src}: source folder not found")
-    layout = next(((src / i, src / m) for i, m in LAYOUTS if (src / i).is_dir() and (src / m).is_dir()), None)
-    if layout is None:
-        raise AugforgeError(f"{src}: expected sub-folders images/ and masks/ (or image/ and mask/)")
+def find_subsets(source: Source, cfg: PrepareConfig) -> list[Subset]:
+    """The sets to prepare: named by ``--images/--masks``, else detected from the layout."""
+    if cfg.images or cfg.masks:
+        if not (cfg.images and cfg.masks):
+            raise AugforgeError("--images and --masks go together (folders inside SRC; '.' for SRC itself)")
+        return explicit(source, cfg.images, cfg.masks, cfg.mask_pattern)
+    if cfg.mask_pattern != _default("mask_pattern"):
+        raise AugforgeError("--mask-pattern needs --images DIR --masks DIR")
+    return detect(source)
 
-    def stems(folder: Path) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        for p in sorted(folder.iterdir()):
-            if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."):
-                if p.stem in found:
-                    raise AugforgeError(f"{p}: two files share the stem {p.stem!r} ({found[p.stem].name})")
-                found[p.stem] = p
-        return found
 
-    images, masks = stems(layout[0]), stems(layout[1])
-    if not images and not masks:
-        raise AugforgeError(f"{src}: no image files ({', '.join(IMAGE_EXTS)}) in {layout[0].name}/ or {layout[1].name}/")
-    for what, a, b in (("image without a mask", images, masks), ("mask without an image", masks, images)):
-        lonely = sorted(set(a) - set(b))
-        if lonely:
-            shown = ", ".join(str(a[s]) for s in lonely[:10]) + (f" (+{len(lonely) - 10} more)" if len(lonely) > 10 else "")
-            raise AugforgeError(f"{len(lonely)} {what}: {shown}")
-    return {s: (images[s], masks[s]) for s in sorted(images)}
+def _default(name: str):
+    return next(f.default for f in fields(PrepareConfig) if f.name == name)
 
 
 def fit_square(image: np.ndarray, mask: np.ndarray, size: int, fit: str) -> tuple[np.ndarray, np.ndarray]:
@@ -84,12 +80,76 @@ def _write_all(writer: DatasetWriter, ids: list[str], splits: dict[str, str],
             advance(1)
 
 
-def _summary(writer: DatasetWriter) -> dict:
+def _summary(writer: DatasetWriter, extra: dict | None = None) -> dict:
     masks_dir = writer.root / "masks"
     fractions = np.array([np.count_nonzero(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)) for p in sorted(masks_dir.glob("*.png"))],
                          dtype=np.float64) / writer.image_size**2
     area = {"min": float(fractions.min()), "mean": float(fractions.mean()), "max": float(fractions.max())}
-    return writer.finalize({"polyp_area_fraction": area})
+    return writer.finalize({"polyp_area_fraction": area, **(extra or {})})
+
+
+def _pair_maker(source: Source, subset: Subset, cfg: PrepareConfig) -> Callable[[str, bytes, bytes], tuple]:
+    def make_pair(stem: str, image_bytes: bytes, mask_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
+        image_rel, mask_rel = subset.pairs[stem]
+        image = decode_image(image_bytes, source.where(image_rel))
+        mask = decode_mask(mask_bytes, source.where(mask_rel))
+        if image.shape[:2] != mask.shape:
+            raise AugforgeError(f"{source.where(mask_rel)}: mask is {mask.shape[1]}x{mask.shape[0]}, its image is "
+                                f"{image.shape[1]}x{image.shape[0]}")
+        return fit_square(image, mask, cfg.size, cfg.fit)
+    return make_pair
+
+
+def _write_subset(source: Source, subset: Subset, writer: DatasetWriter, splits: dict[str, str], cfg: PrepareConfig,
+                  label: str) -> None:
+    """Decode, fit and append every missing pair. A folder or zip is read pair by pair in worker threads;
+    a tar in one pass in archive order, a pair going to the workers once both its files are read."""
+    make_pair = _pair_maker(source, subset, cfg)
+    done = writer.existing_ids()
+    todo = [s for s in sorted(subset.pairs) if s not in done]
+
+    def write(stem: str, image_bytes: bytes, mask_bytes: bytes) -> None:
+        image, mask = make_pair(stem, image_bytes, mask_bytes)
+        writer.append(stem, image, mask, {"split": splits[stem], "source": "real"})
+
+    def read_and_write(stem: str) -> None:
+        image_rel, mask_rel = subset.pairs[stem]
+        write(stem, source.read(image_rel), source.read(mask_rel))
+
+    workers = min(8, os.cpu_count() or 1)
+    with progress_bar(label, total=len(subset.pairs), completed=len(subset.pairs) - len(todo)) as advance, \
+            ThreadPoolExecutor(workers) as pool:
+        if source.random_access:
+            futures = [pool.submit(read_and_write, stem) for stem in todo]
+            try:
+                for f in futures:
+                    f.result()
+                    advance(1)
+            except BaseException:
+                for f in futures:  # a bad file stops the run: the queued pairs are not read
+                    f.cancel()
+                raise
+            return
+        owner = {rel: stem for stem in todo for rel in subset.pairs[stem]}
+        halves: dict[str, dict[str, bytes]] = {}
+        running: set[Future] = set()
+        for rel, data in source.stream(set(owner)):
+            stem = owner[rel]
+            halves.setdefault(stem, {})[rel] = data
+            if len(halves[stem]) == 2:
+                got = halves.pop(stem)
+                running.add(pool.submit(write, stem, *(got[r] for r in subset.pairs[stem])))
+            if len(running) >= 4 * workers:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    f.result()
+                    advance(1)
+        for f in running:
+            f.result()
+            advance(1)
+        if halves:  # listed when the archive was opened, gone when it was read
+            missing = [source.where(r) for stem in halves for r in subset.pairs[stem] if r not in halves[stem]]
+            raise AugforgeError(f"{missing[0]}: not found when reading the archive")
 
 
 def run(cfg: PrepareConfig) -> dict:
@@ -97,25 +157,36 @@ def run(cfg: PrepareConfig) -> dict:
         raise AugforgeError(f"--size must be at least 16, got {cfg.size}")
     if cfg.fit not in ("stretch", "pad"):
         raise AugforgeError(f"--fit must be stretch or pad, got {cfg.fit!r}")
-    fractions = parse_split(cfg.split)
-    pairs = find_pairs(Path(cfg.src))
-    splits = assign_splits(list(pairs), fractions, cfg.seed)
-    options = asdict(cfg)
-    options.pop("overwrite")
-    options["src"] = str(Path(cfg.src).resolve())
-    options.pop("out")
-    writer = DatasetWriter(Path(cfg.out), run_record("prepare", options), cfg.size, overwrite=cfg.overwrite)
-
-    def make_pair(stem: str) -> tuple[np.ndarray, np.ndarray]:
-        image_path, mask_path = pairs[stem]
-        image, mask = read_image(image_path), read_mask(mask_path)
-        if image.shape[:2] != mask.shape:
-            raise AugforgeError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image is "
-                                f"{image.shape[1]}x{image.shape[0]}")
-        return fit_square(image, mask, cfg.size, cfg.fit)
-
-    _write_all(writer, sorted(pairs), splits, make_pair, "prepare")
-    return {"out": str(writer.root), **_summary(writer)}
+    fractions = None if cfg.split == ALL_TEST else parse_split(cfg.split)
+    source = open_source(Path(cfg.src))
+    try:
+        subsets = find_subsets(source, cfg)  # every set found and paired before anything is written
+        splits = {s.name: ({stem: "test" for stem in s.pairs} if fractions is None
+                           else assign_splits(list(s.pairs), fractions, cfg.seed)) for s in subsets}
+        options = {k: v for k, v in asdict(cfg).items()
+                   if k not in ("overwrite", "out") and not (k in NEW_OPTIONS and v == _default(k))}
+        options["src"] = str(Path(cfg.src).resolve())
+        results = {}
+        for subset in subsets:
+            out = Path(cfg.out) / subset.name if subset.name else Path(cfg.out)
+            made_by = run_record("prepare", {**options, "subset": subset.name} if subset.name else options)
+            writer = DatasetWriter(out, made_by, cfg.size, overwrite=cfg.overwrite)
+            try:
+                _write_subset(source, subset, writer, splits[subset.name], cfg,
+                              f"prepare {subset.name}" if subset.name else "prepare")
+            except AugforgeError:
+                if not writer.resumed:  # this run made the folder: leave nothing half-done behind
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
+            results[subset.name] = {"out": str(writer.root), "layout": subset.layout,
+                                    **_summary(writer, {"layout": subset.layout})}
+    finally:
+        source.close()
+    if len(subsets) == 1:
+        return next(iter(results.values()))
+    rows = [{"dataset": name, "pairs": r["count"], **r["splits"], "layout": r["layout"], "out": r["out"]}
+            for name, r in results.items()]
+    return {"out": str(Path(cfg.out)), "datasets": len(rows), "tables": {"prepared datasets": rows}}
 
 
 def run_synthesize(cfg: SynthesizeConfig) -> dict:
