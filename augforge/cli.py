@@ -55,6 +55,8 @@ def _emit(result: dict, as_json: bool) -> None:
     tables = result.get("tables", {})
     scalars = Table(show_header=False, box=None)
     for key, value in _flatten({k: v for k, v in result.items() if k != "tables"}):
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            continue  # rows of detail (shown by --json and by the tables)
         scalars.add_row(f"[bold]{key}[/]", f"{value:.4g}" if isinstance(value, float) else str(value))
     stdout.print(scalars)
     for title, rows in tables.items():
@@ -62,7 +64,7 @@ def _emit(result: dict, as_json: bool) -> None:
             continue
         table = Table(title=title)
         for col in rows[0]:
-            table.add_column(col)
+            table.add_column(col, overflow="fold")  # a narrow terminal or a pipe wraps numbers, never cuts them
         for row in rows:
             table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
         stdout.print(table)
@@ -328,7 +330,7 @@ def train_seg(
     extra: list[Path] = typer.Option([], "--extra", help="Generated/attacked dataset added to training (repeatable)."),
     arch: str = typer.Option(_ts("arch"), help="unet | unetplusplus | linknet | deeplabv3plus."),
     encoder: str = typer.Option(_ts("encoder"), help="smp encoder name (e.g. resnet34, resnet18, efficientnet-b0)."),
-    encoder_weights: str = typer.Option(_ts("encoder_weights"), help="none | imagenet (from the local cache only)."),
+    encoder_weights: str = typer.Option(_ts("encoder_weights"), help="none | imagenet (from the Hugging Face cache; downloaded there once when missing)."),
     loss: str = typer.Option(_ts("loss"), help="dice | dice+bce (per-image, DASP Eq. 11)."),
     extra_weight: float = typer.Option(_ts("extra_weight"), help="Weight of the extra-pair mean loss (Eq. 11)."),
     lr: float = typer.Option(_ts("lr"), help="Adam learning rate."),
@@ -356,11 +358,12 @@ def _ev(name: str) -> Any:
 
 @app.command()
 def evaluate(
-    data: Path = typer.Argument(..., help="Prepared dataset to evaluate on."),
+    data: list[Path] = typer.Argument(..., help="Prepared dataset(s) to evaluate on; several give one cross-dataset table."),
     segmenter: str = typer.Option(..., "--segmenter", help="Segmenter model folder."),
-    split: str = typer.Option(_ev("split"), help="train | val | test | all."),
+    split: str = typer.Option(_ev("split"), help="train | val | test | all (an all-test dataset is all test)."),
     threshold: float = typer.Option(_ev("threshold"), help="Foreground where sigmoid(logit) > threshold."),
     out: str = typer.Option(_ev("out"), help="Write the summary JSON to this file and per-image scores to it with .csv."),
+    csv: str = typer.Option(_ev("csv"), "--csv", help="Write the per-dataset table (scores with 95% CIs) to this CSV file."),
     attack: str = typer.Option(_ev("attack"), help="Robustness table under none | fgsm | pgd."),
     eps: str = typer.Option(_ev("eps"), help="Attack budgets, comma-separated, in 0-255 units."),
     attack_steps: int = typer.Option(_ev("attack_steps"), help="PGD steps (step size eps/4)."),
@@ -372,9 +375,11 @@ def evaluate(
 ) -> None:
     """Score a segmenter: mIoU/mDice (per-image means, 95% CI), micro IoU/Dice, precision, recall.
 
+    Several datasets: one table, a row per dataset (cross-dataset testing).
     Empty masks: an empty prediction on an empty mask scores 1, any other prediction 0.
     """
-    _run("evaluate", _config(EvaluateConfig, locals()), json_)
+    values = {**locals(), "data": data[0], "also": data[1:]}
+    _run("evaluate", _config(EvaluateConfig, values), json_)
 
 
 def main() -> None:

@@ -61,9 +61,11 @@ class TrainSegConfig:
 class EvaluateConfig:
     segmenter: str
     data: str
+    also: tuple[str, ...] = ()  # more datasets scored by the same segmenter (one cross-dataset table)
     split: str = "test"
     threshold: float = 0.5
     out: str = ""
+    csv: str = ""  # the per-dataset table as CSV
     attack: str = "none"  # none | fgsm | pgd | diff-pgd | asma
     eps: str = "0.3,3,30"  # 0-255 units, comma-separated budgets
     attack_steps: int = 10

@@ -33,7 +33,7 @@ def build_network(config: dict) -> torch.nn.Module:
     if kind == "segmenter":
         from augforge.models.segmenter import build_segmenter
 
-        return build_segmenter(config["network"])
+        return build_segmenter(config["network"], pretrained=False)  # the saved weights replace them
     raise AugforgeError(f"unknown model kind {kind!r}")
 
 

@@ -5,10 +5,13 @@ with the ImageNet mean/std (so training, evaluation and the attacks all feed [0,
 returns one logit per pixel, shape (B, 1, H, W). H and W must be divisible by 32 (five
 encoder downsamplings).
 
-Pretrained encoders ("imagenet") are only loaded from the local Hugging Face cache: smp 0.6
-fetches them with ``huggingface_hub.hf_hub_download`` at a pinned commit, which returns a
-cached file without touching the network. We check the cache first and raise a clear
-``ValueError`` when the files are missing, instead of letting a download hang offline.
+Pretrained encoders ("imagenet") come the way segmentation-models-pytorch fetches them: smp 0.6
+downloads each encoder's files with ``huggingface_hub.hf_hub_download`` at a pinned commit into the
+Hugging Face cache (``HF_HOME``, ``HF_HUB_CACHE``). :func:`ensure_encoder_weights` reads them from
+that cache when they are there (no network touched), downloads them when they are not, and when
+neither works (offline, ``HF_HUB_OFFLINE=1``, a proxy refusing) raises one clear ``ValueError``.
+A segmenter rebuilt from a saved model folder needs no pretrained weights (its own weights replace
+them), so :func:`build_segmenter` with ``pretrained=False`` never looks for them.
 """
 
 from __future__ import annotations
@@ -67,32 +70,54 @@ class Segmenter(nn.Module):
         return self.net.encoder((x - self.mean) / self.std)[-1].mean(dim=(-2, -1))
 
 
-def _check_weights_cached(encoder: str, encoder_weights: str) -> None:
-    """Raise ValueError unless smp's pinned weight files for the encoder are in the local HF cache."""
+def ensure_encoder_weights(encoder: str, encoder_weights: str) -> str:
+    """Make smp's pinned weight files of ``encoder`` available in the local Hugging Face cache.
+
+    Returns "cache" when they were there, "downloaded" when this call fetched them; raises one
+    ``ValueError`` line when they are missing and cannot be downloaded.
+    """
     import segmentation_models_pytorch as smp
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
     settings = smp.encoders.encoders[encoder]["pretrained_settings"][encoder_weights]
-    for filename in ("config.json", "model.safetensors"):
-        if not isinstance(try_to_load_from_cache(settings["repo_id"], filename, revision=settings["revision"]), str):
-            raise ValueError(
-                f"{encoder_weights} weights for {encoder} are not in the local cache "
-                f"({settings['repo_id']} in {constants.HF_HUB_CACHE}); run once with network "
-                f"or use --encoder-weights none"
-            )
+    repo, revision = settings["repo_id"], settings["revision"]
+    missing = [f for f in ("config.json", "model.safetensors")
+               if not isinstance(try_to_load_from_cache(repo, f, revision=revision), str)]
+    if not missing:
+        return "cache"
+    from augforge.progress import log
+
+    if not constants.HF_HUB_OFFLINE:
+        log(f"downloading {encoder_weights} weights for {encoder} ({repo})")
+    try:
+        for filename in missing:
+            hf_hub_download(repo, filename=filename, revision=revision)
+    except Exception as e:  # offline mode, no route, a refusing proxy, a hub error: all the same to the user
+        reason = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ValueError(
+            f"{encoder_weights} weights for {encoder} are not in the local cache ({repo} in {constants.HF_HUB_CACHE}) "
+            f"and could not be downloaded ({type(e).__name__}: {reason}); connect to the network once "
+            f"(or copy a Hugging Face cache that has them and set HF_HOME) or use --encoder-weights none"
+        ) from None
+    return "downloaded"
 
 
-def build_segmenter(config: dict) -> Segmenter:
-    """Build the segmenter described by :func:`segmenter_config` (one logit channel, 3 input channels)."""
+def build_segmenter(config: dict, *, pretrained: bool = True) -> Segmenter:
+    """Build the segmenter described by :func:`segmenter_config` (one logit channel, 3 input channels).
+
+    ``pretrained=False`` skips the encoder's pretrained weights (for a network whose saved weights
+    are loaded next).
+    """
     import segmentation_models_pytorch as smp
 
     config = segmenter_config(config["arch"], config["encoder"], config.get("encoder_weights"))
-    if config["encoder_weights"] is not None:
-        _check_weights_cached(config["encoder"], config["encoder_weights"])
+    weights = config["encoder_weights"] if pretrained else None
+    if weights is not None:
+        ensure_encoder_weights(config["encoder"], weights)
     net = smp.create_model(
         config["arch"],
         encoder_name=config["encoder"],
-        encoder_weights=config["encoder_weights"],
+        encoder_weights=weights,
         in_channels=config["in_channels"],
         classes=config["classes"],
     )

@@ -1,4 +1,4 @@
-"""``augforge evaluate --segmenter S DATA``: segmentation metrics of a trained segmenter on a split.
+"""``augforge evaluate --segmenter S DATA [DATA2 ...]``: segmentation metrics of a trained segmenter on a split.
 
 A pixel is foreground when sigmoid(logit) > ``--threshold``. Reported, as in the polyp
 segmentation papers: mIoU and mDice (means of per-image scores) with 95% percentile-bootstrap
@@ -12,6 +12,13 @@ otherwise, so an empty prediction on an empty mask scores IoU = Dice = 1
 ``--attack fgsm|pgd --eps 0.3,3,30`` adds a robustness table: mIoU/mDice under each L-inf budget
 (0-255 units). PGD uses step size eps/4 and ``--attack-steps`` steps from the clean image.
 ``--out FILE`` writes the summary JSON to FILE and the per-image scores to FILE with .csv.
+
+Several datasets (cross-dataset testing: train on one set, test on others) give one table, a row per
+dataset: mDice/mIoU (per-image means) and pooled Dice/IoU (from the counts summed over the dataset),
+each with its 95% bootstrap interval (images resampled, seeded). A dataset prepared with
+``--split all-test`` is scored whole by the default ``--split test``. ``--csv FILE`` writes the
+table; ``--out FILE`` the JSON (every dataset's full summary) and the per-image scores with a
+``dataset`` column. With one dataset the result keeps its single-dataset keys (``mIoU``, ``mDice``, ...).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from augforge.configs import EvaluateConfig
@@ -72,18 +80,116 @@ def _attacked_logits(model, pairs: PairSet, name: str, eps: float, cfg: Evaluate
     return torch.cat(out)
 
 
+def pooled_ci(scores: dict, n_boot: int, seed: int, level: float = 0.95) -> dict:
+    """Percentile-bootstrap intervals of the pooled (micro) IoU and Dice: images resampled with
+    replacement (the same resamples as the per-image means' intervals, same seed), counts summed."""
+    tp, fp, fn = (np.asarray(scores[k], dtype=np.float64) for k in ("tp", "fp", "fn"))
+    idx = np.random.default_rng(seed).integers(0, len(tp), size=(n_boot, len(tp)))
+    t, f_p, f_n = tp[idx].sum(1), fp[idx].sum(1), fn[idx].sum(1)
+    exact = (f_p + f_n) == 0  # the empty-mask convention of augforge.seg.metrics
+    out = {}
+    for name, num, den in (("micro_iou", t, t + f_p + f_n), ("micro_dice", 2 * t, 2 * t + f_p + f_n)):
+        values = np.where(den > 0, num / np.maximum(den, 1), exact.astype(np.float64))
+        out[f"{name}_ci95"] = [float(v) for v in np.percentile(values, [50 * (1 - level), 50 * (1 + level)])]
+    return out
+
+
+def _per_image_csv(rows: list[tuple[str, str, list]], with_dataset: bool) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*(["dataset"] if with_dataset else []), "id", *PER_IMAGE])
+    for dataset, pair_id, row in rows:
+        writer.writerow([*([dataset] if with_dataset else []), pair_id, *(f"{v:.6f}" for v in row[:4]),
+                         *(int(v) for v in row[4:])])
+    return buf.getvalue().encode()
+
+
+def _image_rows(dataset: str, scores: dict, ids: list[str]) -> list[tuple[str, str, list]]:
+    table = torch.stack([scores[c].double() for c in PER_IMAGE], 1).tolist()
+    return [(dataset, pair_id, row) for pair_id, row in zip(ids, table)]
+
+
 def _write_outputs(path: Path, result: dict, scores: dict, ids: list[str]) -> None:
     """Summary JSON at ``path``, per-image CSV next to it (``path`` with .csv); both atomic."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path.with_suffix(".csv"), _per_image_csv(_image_rows("", scores, ids), False))
+    atomic_write_bytes(path, (json.dumps(result, indent=2) + "\n").encode())
+
+
+PER_IMAGE = ["iou", "dice", "precision", "recall", "tp", "fp", "fn"]
+TABLE_COLUMNS = (("mDice [95% CI]", "mDice"), ("mIoU [95% CI]", "mIoU"), ("pooled Dice [95% CI]", "micro_dice"),
+                 ("pooled IoU [95% CI]", "micro_iou"))
+CSV_COLUMNS = ("n_images", "mDice", "mIoU", "micro_dice", "micro_iou", "precision", "recall", "micro_precision",
+               "micro_recall")
+
+
+def dataset_names(paths: list[str]) -> list[str]:
+    """Short unique names: the folder name, or as many trailing path parts as tell them apart."""
+    parts = [Path(p).resolve().parts for p in paths]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
+def table_rows(summaries: list[dict]) -> list[dict]:
+    """The cross-dataset table as printed: one row per dataset, each score "0.812 [0.790, 0.834]"
+    (the numbers themselves are in the result's ``datasets`` and in the CSV)."""
+    cell = lambda s, k: "{:.3f} [{:.3f}, {:.3f}]".format(s[k], *s[f"{k}_ci95"])  # noqa: E731
+    return [{"dataset": s["dataset"], "n": s["n_images"], **{label: cell(s, key) for label, key in TABLE_COLUMNS}}
+            for s in summaries]
+
+
+def table_csv(summaries: list[dict]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    columns = ["iou", "dice", "precision", "recall", "tp", "fp", "fn"]
-    writer.writerow(["id", *columns])
-    table = torch.stack([scores[c].double() for c in columns], 1).tolist()
-    for pair_id, row in zip(ids, table):
-        writer.writerow([pair_id, *(f"{v:.6f}" for v in row[:4]), *(int(v) for v in row[4:])])
-    atomic_write_bytes(path.with_suffix(".csv"), buf.getvalue().encode())
-    atomic_write_bytes(path, (json.dumps(result, indent=2) + "\n").encode())
+    intervals = ("mDice", "mIoU", "micro_dice", "micro_iou")
+    writer.writerow(["dataset", "data", "split", *CSV_COLUMNS, *(f"{k}_ci95_{e}" for k in intervals for e in ("low", "high"))])
+    for s in summaries:
+        writer.writerow([s["dataset"], s["data"], s["split"], *(s[k] if k == "n_images" else f"{s[k]:.6f}" for k in CSV_COLUMNS),
+                         *(f"{v:.6f}" for k in intervals for v in s[f"{k}_ci95"])])
+    return buf.getvalue().encode()
+
+
+def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, device: torch.device) -> dict:
+    """One segmenter on several datasets: a summary per dataset and the cross-dataset table."""
+    from augforge.models.folder import load_network
+    from augforge.seg.metrics import summarize
+    from augforge.seg.train import predict
+
+    if cfg.attack != "none":
+        raise AugforgeError("--attack scores one dataset at a time; give a single DATA for a robustness table")
+    datasets = [read_dataset(Path(p)) for p in paths]  # every folder checked before the model is loaded
+    model, config = load_network(Path(cfg.segmenter), kind="segmenter", device=device)
+    size = int(config["image_size"])
+    for p, ds in zip(paths, datasets):
+        if ds.image_size != size:
+            raise AugforgeError(f"{p}: images are {ds.image_size}px, the segmenter works on {size}px; "
+                                f"prepare it with --size {size}")
+    summaries, image_rows = [], []
+    for name, p in zip(dataset_names(paths), paths):
+        pairs = load_pairset([Path(p)], cfg.split).to(device)
+        logits = predict(model, pairs.images, cfg.batch_size, device)
+        scores, totals = score(logits, pairs.masks, cfg.threshold)
+        summaries.append({"dataset": name, "data": p, "split": cfg.split,
+                          **summarize(scores, totals, n_boot=cfg.bootstrap, seed=cfg.seed),
+                          **pooled_ci(scores, cfg.bootstrap, cfg.seed)})
+        image_rows += _image_rows(name, scores, pairs.ids)
+        del pairs, logits
+    result = {"segmenter": cfg.segmenter, "split": cfg.split, "threshold": cfg.threshold,
+              "n_datasets": len(paths), "datasets": summaries,
+              "tables": {f"cross-dataset ({cfg.split} split)": table_rows(summaries)}}
+    if cfg.csv:
+        Path(cfg.csv).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(cfg.csv), table_csv(summaries))
+        result["csv"] = cfg.csv
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.update(out=str(out), per_image=str(out.with_suffix(".csv")))
+        atomic_write_bytes(out.with_suffix(".csv"), _per_image_csv(image_rows, True))
+        atomic_write_bytes(out, (json.dumps(result, indent=2) + "\n").encode())
+    return result
 
 
 def run(cfg: EvaluateConfig) -> dict:
@@ -105,7 +211,14 @@ def run(cfg: EvaluateConfig) -> dict:
     out = Path(cfg.out) if cfg.out else None
     if out is not None and out.suffix == ".csv":
         raise AugforgeError(f"--out {out}: give the summary JSON path; the per-image CSV goes next to it")
+    if cfg.csv and out is not None and Path(cfg.csv).resolve() == out.with_suffix(".csv").resolve():
+        raise AugforgeError(f"--csv {cfg.csv}: that is where --out writes the per-image scores; choose another file")
+    paths = [cfg.data, *cfg.also]
+    if len(set(map(lambda p: str(Path(p).resolve()), paths))) < len(paths):
+        raise AugforgeError("a dataset is given twice: " + ", ".join(paths))
     device = resolve_device(cfg.device)
+    if cfg.also:
+        return _evaluate_many(cfg, paths, out, device)
 
     # 2. model (kind and image size checked against the dataset), data, clean predictions
     ds = read_dataset(Path(cfg.data))
@@ -114,7 +227,12 @@ def run(cfg: EvaluateConfig) -> dict:
     logits = predict(model, pairs.images, cfg.batch_size, device)
     scores, totals = score(logits, pairs.masks, cfg.threshold)
     result = {"segmenter": cfg.segmenter, "data": cfg.data, "split": cfg.split, "threshold": cfg.threshold,
-              **summarize(scores, totals, n_boot=cfg.bootstrap, seed=cfg.seed)}
+              **summarize(scores, totals, n_boot=cfg.bootstrap, seed=cfg.seed), **pooled_ci(scores, cfg.bootstrap, cfg.seed)}
+    if cfg.csv:
+        summary = {"dataset": dataset_names([cfg.data])[0], **result}
+        Path(cfg.csv).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(cfg.csv), table_csv([summary]))
+        result["csv"] = cfg.csv
 
     # 3. robustness under each attack budget
     if budgets:

@@ -1,5 +1,7 @@
-"""``augforge report RUN_DIR...``: report.md with loss curves, contact sheets, uncertainty maps, and the
-comparison table of every evaluated segmenter (with bootstrap intervals)."""
+"""``augforge report RUN_DIR...``: report.md with loss curves, contact sheets, uncertainty maps, the
+comparison table of every evaluated segmenter (with bootstrap intervals) and, for cross-dataset
+evaluations (``evaluate --out`` over several datasets), one table per score: a row per evaluation,
+a column per test dataset."""
 
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ def run_report(*run_dirs: Path | str) -> dict:
         lines += [f"### {s.parent.name}", "", f"![{s.parent.name}]({dest.relative_to(out)})", ""]
 
     # 3. comparison table of evaluations (summary JSONs written by `evaluate --out`)
-    evals = []
+    evals, cross = [], []
     for r in roots:
         for p in sorted(r.rglob("*.json")):
             try:
@@ -82,6 +84,9 @@ def run_report(*run_dirs: Path | str) -> dict:
                 continue
             if isinstance(data, dict) and "mDice" in data and "mIoU" in data:
                 evals.append((p.stem, data))
+            elif isinstance(data, dict) and isinstance(data.get("datasets"), list) and \
+                    all(isinstance(d, dict) and "mDice" in d for d in data["datasets"]):
+                cross.append((p.stem, data))
     if evals:
         lines += ["## Segmenters", "", "| evaluation | mIoU | 95% CI | mDice | 95% CI | n |", "|---|---|---|---|---|---|"]
         for name, d in evals:
@@ -89,9 +94,44 @@ def run_report(*run_dirs: Path | str) -> dict:
             lines.append(f"| {name} | {d['mIoU']:.4f} | {ci('mIoU_ci95')} | {d['mDice']:.4f} | {ci('mDice_ci95')} | "
                          f"{d.get('n_images', '')} |")
         lines.append("")
+    lines += cross_dataset_section(cross)
     report = out / "report.md"
     atomic_write_bytes(report, "\n".join(lines).encode())
-    return {"report": str(report), "models": len(models), "contact_sheets": len(sheets), "evaluations": len(evals)}
+    return {"report": str(report), "models": len(models), "contact_sheets": len(sheets), "evaluations": len(evals),
+            "cross_dataset_evaluations": len(cross)}
+
+
+CROSS_SCORES = (("mDice", "mDice (mean of per-image Dice)"), ("mIoU", "mIoU (mean of per-image IoU)"),
+                ("micro_dice", "pooled Dice (counts summed over the dataset)"),
+                ("micro_iou", "pooled IoU (counts summed over the dataset)"))
+
+
+def cross_dataset_section(cross: list[tuple[str, dict]]) -> list[str]:
+    """Markdown: per score, a row per cross-dataset evaluation and a column per dataset (score [95% CI])."""
+    if not cross:
+        return []
+    columns = list(dict.fromkeys(d["dataset"] for _, data in cross for d in data["datasets"]))
+    lines = ["## Cross-dataset", "",
+             "One segmenter per row, scored on each dataset's " + ", ".join(sorted({data.get("split", "test")
+                                                                                   for _, data in cross}))
+             + " split; 95% bootstrap intervals in brackets, n = images.", ""]
+    sizes = {d["dataset"]: d.get("n_images", "") for _, data in cross for d in data["datasets"]}
+    for key, title in CROSS_SCORES:
+        lines += [f"### {title}", "", "| evaluation | " + " | ".join(f"{c} (n={sizes[c]})" for c in columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for name, data in cross:
+            by_name = {d["dataset"]: d for d in data["datasets"]}
+            cells = []
+            for c in columns:
+                d = by_name.get(c)
+                if d is None or key not in d:
+                    cells.append("")
+                    continue
+                ci = d.get(f"{key}_ci95")
+                cells.append(f"{d[key]:.3f}" + (" [{:.3f}, {:.3f}]".format(*ci) if isinstance(ci, list) else ""))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def run_report_cli(run_dirs: list[Path]) -> dict:
