@@ -123,7 +123,7 @@ def _mix_int(x: int) -> int:
 def check_batch(generator: Generators, batch: int) -> None:
     """A list of generators or PairStreams must have exactly one stream per batch element."""
     if isinstance(generator, (list, PairStreams)) and len(generator) != batch:
-        raise ValueError(f"got {len(generator)} per-element streams for a batch of {batch}")
+        raise ValueError(f"got {len(generator)} per-element generators (streams) for a batch of {batch}")
 
 
 def rand_like(x: Tensor, generator: Generators) -> Tensor:

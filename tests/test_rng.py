@@ -43,7 +43,7 @@ def test_stream_statistics():
     assert float((pairs - torch.eye(16)).abs().max()) < 0.05
     z = s.normal((64, 64))
     assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01 and abs(float((z ** 4).mean()) - 3) < 0.1
-    with pytest.raises(ValueError, match="per-element streams"):
+    with pytest.raises(ValueError, match="per-element generators"):
         rand_like(torch.zeros(3, 1, 2, 2), PairStreams.for_pairs(0, [0, 1], 0))
 
 
