@@ -1,4 +1,4 @@
-"""The benchmark commands of issue 8 run end to end at toy scale: every hot-path row has a rate and a
+"""The benchmark commands run end to end at toy scale: every hot-path row has a rate and a
 ratio, and the Kvasir protocol runner fills every row of its table (here on synthetic polyps)."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from augforge.configs import SampleConfig, SynthesizeConfig
@@ -84,5 +85,34 @@ def test_kvasir_protocol_attacks_per_seed(tmp_path):
     for seed in (0, 1):
         assert attacks[f"attack-diff-pgd-w-unet-s{seed}"]["segmenter"] == str(tmp_path / "run" / "seg" / f"basic-unet-s{seed}")
         dasp = next(s for s in stages if s["name"] == f"seg-diff-pgd-w-dasp-unet-s{seed}")
-        assert dasp["extra"] == [str(tmp_path / "run" / "extra" / "generated"),
-                                 str(tmp_path / "run" / "extra" / f"diff-pgd-w-unet-s{seed}")]
+        assert dasp["extra"] == [str(tmp_path / "run" / "extra" / f"diff-pgd-w-unet-s{seed}")]  # its own set only
+
+
+def test_express_preset_runs_end_to_end_at_toy_size(tmp_path):
+    """The one-GPU evidence recipe at CPU toy size: its six rows, two seeds, budgets, summary files."""
+    src = tmp_path / "src"
+    run_synthesize(SynthesizeConfig(str(src), n=40, size=32, seed=0))
+    out = tmp_path / "run"
+    r = script("kvasir_protocol.py", "--preset", "express", "--data", src, "--out", out, "--size", 32,
+               "--model-size", "tiny", "--epochs", 1, "--seg-minutes", 0.05, "--batch-size", 4,
+               "--mask-minutes", 0.01, "--image-minutes", 0.01, "--generated", 8, "--sample-steps", 2,
+               "--mask-sample-steps", 2, "--attack-steps", 1, "--batch", 8, "--device", "cpu")
+    assert "32 stages ran, 0 skipped" in r.stderr  # prepare, 2 generators, sample, 4 attacks, 12 segmenters, 12 evals
+    doc = json.loads((out / "summary.json").read_text())
+    assert list(doc["rows"]) == [f"{row} | unet" for row in ("Basic", "Inverse-FGSM", "Generated masks", "+ PGD(W)",
+                                                              "+ Diff-PGD", "+ Diff-PGD(W) (DASP)")]
+    for name, cell in doc["rows"].items():
+        assert cell["seeds"] == 2 and 0 <= cell["mDice"]["mean"] <= 1 and 0 <= cell["micro_dice"]["mean"] <= 1
+        if not name.startswith("Basic"):
+            lo, hi = cell["delta_mDice_vs_basic"]["ci95"]
+            assert lo <= cell["delta_mDice_vs_basic"]["mean"] <= hi
+    # the generators stopped on their time budget (well before the preset's step cap) and are described
+    for kind in ("mask-model", "image-model"):
+        assert 1 <= doc["generators"][kind]["steps"] < 100000
+    assert set(doc["quality"]["consistency_mDice"]) == {"generated", "generated_shuffled", "held_out_real"}
+    assert doc["stages"]["prepare"] >= 0 and len(doc["stages"]) == 32
+    summary = (out / "summary.md").read_text()
+    assert summary == r.stdout and "Δ mDice vs Basic" in summary and "pooled Dice" in summary
+    stages = tomllib.loads((out / "protocol.toml").read_text())["stage"]
+    inverse = next(s for s in stages if s["command"] == "attack" and s["method"] == "inverse-fgsm")
+    assert inverse["eps"] == 25.5  # Pervin et al.'s ε = 0.1 on [0, 1]
