@@ -374,6 +374,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--table", default="", help="also write the markdown table to this file")
     ap.add_argument("--dry-run", action="store_true", help="write protocol.toml and list the stages only")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="run no stage: summarise the evaluations already in --out (e.g. after a run was stopped)")
     first, _ = ap.parse_known_args(argv)
     if first.preset:
         ap.set_defaults(**PRESETS[first.preset])
@@ -385,10 +387,11 @@ def main() -> None:
     toml = Path(a.out) / "protocol.toml"
     write_toml(protocol_stages(a), toml)
     t0 = time.perf_counter()
-    result = pipeline.run(PipelineConfig(str(toml), dry_run=a.dry_run))
-    print(f"{result['ran']} stages ran, {result['skipped']} skipped ({toml})", file=sys.stderr)
-    if a.dry_run:
-        return
+    if not a.summary_only:
+        result = pipeline.run(PipelineConfig(str(toml), dry_run=a.dry_run))
+        print(f"{result['ran']} stages ran, {result['skipped']} skipped ({toml})", file=sys.stderr)
+        if a.dry_run:
+            return
     doc = collect(a)
     seconds = time.perf_counter() - t0
     doc.update(wall_seconds=round(seconds, 1), hardware=hardware(a.device), argv=sys.argv[1:])
