@@ -42,6 +42,8 @@ def _default(cls, name: str) -> Any:
 def _config(cls, values: dict):
     """Build a stage config from a command's parameters, matched by name (``compile_`` -> ``compile``)."""
     names = {f.name for f in fields(cls)}
+    if "also" in names and isinstance(values.get("data"), (list, tuple)):  # evaluate DATA [DATA2 ...]
+        values = {**values, "data": values["data"][0], "also": list(values["data"][1:])}
     convert = lambda v: str(v) if isinstance(v, Path) else tuple(str(x) for x in v) if isinstance(v, list) else v
     return cls(**{k.rstrip("_"): convert(v) for k, v in values.items() if k.rstrip("_") in names})
 
@@ -378,8 +380,7 @@ def evaluate(
     Several datasets: one table, a row per dataset (cross-dataset testing).
     Empty masks: an empty prediction on an empty mask scores 1, any other prediction 0.
     """
-    values = {**locals(), "data": data[0], "also": data[1:]}
-    _run("evaluate", _config(EvaluateConfig, values), json_)
+    _run("evaluate", _config(EvaluateConfig, locals()), json_)
 
 
 def main() -> None:
