@@ -141,7 +141,7 @@ def test_per_image_generators_make_an_image_independent_of_its_batch(name, model
     whole = ATTACKS[name](model, x, y, **kw, generator=gens(range(4)))
     part = ATTACKS[name](model, x[2:], y[2:], **kw, generator=gens(range(2, 4)))
     assert torch.allclose(whole[2:], part, atol=1e-6)
-    with pytest.raises(ValueError, match="3 generators for a batch of 4"):
+    with pytest.raises(ValueError, match=r"got 3 .*generators.* for a batch of 4"):
         ATTACKS[name](model, x, y, **kw, generator=gens(range(3)))
 
 
