@@ -215,6 +215,40 @@ def print_budget(args, mask_net, image_net, peak: float) -> dict:
     return budget
 
 
+def forward_rates(args, net, x_in: torch.Tensor, device: torch.device) -> dict:
+    """The UNet forward (no grad) in the ways a sampler can run it: float32 weights under bf16 autocast
+    (what sampling did before bf16 inference copies), bf16 weights (``inference_net``), and with
+    ``--compile`` the bf16 copy under ``torch.compile`` (its compile time printed apart)."""
+    peak = device_peak(args, device)
+    flops = forward_flops(net, x_in)
+    variants = {"float32 weights, autocast": lambda: _autocast_forwards(net, x_in, 10)}
+    infer = inference_net(net, device)
+    variants["bf16 weights (inference_net)"] = lambda: bare_evaluations(infer, x_in, 10)
+    if args.compile:
+        compiled = torch.compile(infer)
+        first = seconds(lambda: bare_evaluations(compiled, x_in, 1), device)
+        print(f"  (torch.compile: first forward {first:.1f} s)", flush=True)
+        variants["bf16 weights, torch.compile"] = lambda: bare_evaluations(compiled, x_in, 10)
+    out = {"gflops": flops / 1e9, "batch": x_in.shape[0], "peak_tflops": peak or None, "variants": {}}
+    print(f"UNet {args.model_size} forward, {args.size} px, batch {x_in.shape[0]}: {flops / 1e9:.1f} GFLOP")
+    for name, fn in variants.items():
+        fn()
+        per_forward = min(seconds(fn, device) for _ in range(max(args.repeats, 2))) / 10
+        tflops = flops / per_forward / 1e12
+        out["variants"][name] = {"ms": per_forward * 1e3, "tflops": tflops, "peak_fraction": tflops / peak if peak else None}
+        print(f"  {name:32s} {per_forward * 1e3:8.2f} ms  {tflops:7.1f} TFLOP/s"
+              + (f"  {tflops / peak:6.1%} of peak" if peak else ""), flush=True)
+    return out
+
+
+@torch.no_grad()
+def _autocast_forwards(net, x_in: torch.Tensor, evaluations: int) -> None:
+    t = torch.full((x_in.shape[0],), 500, device=x_in.device)
+    with autocast(x_in.device):
+        for _ in range(evaluations):
+            net(x_in, t)
+
+
 # --------------------------------------------------------------------------- the benchmark
 
 def main() -> None:
@@ -235,6 +269,9 @@ def main() -> None:
                     help="also time torch.compile against eager: a diffusion train step and the UNet forward")
     ap.add_argument("--flops-only", action="store_true",
                     help="print only the FLOP budget of 1600 pairs with the default sampler (no timed rows)")
+    ap.add_argument("--forward-only", action="store_true",
+                    help="only the UNet forward: float32 weights under autocast, bf16 weights, and (with --compile) "
+                         "compiled bf16 weights, each in TFLOP/s and as a fraction of the bf16 peak")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -252,6 +289,11 @@ def main() -> None:
         budget = print_budget(args, infer_mask, inference_net(image_net, device), device_peak(args, device))
         if args.json:
             print(json.dumps(budget, indent=2))
+        return
+    if args.forward_only:
+        result = forward_rates(args, image_net.eval(), x_in, device)
+        if args.json:
+            print(json.dumps(result, indent=2))
         return
     rows = []
     print(f"device {device}, {torch.get_num_threads()} threads, {S} px, UNet {args.model_size}, batch {B}")
