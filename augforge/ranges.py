@@ -1,4 +1,4 @@
-"""Pixel-range conventions, in one place (SPEC "Pixel ranges").
+"""Pixel-range conventions, in one place (docs/index.md, "Pixel ranges").
 
 - on disk: uint8 in [0, 255]
 - in memory: float images in [0, 1], shape (B, 3, H, W); masks float in {0, 1}, shape (B, 1, H, W)
@@ -23,3 +23,8 @@ def to_model_range(x01):
 def from_model_range(x):
     """[-1, 1] -> [0, 1], clamped."""
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def to_uint8_images(x01):
+    """Images (B, 3, H, W) in [0, 1] (a tensor) -> (B, H, W, 3) uint8 numpy array, as written to disk."""
+    return (x01.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()

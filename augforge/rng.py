@@ -126,6 +126,13 @@ def check_batch(generator: Generators, batch: int) -> None:
         raise ValueError(f"got {len(generator)} per-element generators (streams) for a batch of {batch}")
 
 
+def draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    """Where a draw from ``generator`` happens: on its own device (``device`` without one); the caller
+    moves the numbers to ``device`` after, so a CPU generator gives the same numbers whatever device
+    the batch lives on."""
+    return generator.device if generator is not None else device
+
+
 def rand_like(x: Tensor, generator: Generators) -> Tensor:
     """u ~ U[0, 1) of x's shape, dtype and device, from ``generator`` (one, a list of B, PairStreams or None).
 
@@ -138,8 +145,7 @@ def rand_like(x: Tensor, generator: Generators) -> Tensor:
         return torch.stack(
             [torch.rand(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
         ).to(x.device)
-    device = generator.device if generator is not None else x.device
-    return torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    return torch.rand(x.shape, generator=generator, device=draw_device(generator, x.device), dtype=x.dtype).to(x.device)
 
 
 def randn(shape: tuple[int, ...], generator: Generators, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -56,7 +56,6 @@ from seg_train_overhead import bare_epoch, synthetic_pairs  # noqa: E402
 
 from augforge.attacks import diff_pgd, pgd  # noqa: E402
 from augforge.configs import SampleConfig  # noqa: E402
-from augforge.diffusion.bernoulli import BernoulliDiffusion  # noqa: E402
 from augforge.diffusion.gaussian import GaussianDiffusion  # noqa: E402
 from augforge.diffusion.train import EMA, DiffusionTrainLoop  # noqa: E402
 from augforge.models.inference import inference_net, net_dtype  # noqa: E402

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augforge.attacks import (ATTACKS, BETA_SEARCH, asma, asma_beta_search, diff_pgd, pgd, segmentation_loss,
+from augforge.attacks import (ATTACKS, BETA_SEARCH, asma, asma_beta_search, diff_pgd, pgd, adversarial_loss,
                               uncertainty_weights)
 
 SIZE = 24
@@ -62,7 +62,7 @@ def hard_dice(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def bce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return segmentation_loss(model(x), y).mean()
+        return adversarial_loss(model(x), y).mean()
 
 
 def edge_band(y: torch.Tensor) -> torch.Tensor:
@@ -119,7 +119,7 @@ def test_dice_loss_attack_raises_dice_loss(model, data):
     x, y = data
     out = pgd(model, x, y, eps=EPS, step_size=0.05, steps=5, loss="dice")
     with torch.no_grad():
-        assert segmentation_loss(model(out), y, "dice").mean() > segmentation_loss(model(x), y, "dice").mean()
+        assert adversarial_loss(model(out), y, "dice").mean() > adversarial_loss(model(x), y, "dice").mean()
 
 
 def test_pgd_random_start_is_seeded(model, data):
@@ -189,18 +189,18 @@ def test_weighted_bce_is_dasp_eq10():
     w = torch.rand(2, 1, 8, 8, generator=g)
     p = torch.sigmoid(logits)
     expected = (y * w * -(y * p.log() + (1 - y) * (1 - p).log())).flatten(1).mean(1)
-    torch.testing.assert_close(segmentation_loss(logits, y, "bce", w), expected)
+    torch.testing.assert_close(adversarial_loss(logits, y, "bce", w), expected)
     # only foreground pixels count: background logits do not change the weighted loss
-    torch.testing.assert_close(segmentation_loss(logits + 5 * (1 - y), y, "bce", w), expected)
+    torch.testing.assert_close(adversarial_loss(logits + 5 * (1 - y), y, "bce", w), expected)
 
 
 def test_dice_loss_bounds():
     y = torch.zeros(1, 1, 8, 8)
     y[..., 2:6, 2:6] = 1
-    assert segmentation_loss(20 * (2 * y - 1), y, "dice").item() < 1e-3
-    assert segmentation_loss(-20 * (2 * y - 1), y, "dice").item() > 0.95
+    assert adversarial_loss(20 * (2 * y - 1), y, "dice").item() < 1e-3
+    assert adversarial_loss(-20 * (2 * y - 1), y, "dice").item() > 0.95
     with pytest.raises(ValueError):
-        segmentation_loss(y, y, "l1")
+        adversarial_loss(y, y, "l1")
 
 
 def _band_ratio(t: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
@@ -219,8 +219,8 @@ def test_weighting_concentrates_on_edges(model, data):
     assert _band_ratio(stepped, band) > 1.5 * _band_ratio(plain, band)
     # "loss" (DASP Eq. 10): the loss gradient, before its sign, concentrates near the edges
     xg = x.clone().requires_grad_(True)
-    grad_plain, = torch.autograd.grad(segmentation_loss(model(xg), y).sum(), xg)
-    grad_w, = torch.autograd.grad(segmentation_loss(model(xg), y, weights=w).sum(), xg)
+    grad_plain, = torch.autograd.grad(adversarial_loss(model(xg), y).sum(), xg)
+    grad_w, = torch.autograd.grad(adversarial_loss(model(xg), y, weights=w).sum(), xg)
     assert _band_ratio(grad_w, band) > 1.5 * _band_ratio(grad_plain, band)
 
 

@@ -21,7 +21,8 @@ from augforge.diffusion.gaussian import GaussianDiffusion
 from augforge.models.inference import inference_net, net_dtype
 from augforge.models.unet import build_denoiser
 from augforge.rng import PairStreams
-from augforge.stages.sample import render_images, sample_masks, to_uint8_images
+from augforge.ranges import to_uint8_images
+from augforge.stages.sample import render_images, sample_masks
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 ROOT = Path(__file__).resolve().parents[1]

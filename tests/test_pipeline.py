@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from augforge.configs import PipelineConfig
-from augforge.errors import AugforgeError
 from augforge.stages.pipeline import load_pipeline, select, upstream
 
 CHAIN = """

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from augforge.seg.losses import dasp_loss, dice_loss, segmentation_loss
+from augforge.seg.losses import dasp_loss, dice_loss, per_image_loss
 
 BIG = 1e4  # sigmoid(+-BIG) is exactly 1 / 0 in float32
 
@@ -48,10 +48,10 @@ def test_smooth_makes_empty_correct_prediction_zero_loss():
 def test_dice_plus_bce_adds_pixel_mean_bce():
     logits, y = _pair()
     expected = torch.tensor([0.5, 2.0 / 7.0]) + math.log(2.0)  # BCE at p = 0.5 is log 2 per pixel
-    torch.testing.assert_close(segmentation_loss(logits, y, "dice+bce"), expected)
-    torch.testing.assert_close(segmentation_loss(logits, y, "dice"), dice_loss(logits, y))
+    torch.testing.assert_close(per_image_loss(logits, y, "dice+bce"), expected)
+    torch.testing.assert_close(per_image_loss(logits, y, "dice"), dice_loss(logits, y))
     with pytest.raises(ValueError, match="dice"):
-        segmentation_loss(logits, y, "focal")
+        per_image_loss(logits, y, "focal")
 
 
 def test_dasp_loss_averages_groups_separately():

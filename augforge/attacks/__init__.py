@@ -7,7 +7,7 @@ Every untargeted attack has one signature (torchattacks' ``forward`` without a b
 
 - ``model(x) -> logits``: any nn.Module, x (B, 3, H, W) in [0, 1], logits (B, 1, H, W); the
   caller sets its mode (eval); only input gradients are taken (no parameter .grad).
-- ``y``: masks (B, 1, H, W) in {0, 1}; ``loss``: "bce" or "dice" (``losses.segmentation_loss``).
+- ``y``: masks (B, 1, H, W) in {0, 1}; ``loss``: "bce" or "dice" (``losses.adversarial_loss``).
 - budgets (eps, step_size) are in [0, 1] units; the stage converts 0-255 budgets once with
   ``augforge.ranges.intensity_to_unit``.
 - ``weights``: DASP per-pixel uncertainty weights from :func:`uncertainty_weights` on the clean
@@ -31,7 +31,7 @@ from augforge.attacks.asma import BETA_SEARCH, AsmaResult, asma, asma_beta_searc
 from augforge.attacks.diff_pgd import diff_pgd
 from augforge.attacks.fgsm import fgsm
 from augforge.attacks.inverse_fgsm import inverse_fgsm
-from augforge.attacks.losses import segmentation_loss
+from augforge.attacks.losses import adversarial_loss
 from augforge.attacks.pgd import pgd
 from augforge.attacks.weighting import uncertainty_weights
 
@@ -53,6 +53,6 @@ __all__ = [
     "fgsm",
     "inverse_fgsm",
     "pgd",
-    "segmentation_loss",
+    "adversarial_loss",
     "uncertainty_weights",
 ]

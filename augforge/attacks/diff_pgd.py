@@ -27,7 +27,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from augforge.attacks.pgd import _check_args, _loss_grad, _project, _random_start, _signed_grad_step
+from augforge.attacks import linf
+from augforge.rng import Generators
 
 GRAD_MODES = ("bpda", "full")
 
@@ -54,28 +55,25 @@ def diff_pgd(
     units; ``purify``: images -> images, both in [0, 1]; ``grad``: "bpda" or "full" (module
     docstring); weights/weight_mode/random_start/generator as in :func:`augforge.attacks.pgd.pgd`.
     """
-    _check_args(x, y, eps, loss, weights, weight_mode)
-    if steps < 1 or step_size < 0:
-        raise ValueError(
-            f"Diff-PGD needs steps >= 1 and step_size >= 0, got steps={steps}, step_size={step_size}"
-        )
+    linf.check_args(x, y, eps, loss, weights, weight_mode)
+    linf.check_iterations("Diff-PGD", steps, step_size)
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
     x = x.detach()
     # 1. start at x, or at a uniform random point of the eps ball
-    x_k = _random_start(x, eps, generator) if random_start else x
+    x_k = linf.random_start(x, eps, generator) if random_start else x
     for _ in range(steps):
         # 2. gradient of the loss on the segmenter's prediction for the purified iterate
         if grad == "full":
-            g = _loss_grad(
+            g = linf.loss_grad(
                 model, x_k, y, loss=loss, weights=weights, weight_mode=weight_mode, transform=purify
             )
         else:
             with torch.no_grad():
                 x_pur = purify(x_k)
-            g = _loss_grad(model, x_pur, y, loss=loss, weights=weights, weight_mode=weight_mode)
+            g = linf.loss_grad(model, x_pur, y, loss=loss, weights=weights, weight_mode=weight_mode)
         # 3. signed step on x^k, projection onto the eps ball and the image box
-        x_k = _project(_signed_grad_step(x_k, g, step_size, weights, weight_mode), x, eps)
+        x_k = linf.project(linf.signed_grad_step(x_k, g, step_size, weights, weight_mode), x, eps)
     # 4. the output is the purified final iterate
     with torch.no_grad():
         return purify(x_k).clamp(0.0, 1.0).detach()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from augforge.attacks.pgd import _check_args, _loss_grad, _project, _signed_grad_step
+from augforge.attacks.linf import single_step
 
 
 def fgsm(
@@ -30,7 +30,4 @@ def fgsm(
     ``weights``/``weight_mode``: DASP uncertainty weighting (see ``augforge.attacks.weighting``).
     ``generator`` is accepted for the common attack signature; FGSM draws no random numbers.
     """
-    _check_args(x, y, eps, loss, weights, weight_mode)
-    x = x.detach()
-    grad = _loss_grad(model, x, y, loss=loss, weights=weights, weight_mode=weight_mode)
-    return _project(_signed_grad_step(x, grad, eps, weights, weight_mode), x, eps).detach()
+    return single_step(model, x, y, eps=eps, sign=1.0, loss=loss, weights=weights, weight_mode=weight_mode)

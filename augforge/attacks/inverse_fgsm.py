@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from augforge.attacks.pgd import _check_args, _loss_grad, _project, _signed_grad_step
+from augforge.attacks.linf import single_step
 
 
 def inverse_fgsm(
@@ -25,7 +25,4 @@ def inverse_fgsm(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Inverse-FGSM. Same arguments and guarantees as :func:`augforge.attacks.fgsm.fgsm`."""
-    _check_args(x, y, eps, loss, weights, weight_mode)
-    x = x.detach()
-    grad = _loss_grad(model, x, y, loss=loss, weights=weights, weight_mode=weight_mode)
-    return _project(_signed_grad_step(x, grad, -eps, weights, weight_mode), x, eps).detach()
+    return single_step(model, x, y, eps=eps, sign=-1.0, loss=loss, weights=weights, weight_mode=weight_mode)

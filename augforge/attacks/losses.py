@@ -14,7 +14,7 @@ LOSSES = ("bce", "dice")
 DICE_SMOOTH = 1.0
 
 
-def segmentation_loss(
+def adversarial_loss(
     logits: Tensor, y: Tensor, kind: str = "bce", weights: Tensor | None = None
 ) -> Tensor:
     """Per-image loss (B,) of logits (B, 1, H, W) against masks y (B, 1, H, W) in {0, 1}.

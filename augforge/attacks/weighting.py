@@ -5,7 +5,7 @@ confident pixels (|z| large: deep inside the polyp or the background) get W near
 attacks use W in one of two ways (``weight_mode``):
 
 - ``"loss"`` (default, the paper's Eq. 10): the adversarial loss is weighted,
-  ``L_adv = mean_i[y_i W_i BCE(P_i, y_i)]`` (see :func:`augforge.attacks.losses.segmentation_loss`);
+  ``L_adv = mean_i[y_i W_i BCE(P_i, y_i)]`` (see :func:`augforge.attacks.losses.adversarial_loss`);
 - ``"step"`` (the reading of the paper's Fig. 1c): each pixel's signed step is scaled by W_i
   and the loss is unweighted.
 """

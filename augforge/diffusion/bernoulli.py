@@ -27,7 +27,7 @@ from torch import Tensor
 
 from augforge.diffusion.schedules import betas_for
 from augforge.ranges import to_model_range
-from augforge.rng import Generators, check_batch, rand_like
+from augforge.rng import Generators, check_batch, draw_device, rand_like
 
 Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
 FlipModel = Callable[[Tensor, Tensor], Tensor]  # (y_t in {-1,1} (B,1,H,W), t (B,)) -> logits (B,1,H,W)
@@ -101,8 +101,8 @@ class BernoulliDiffusion:
         Returns ``loss`` (scalar, mean over pixels and batch) and the ``t`` used (B,).
         """
         if t is None:
-            rand_device = generator.device if generator is not None else y0.device
-            t = torch.randint(0, self.timesteps, (y0.shape[0],), device=rand_device, generator=generator)
+            t = torch.randint(0, self.timesteps, (y0.shape[0],), device=draw_device(generator, y0.device),
+                              generator=generator)
         t = self._batch_t(t, y0).to(y0.device)
         # 1. y_t ~ q(y_t | y_0)
         y_t = self.q_sample(y0, t, generator)

@@ -31,18 +31,13 @@ from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from augforge.diffusion.schedules import betas_for
 from augforge.ranges import from_model_range, to_model_range
-from augforge.rng import Generators, PairStreams, check_batch, randn
+from augforge.rng import Generators, PairStreams, check_batch, draw_device, randn
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
 EpsModel = Callable[[Tensor, Tensor], Tensor]  # (cat[x_t, mask] (B,4,H,W), t (B,)) -> eps (B,3,H,W)
 Scheduler = DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler
 NULL_MASK = 0.0  # the "no condition" value of the mask channel
-
-
-def _rand_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
-    """Where a draw from ``generator`` must happen (its own device; the result is moved after)."""
-    return generator.device if generator is not None else device
 
 
 class GaussianDiffusion:
@@ -121,7 +116,7 @@ class GaussianDiffusion:
         if not 0.0 <= cond_drop <= 1.0:
             raise ValueError(f"cond_drop must be in [0, 1], got {cond_drop}")
         batch, device = x0.shape[0], x0.device
-        rand_device = _rand_device(generator, device)
+        rand_device = draw_device(generator, device)
         # 1. t ~ U{0, ..., T-1}, eps ~ N(0, I), x_t ~ q(x_t | x_0)
         if t is None:
             t = torch.randint(0, self.timesteps, (batch,), device=rand_device, generator=generator).to(device)

@@ -20,19 +20,19 @@ from typing import Callable
 
 import torch
 
+from augforge.rng import draw_device
+
 Aug = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def _uniform(shape: tuple[int, ...], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """U[0, 1) float32 of ``shape`` drawn from ``generator``, on x's device."""
-    device = generator.device if generator is not None else x.device
-    return torch.rand(shape, generator=generator, device=device).to(x.device)
+    return torch.rand(shape, generator=generator, device=draw_device(generator, x.device)).to(x.device)
 
 
 def _normal(shape: tuple[int, ...], x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """N(0, 1) of ``shape`` drawn from ``generator``, on x's device and dtype."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(shape, generator=generator, device=device).to(x.device, x.dtype)
+    return torch.randn(shape, generator=generator, device=draw_device(generator, x.device)).to(x.device, x.dtype)
 
 
 def _donor_index(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -25,7 +25,7 @@ def dice_loss(logits: torch.Tensor, y: torch.Tensor, smooth: float = 1.0) -> tor
     return 1.0 - (2.0 * intersection + smooth) / (p.sum(dims) + y.sum(dims) + smooth)
 
 
-def segmentation_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "dice") -> torch.Tensor:
+def per_image_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "dice") -> torch.Tensor:
     """Per-image loss (B,): "dice" or "dice+bce" (Dice + pixel-mean binary cross-entropy)."""
     if kind == "dice":
         return dice_loss(logits, y)
@@ -48,7 +48,7 @@ def dasp_loss(
     contributes 0 (its count is clamped to 1), computed without host synchronisation.
     """
     # 1. per-image losses (B,)
-    per_image = segmentation_loss(logits, y, kind)
+    per_image = per_image_loss(logits, y, kind)
     # 2. group indicators and sizes (a missing group has size 0 -> clamped to 1, sum is 0)
     extra = is_extra.to(per_image.dtype)
     real = 1.0 - extra

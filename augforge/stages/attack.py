@@ -24,16 +24,15 @@ from augforge.configs import AttackConfig
 from augforge.data.dataset import (MANIFEST, DatasetWriter, encode_png, load_pairs, read_dataset, read_manifest,
                                    read_mask, run_record)
 from augforge.errors import AugforgeError
+from augforge.diffusion.process import build_diffusion
 from augforge.models.folder import load_network
 from augforge.models.inference import inference_net
 from augforge.progress import progress_bar
-from augforge.ranges import intensity_to_unit
+from augforge.ranges import intensity_to_unit, to_uint8_images
 from augforge.rng import PairStreams
 from augforge.runtime import (atomic_write_bytes, barrier, generator_for, init_distributed, rank_zero_first,
                               resolve_device, seed_everything, work_shard)
 from augforge.seg.metrics import per_image_scores
-from augforge.stages.sample import to_uint8_images
-from augforge.stages.train_diffusion import build_diffusion
 from augforge.visual import contact_sheet, gray_to_rgb, heatmap
 
 WEIGHTABLE = ("fgsm", "inverse-fgsm", "pgd", "diff-pgd")

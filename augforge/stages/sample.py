@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from augforge.configs import SampleConfig
@@ -22,12 +21,12 @@ from augforge.diffusion.gaussian import SAMPLERS
 from augforge.errors import AugforgeError
 from augforge.models.folder import load_network
 from augforge.progress import progress_bar
-from augforge.ranges import from_model_range
+from augforge.ranges import from_model_range, to_uint8_images
 from augforge.models.inference import inference_net
 from augforge.rng import PairStreams
 from augforge.runtime import (atomic_write_bytes, barrier, init_distributed, rank_zero_first, resolve_device,
                               seed_everything, work_shard)
-from augforge.stages.train_diffusion import build_diffusion
+from augforge.diffusion.process import build_diffusion
 from augforge.visual import contact_sheet, overlay
 
 MASK_STREAM, IMAGE_STREAM = 0, 1  # the two per-pair random streams
@@ -63,11 +62,6 @@ def render_images(image_net, process: dict, masks: torch.Tensor, indices: list[i
                                sampler=sampler, steps=steps, guidance=guidance,
                                generator=pair_streams(seed, indices, IMAGE_STREAM, masks.device))
     return from_model_range(x0.float())
-
-
-def to_uint8_images(x01: torch.Tensor) -> np.ndarray:
-    """(B,3,H,W) [0,1] -> (B,H,W,3) uint8."""
-    return (x01.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def write_contact_sheet(root: Path, limit: int = 16) -> Path:

@@ -2,7 +2,7 @@
 
 Mask model (DASP §3.1): Bernoulli diffusion on the train-split masks, 1 channel in, 1 flip logit out.
 Image model (DASP §3.2): Gaussian DDPM on the train-split images conditioned on their masks,
-4 channels in (image + mask), 3 out (ε). Both save a SPEC model folder with EMA weights.
+4 channels in (image + mask), 3 out (ε). Both save a model folder (docs/artifacts.md) with EMA weights.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import torch.nn.functional as F
 
 from augforge.configs import DEFAULT_SCHEDULE, TrainDiffusionConfig
 from augforge.data.dataset import PairSet, load_pairset, open_output, read_dataset, run_record
-from augforge.diffusion.bernoulli import BernoulliDiffusion
-from augforge.diffusion.gaussian import GaussianDiffusion
+from augforge.diffusion.process import build_diffusion
 from augforge.diffusion.train import EMA, DiffusionTrainLoop
 from augforge.errors import AugforgeError
 from augforge.models.folder import (CONFIG, append_metrics, load_train_state, make_config, save_model,
@@ -30,12 +29,6 @@ KINDS = ("mask-diffusion", "image-diffusion")
 CHANNELS = {"mask-diffusion": (1, 1), "image-diffusion": (4, 3)}
 # options that do not change what is learned: a rerun that differs only in these continues the same run
 NOT_IDENTITY = ("out", "overwrite", "resume", "device", "compile", "steps", "minutes", "save_every", "log_every")
-
-
-def build_diffusion(kind: str, process: dict) -> BernoulliDiffusion | GaussianDiffusion:
-    """The diffusion process of a model folder, from its config's ``process`` entry."""
-    cls = BernoulliDiffusion if kind == "mask-diffusion" else GaussianDiffusion
-    return cls(timesteps=process["timesteps"], schedule=process["schedule"])
 
 
 def resize_pairs(pairs: PairSet, size: int) -> PairSet:
