@@ -272,3 +272,32 @@ def test_bad_arguments():
         d.sample_loop(Recorder(), (2, 3, SIZE, SIZE), mask=mask, steps=2, generator=[_gen(0)])
     with pytest.raises(ValueError, match="cond_drop"):
         d.training_losses(Recorder(), torch.zeros(2, 3, SIZE, SIZE), mask=mask, cond_drop=1.5)
+
+
+def test_min_snr_weights_and_weighted_loss_match_the_closed_form():
+    """Min-SNR-γ (Hang et al. 2023): w_t = min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1-ᾱ_t); the loss is the
+    w-weighted mean of the per-sample eps MSE (a zero model makes the error the noise itself)."""
+    diffusion = GaussianDiffusion(timesteps=1000, schedule="linear")
+    t = torch.tensor([0, 10, 100, 500, 999])
+    ab = diffusion.alphas_cumprod[t].double()
+    snr = ab / (1 - ab)
+    expected = torch.minimum(snr, torch.full_like(snr, 5.0)) / snr
+    w = diffusion.min_snr_weights(t, 5.0)
+    assert torch.allclose(w.double(), expected, rtol=1e-6)
+    assert w[0] < 1e-3 and w[-1] == 1.0  # nearly clean steps are damped, noisy ones keep weight 1
+    x0 = torch.rand(5, 3, 8, 8) * 2 - 1
+    mask = torch.zeros(5, 1, 8, 8)
+    zero = lambda x_in, t: torch.zeros_like(x_in[:, :3])
+    out = diffusion.training_losses(zero, x0, mask=mask, t=t, generator=torch.Generator().manual_seed(0),
+                                    min_snr_gamma=5.0)
+    noise = randn_like_from(x0, torch.Generator().manual_seed(0))
+    assert torch.allclose(out["loss"], (expected.float() * noise.square().mean(dim=(1, 2, 3))).mean(), rtol=1e-5)
+    plain = diffusion.training_losses(zero, x0, mask=mask, t=t, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(plain["loss"], noise.square().mean(), rtol=1e-6)
+
+
+def randn_like_from(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The noise training_losses draws with a fixed t (its first draw from the generator)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)

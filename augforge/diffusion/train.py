@@ -33,10 +33,10 @@ class EMA:
     while d_n < decay). ``num_updates`` is part of the training state (saved for --resume).
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay = decay
+        self.decay, self.warmup = decay, warmup
         self.num_updates = 0
         self.model = _unwrap(model)
         live = self.model.state_dict()
@@ -47,9 +47,9 @@ class EMA:
         self._sources = [live[k] for k in keys]
 
     def current_decay(self) -> float:
-        """d_n for the next update."""
+        """d_n for the next update (``decay`` itself with ``warmup=False``, the plain EMA)."""
         n = self.num_updates
-        return min(self.decay, (1.0 + n) / (10.0 + n))
+        return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
 
     @torch.no_grad()
     def update(self) -> None:
@@ -99,6 +99,7 @@ class DiffusionTrainLoop:
     generator: torch.Generator
     condition_on_mask: bool = False
     cond_drop: float = 0.0
+    min_snr_gamma: float = 0.0  # image model: Min-SNR-γ loss weighting (0: off)
     history: list[dict] = field(default_factory=list)
     steps_done: int = 0  # after ``run``: the last step taken (end_step, or earlier on a time budget)
 
@@ -107,7 +108,8 @@ class DiffusionTrainLoop:
         images, masks = random_flips(images, masks, self.generator)
         if self.condition_on_mask:
             out = self.diffusion.training_losses(self.model, to_model_range(images), mask=masks,
-                                                 generator=self.generator, cond_drop=self.cond_drop)
+                                                 generator=self.generator, cond_drop=self.cond_drop,
+                                                 min_snr_gamma=self.min_snr_gamma)
         else:
             out = self.diffusion.training_losses(self.model, masks, generator=self.generator)
         return out["loss"]
