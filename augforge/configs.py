@@ -1,192 +1,257 @@
-"""One frozen dataclass per stage: the only copy of each command's defaults.
+"""One frozen dataclass per command: the only copy of each option's default, help and run identity.
 
-The CLI's options mirror these fields (their defaults are read from here) and each stage writes
-``asdict(cfg)`` into the artifact it makes. Importing this module imports no torch, so
-``augforge --help`` stays fast.
+A field is an option of its command (``--batch-size`` for ``batch_size``) and a key of a pipeline
+``[[stage]]``; :mod:`augforge.commands` turns the fields into Typer parameters, so the CLI, the
+pipeline and ``augforge demo`` read defaults and help from here. ``identity=False`` marks an option
+that does not change what a run makes (output folder, device, batch size of inference, a trainer's
+step budget, ...): a rerun that differs only in those continues the same run (:func:`identity`).
+Importing this module imports no torch, so ``augforge --help`` stays fast.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+RECIPES = Path(__file__).parent / "recipes"  # pipeline files shipped with the package (the demo)
+
+
+def option(default: Any = MISSING, help: str = "", *, identity: bool = True, flag: bool = False, path: bool = False,
+           argument: bool = False, names: tuple[str, ...] = (), rest_into: str = "", cli: bool = True):
+    """A config field with what the CLI and the pipeline need to know about it.
+
+    identity: part of the run a command records (``made_by``); flag: a bare ``--name`` switch (else
+    ``--name/--no-name``); path: shown as a path; argument: positional; names: the option's own
+    spellings (``--from``, ``-n``); rest_into: a positional list whose first item is this field and
+    the others go into the named field; cli: False for a field only the pipeline sets.
+    """
+    metadata = dict(help=help, identity=identity, flag=flag, path=path, argument=argument, names=names,
+                    rest_into=rest_into, cli=cli)
+    return field(metadata=metadata) if default is MISSING else field(default=default, metadata=metadata)
+
+
+def identity(cfg) -> dict:
+    """The options that define a run (what a rerun must match to continue it), in field order."""
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.metadata.get("identity", True)}
+
+
+OUT_EXISTS = "Replace OUT if it holds a different run."
+SEED = "Seed of every random source."
+DEVICE = "auto | cpu | cuda."
+RESUME = "Continue from train_state.pt (also automatic for the same run)."
+
+
+def _out(help: str, argument: bool = False):
+    return option(help=help, identity=False, path=True, argument=argument)
+
+
+def _overwrite(help: str = OUT_EXISTS):
+    return option(False, help, identity=False)
+
+
+def _device():
+    return option("auto", DEVICE, identity=False)
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    src: str
-    out: str
-    size: int = 256
-    fit: str = "stretch"  # stretch | pad
-    split: str = "0.8,0.1,0.1"  # or all-test: every pair in the test split (an external test set)
-    seed: int = 0
-    images: str = ""  # with masks: the folders inside src (any layout), instead of detecting it
-    masks: str = ""
-    mask_pattern: str = "{stem}"  # the mask file name of image <stem>.*
-    overwrite: bool = False
+    src: str = option(help="Folder or .zip/.tar.gz archive of a public polyp set as distributed (Kvasir-SEG, "
+                           "CVC-ClinicDB, ETIS-LaribPolypDB, CVC-ColonDB, PolypGen, PraNet), or any folder with "
+                           "--images/--masks.", path=True, argument=True)
+    out: str = _out("Output dataset folder (one sub-folder per set when SRC holds several).", argument=True)
+    size: int = option(256, "Output side length in pixels (square, >= 16).")
+    fit: str = option("stretch", "stretch: resize to a square; pad: pad to square first.")
+    split: str = option("0.8,0.1,0.1", "train,val,test fractions summing to 1, or all-test (an external test set, "
+                                       "whole).")
+    seed: int = option(0, "Seed of the split permutation.")
+    images: str = option("", "Image folder inside SRC ('.' for SRC itself); with --masks, instead of detecting the "
+                             "layout.")
+    masks: str = option("", "Mask folder inside SRC (with --images).")
+    mask_pattern: str = option("{stem}", "Mask file name of image <stem>.*, e.g. '{stem}_mask.png' (no extension: "
+                                         "any image extension).")
+    overwrite: bool = _overwrite()
 
 
 @dataclass(frozen=True)
 class SynthesizeConfig:
-    out: str
-    n: int = 200
-    size: int = 64
-    split: str = "0.8,0.1,0.1"
-    seed: int = 0
-    overwrite: bool = False
+    out: str = _out("Output dataset folder.", argument=True)
+    n: int = option(200, "Number of pairs.", names=("--n", "-n"))
+    size: int = option(64, "Side length in pixels.")
+    split: str = option("0.8,0.1,0.1", "train,val,test fractions summing to 1.")
+    seed: int = option(0, "Seed: the same seed gives the same bytes.")
+    overwrite: bool = _overwrite()
 
 
 @dataclass(frozen=True)
 class TrainSegConfig:
-    data: str
-    out: str
-    extra: tuple[str, ...] = ()
-    arch: str = "unet"  # unet | unetplusplus | linknet | deeplabv3plus
-    encoder: str = "resnet34"
-    encoder_weights: str = "none"  # none | imagenet
-    loss: str = "dice"  # dice | dice+bce
-    extra_weight: float = 1.0
-    lr: float = 1e-3
-    epochs: int = 200
-    minutes: float = 0.0  # wall-clock budget of training over all runs into --out (0: none); checked per epoch
-    batch_size: int = 16
-    schedule: str = "constant"  # constant | cosine
-    aug: str = "basic"
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = False
-    resume: bool = False
-    overwrite: bool = False
+    data: str = option(help="Real prepared dataset (train split for training, val split to pick the best epoch).",
+                       path=True, argument=True)
+    out: str = _out("Segmenter model folder to write (continued if it holds the same run).")
+    extra: tuple[str, ...] = option((), "Generated/attacked dataset added to training (repeatable).", path=True)
+    arch: str = option("unet", "unet | unetplusplus | linknet | deeplabv3plus.")
+    encoder: str = option("resnet34", "smp encoder name (e.g. resnet34, resnet18, efficientnet-b0).")
+    encoder_weights: str = option("none", "none | imagenet (from the Hugging Face cache; downloaded there once when "
+                                          "missing).")
+    loss: str = option("dice", "dice | dice+bce (per-image, DASP Eq. 11).")
+    extra_weight: float = option(1.0, "Weight of the extra-pair mean loss (Eq. 11).")
+    lr: float = option(1e-3, "Adam learning rate.")
+    epochs: int = option(200, "Training epochs.")
+    minutes: float = option(0.0, "Wall-clock budget in minutes over all runs into OUT (0: none); training stops "
+                                 "after the epoch that reaches it, a rerun with a larger one continues.", identity=False)
+    batch_size: int = option(16, "Pairs per step (>= 2; the last partial batch is dropped).")
+    schedule: str = option("constant", "Learning-rate schedule: constant | cosine (per epoch).")
+    aug: str = option("basic", "Batch augmentations joined by + (none, basic, cutmix, cutout, elastic, random-erase, "
+                               "gaussian-noise, tumorcp).")
+    seed: int = option(0, SEED)
+    device: str = _device()
+    compile: bool = option(False, "torch.compile the network.", identity=False, flag=True)
+    resume: bool = option(False, RESUME, identity=False)
+    overwrite: bool = _overwrite()
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    segmenter: str
-    data: str
-    also: tuple[str, ...] = ()  # more datasets scored by the same segmenter (one cross-dataset table)
-    split: str = "test"
-    threshold: float = 0.5
-    out: str = ""
-    csv: str = ""  # the per-dataset table as CSV
-    attack: str = "none"  # none | fgsm | pgd | diff-pgd | asma
-    eps: str = "0.3,3,30"  # 0-255 units, comma-separated budgets
-    attack_steps: int = 10
-    image_model: str = ""  # for diff-pgd
-    batch_size: int = 16
-    bootstrap: int = 1000
-    seed: int = 0
-    device: str = "auto"
-
-
-DEFAULT_SCHEDULE = {"mask-diffusion": "cosine", "image-diffusion": "linear"}  # what schedule="" means
-# stage modules that run on every torchrun rank (DDP, or ids split by rank); under torchrun the
-# others (prepare/synthesize, evaluate, report, demo) run on rank 0 alone
-TORCHRUN_STAGES = ("train_diffusion", "train_seg", "sample", "attack", "pipeline")
+    segmenter: str = option(help="Segmenter model folder.")
+    data: str = option(help="Prepared dataset(s) to evaluate on; several give one cross-dataset table.", path=True,
+                       argument=True, rest_into="also")
+    also: tuple[str, ...] = option((), cli=False)  # the further DATA: one cross-dataset table
+    split: str = option("test", "train | val | test | all (an all-test dataset is all test).")
+    threshold: float = option(0.5, "Foreground where sigmoid(logit) > threshold.")
+    out: str = option("", "Write the summary JSON to this file and per-image scores to it with .csv.", identity=False)
+    csv: str = option("", "Write the per-dataset table (scores with 95% CIs) to this CSV file.", names=("--csv",))
+    attack: str = option("none", "Robustness table under none | fgsm | pgd.")
+    eps: str = option("0.3,3,30", "Attack budgets, comma-separated, in 0-255 units.")
+    attack_steps: int = option(10, "PGD steps (step size eps/4).")
+    batch_size: int = option(16, "Images per batch (does not change results).")
+    bootstrap: int = option(1000, "Bootstrap resamples for the 95% intervals of mIoU/mDice.")
+    seed: int = option(0, "Seed of the bootstrap.")
+    device: str = _device()
 
 
 @dataclass(frozen=True)
 class TrainDiffusionConfig:
-    """Shared by train-mask-diffusion and train-image-diffusion (``kind`` tells them apart)."""
+    """Shared by train-mask-diffusion and train-image-diffusion (``kind`` tells them apart; each command's
+    own defaults, e.g. the schedule, are in :data:`augforge.commands.COMMANDS`)."""
 
-    data: str
-    out: str
-    kind: str = "mask-diffusion"  # mask-diffusion | image-diffusion
-    steps: int = 20000
-    minutes: float = 0.0  # wall-clock budget of training over all runs into --out (0: none); stops at steps or budget
-    batch_size: int = 16
-    lr: float = 2e-4
-    image_size: int = 0  # 0: the dataset's
-    timesteps: int = 1000
-    schedule: str = ""  # "": cosine for masks, linear for images
-    model_size: str = "small"  # tiny | small | base
-    ema_decay: float = 0.999
-    # image diffusion: probability of dropping the mask for classifier-free guidance (Ho & Salimans 2022);
-    # 0 trains DASP Eq. 8 as written (always conditioned); 0.1 when sampling with --guidance > 1
-    cond_drop: float = 0.0
-    save_every: int = 1000
-    log_every: int = 50
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = False
-    resume: bool = False
-    overwrite: bool = False
+    data: str = option(help="Prepared dataset (its train split is used).", path=True, argument=True)
+    out: str = _out("Model folder to write (continued if it holds the same run).")
+    kind: str = option("mask-diffusion", cli=False)  # mask-diffusion | image-diffusion
+    steps: int = option(20000, "Optimisation steps in total (a rerun with more steps continues).", identity=False)
+    minutes: float = option(0.0, "Wall-clock budget in minutes over all runs into OUT (0: none); training stops at "
+                                 "--steps or the budget, and a rerun with a larger budget continues.", identity=False)
+    batch_size: int = option(16, "Pairs per step.")
+    lr: float = option(2e-4, "AdamW learning rate.")
+    image_size: int = option(0, "Train at this side length (0: the dataset's; smaller downsamples).")
+    timesteps: int = option(1000, "Diffusion timesteps T.")
+    schedule: str = option("", "Noise schedule: linear or cosine.")  # "": the command's default
+    model_size: str = option("small", "UNet preset: tiny (CPU minutes) | small | base (the papers' 256-px size).")
+    ema_decay: float = option(0.999, "EMA decay; the EMA weights are the saved model.")
+    # image diffusion: probability of dropping the mask for classifier-free guidance (Ho & Salimans 2022)
+    cond_drop: float = option(0.0, "Probability of dropping the mask for classifier-free guidance (0: DASP Eq. 8; "
+                                   "0.1 to sample with --guidance > 1).")
+    save_every: int = option(1000, "Checkpoint every N steps.", identity=False)
+    log_every: int = option(50, "Log (metrics.jsonl, one host sync) every N steps.", identity=False)
+    seed: int = option(0, SEED)
+    device: str = _device()
+    compile: bool = option(False, "torch.compile the network.", identity=False, flag=True)
+    resume: bool = option(False, RESUME, identity=False)
+    overwrite: bool = _overwrite()
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    out: str
-    mask_model: str = ""
-    image_model: str = ""
-    n: int = 100
-    masks_from: str = ""  # render images for the real train masks of this dataset instead
-    sampler: str = "ddim"  # ddpm | ddim | dpm-solver; ddim 50 keeps DDPM-1000's consistency (benchmarks/sampling.py)
-    sample_steps: int = 50
-    mask_sample_steps: int = 100
-    guidance: float = 1.0
-    batch_size: int = 16
-    seed: int = 0
-    shard: str = "0/1"
-    device: str = "auto"
-    report: bool = False
-    segmenter: str = ""  # for --report: mask-image consistency and feature distance
-    compile: bool = False  # torch.compile both UNets (a pair's result stays the same up to float noise)
-    overwrite: bool = False
+    out: str = _out("Generated dataset folder to write (continued if it holds the same run).")
+    mask_model: str = option("", "Mask-diffusion model folder.")
+    image_model: str = option("", "Image-diffusion model folder.")
+    n: int = option(100, "Number of pairs (a rerun with a larger N adds pairs). Under torchrun write -n: torchrun's "
+                         "parser takes --n for an abbreviation of its own options.", identity=False, names=("--n", "-n"))
+    masks_from: str = option("", "Render images for the real train masks of this dataset instead of sampling masks.")
+    # ddim 50 keeps DDPM-1000's consistency (benchmarks/sampling.py)
+    sampler: str = option("ddim", "ddpm | ddim | dpm-solver.")
+    sample_steps: int = option(50, "Image sampler steps.")
+    mask_sample_steps: int = option(100, "Bernoulli reverse steps (strided from T).")
+    guidance: float = option(1.0, "Classifier-free guidance scale (1: none).")
+    batch_size: int = option(16, "Pairs per batch (does not change results).", identity=False)
+    seed: int = option(0, "Seed; pair i depends only on (seed, i).")
+    shard: str = option("0/1", "Do only shard i of n (e.g. 0/4).", identity=False)
+    device: str = _device()
+    report: bool = option(False, "Also compute the quality report (needs --segmenter).", identity=False, flag=True)
+    segmenter: str = option("", "Segmenter for the quality report.", identity=False)
+    # a pair's result stays the same up to float noise
+    compile: bool = option(False, "torch.compile both UNets (pays off on long runs).", identity=False, flag=True)
+    overwrite: bool = _overwrite()
 
 
 @dataclass(frozen=True)
 class AttackConfig:
-    data: str
-    segmenter: str
-    out: str
-    method: str = "fgsm"  # fgsm | inverse-fgsm | pgd | diff-pgd | asma
-    eps: float = -1.0  # 0-255 units; -1: the method's default (fgsm 8, pgd/diff-pgd steps*step_size)
-    step_size: float = 1.0  # 0-255 units
-    steps: int = 10
-    random_start: bool = False
-    attack_loss: str = "bce"  # bce | dice
-    weighted: bool = False
-    sigma2: float = 4.0
-    weight_mode: str = "loss"  # loss | step
-    image_model: str = ""  # diff-pgd purifier
-    sdedit_steps: int = 3
-    grid_steps: int = 50
-    grad: str = "bpda"  # bpda | full
-    target: str = "random-other"  # random-other | shift | file
-    target_file: str = ""
-    max_iter: int = 2500
-    beta: str = "1e-6"  # asma: one beta, a comma list, or "search" = 1e-6,5e-6,1e-5 (Ozbulak et al.)
-    tau: float = 1e-7
-    split: str = "all"
-    batch_size: int = 16
-    seed: int = 0
-    shard: str = "0/1"
-    device: str = "auto"
-    overwrite: bool = False
+    data: str = option(help="Dataset to attack (any: real, generated).", path=True, argument=True)
+    segmenter: str = option(help="Segmenter model folder (the attacked network).")
+    out: str = _out("Attacked dataset folder to write.")
+    method: str = option("fgsm", "fgsm | inverse-fgsm | pgd | diff-pgd | asma.")
+    eps: float = option(-1.0, "L∞ budget in 0-255 units (-1: fgsm 8, pgd/diff-pgd steps × step size).")
+    step_size: float = option(1.0, "PGD step γ in 0-255 units.")
+    steps: int = option(10, "PGD / Diff-PGD iterations K.")
+    random_start: bool = option(False, "PGD: start from a random point of the ball.", flag=True)
+    attack_loss: str = option("bce", "bce | dice.")
+    weighted: bool = option(False, "DASP per-pixel uncertainty weighting (Eq. 10).", flag=True)
+    sigma2: float = option(4.0, "σ² of the uncertainty weights W = exp(-z²/2σ²).")
+    weight_mode: str = option("loss", "loss: weight the loss (the paper's Eq. 10); step: scale each pixel's step.")
+    image_model: str = option("", "Image-diffusion model (diff-pgd purifier).")
+    sdedit_steps: int = option(3, "SDEdit start T^s on the DDIM grid: T^s + 1 denoiser calls (3 of 50: t = 60, 40, "
+                                  "20, 0).")
+    grid_steps: int = option(50, "DDIM grid size for SDEdit.")
+    grad: str = option("bpda", "diff-pgd gradient: bpda (fast) | full (through the denoiser).")
+    target: str = option("random-other", "asma target: random-other | shift | file.")
+    target_file: str = option("", "asma: target mask file for --target file.")
+    max_iter: int = option(2500, "asma: iteration cap per image.")
+    beta: str = option("1e-6", "asma: β of the step multiplier β·IoU + τ; a comma list or 'search' (1e-6,5e-6,1e-5) "
+                               "keeps per image the β of highest target IoU.")
+    tau: float = option(1e-7, "asma: τ of the step multiplier.")
+    split: str = option("all", "all | train | val | test.")
+    batch_size: int = option(16, "Images per batch.", identity=False)
+    seed: int = option(0, SEED)
+    shard: str = option("0/1", "Do only shard i of n (e.g. 0/4).", identity=False)
+    device: str = _device()
+    overwrite: bool = _overwrite()
+
+
+DEMO_RECIPE = RECIPES / "demo.toml"
+_DEMO = tomllib.loads(DEMO_RECIPE.read_text())["vars"]  # the recipe's [vars]: the demo options' defaults
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The whole DASP chain on synthetic polyps, sized for a 2-core CPU in a few minutes."""
+    """The whole DASP chain on synthetic polyps (``augforge/recipes/demo.toml``, whose [vars] these are)."""
 
-    out: str = "augforge-demo"
-    n: int = 120  # synthetic pairs (80/10/10 split)
-    size: int = 32
-    seg_epochs: int = 4
-    diffusion_steps: int = 500
-    generated: int = 48
-    attack_steps: int = 3
-    seed: int = 0
-    device: str = "auto"
-    overwrite: bool = False
-
+    out: str = option(_DEMO["out"], "Folder for the whole run.", path=True, names=("--out",))
+    n: int = option(_DEMO["n"], "Synthetic pairs.")
+    size: int = option(_DEMO["size"], "Image side length.")
+    seg_epochs: int = option(_DEMO["seg_epochs"], "Epochs of each segmenter.")
+    diffusion_steps: int = option(_DEMO["diffusion_steps"], "Steps of each diffusion model.")
+    generated: int = option(_DEMO["generated"], "Generated pairs.")
+    attack_steps: int = option(_DEMO["attack_steps"], "Diff-PGD iterations.")
+    seed: int = option(_DEMO["seed"], SEED)
+    device: str = option(_DEMO["device"], DEVICE)
+    overwrite: bool = option(False, "Start the run over.")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     """``augforge pipeline CONFIG.toml``: run the stages a TOML file lists, skipping up-to-date ones."""
 
-    config: str
-    only: str = ""  # comma-separated stage names
-    start: str = ""  # --from: first stage of a range
-    stop: str = ""  # --to: last stage of a range
-    variables: tuple[str, ...] = ()  # --set KEY=VALUE, overriding [vars]
-    force: bool = False  # rerun the selected stages even when up to date
-    dry_run: bool = False
+    config: str = option(help="TOML file: [vars], [pipeline], [defaults] and the [[stage]] list.", path=True,
+                         argument=True)
+    only: str = option("", "Run only these stages (comma-separated names).", names=("--only",))
+    start: str = option("", "First stage of a range (default: the first).", names=("--from",))
+    stop: str = option("", "Last stage of a range (default: the last).", names=("--to",))
+    variables: tuple[str, ...] = option((), "Override a [vars] entry: KEY=VALUE (repeatable).", names=("--set",))
+    force: bool = option(False, "Rerun the selected stages even when they are up to date.", flag=True)
+    dry_run: bool = option(False, "Say what would run and why, run nothing.", flag=True)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    run_dirs: tuple[str, ...] = option(help="Run folders to scan; report.md goes into the first.", path=True,
+                                       argument=True)

@@ -81,16 +81,6 @@ def slug(name: str) -> str:
     return re.sub("-+", "-", "".join(c if c.isalnum() else "-" for c in name.lower())).strip("-")
 
 
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))  # a TOML basic string is a JSON string
-
-
 def selected_rows(a: argparse.Namespace) -> list[str]:
     rows = [r.strip() for r in a.rows.split(",")] if a.rows else ALL_ROWS
     unknown = [r for r in rows if r not in ALL_ROWS]
@@ -182,13 +172,9 @@ def protocol_stages(a: argparse.Namespace) -> list[dict]:
 
 
 def write_toml(stages: list[dict], path: Path) -> None:
-    lines = ["# written by benchmarks/kvasir_protocol.py", ""]
-    for st in stages:
-        lines.append("[[stage]]")
-        lines += [f"{k.replace('_', '-')} = {toml_value(v)}" for k, v in st.items()]
-        lines.append("")
+    """The protocol as a pipeline file (options checked against the command registry)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    path.write_text(pipeline.dump_stages(stages, header="written by benchmarks/kvasir_protocol.py"))
 
 
 def hardware(device: str) -> str:

@@ -12,7 +12,6 @@ the PNGs are written by the writer's background thread.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -20,23 +19,38 @@ import numpy as np
 import torch
 
 from augforge.attacks import ATTACKS, BETA_SEARCH, asma_beta_search, uncertainty_weights
-from augforge.configs import AttackConfig
-from augforge.data.dataset import (MANIFEST, DatasetWriter, encode_png, load_pairs, read_dataset, read_manifest,
-                                   read_mask, run_record)
-from augforge.errors import AugforgeError
+from augforge.configs import AttackConfig, identity
+from augforge.data.dataset import (
+    MANIFEST,
+    DatasetWriter,
+    encode_png,
+    load_pairs,
+    read_dataset,
+    read_manifest,
+    read_mask,
+    run_record,
+)
 from augforge.diffusion.process import build_diffusion
+from augforge.errors import AugforgeError
 from augforge.models.folder import load_network
 from augforge.models.inference import inference_net
 from augforge.progress import progress_bar
 from augforge.ranges import intensity_to_unit, to_uint8_images
 from augforge.rng import PairStreams
-from augforge.runtime import (atomic_write_bytes, barrier, generator_for, init_distributed, rank_zero_first,
-                              resolve_device, seed_everything, work_shard)
+from augforge.runtime import (
+    atomic_write_bytes,
+    barrier,
+    generator_for,
+    init_distributed,
+    rank_zero_first,
+    resolve_device,
+    seed_everything,
+    work_shard,
+)
 from augforge.seg.metrics import per_image_scores
 from augforge.visual import contact_sheet, gray_to_rgb, heatmap
 
 WEIGHTABLE = ("fgsm", "inverse-fgsm", "pgd", "diff-pgd")
-NOT_IDENTITY = ("out", "batch_size", "shard", "device", "overwrite")
 RANDOM_START_STREAM, ASMA_TARGET_STREAM, SDEDIT_STREAM = 13, 7, 11  # keys of the per-pair generators
 
 
@@ -126,7 +140,7 @@ def run(cfg: AttackConfig) -> dict:
         purifier = (inference_net(image_net, device), build_diffusion("image-diffusion", image_cfg["process"]))
 
     # 2. output
-    options = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
+    options = identity(cfg)
     options["eps"] = eps255
     made_by = run_record("attack", options)
     writer = rank_zero_first(lambda: DatasetWriter(Path(cfg.out), made_by, ds.image_size,

@@ -37,39 +37,25 @@ import re
 import time
 import tomllib
 import uuid
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
 from importlib import import_module
 from pathlib import Path
 
-from augforge.configs import (DEFAULT_SCHEDULE, TORCHRUN_STAGES, AttackConfig, EvaluateConfig, PipelineConfig,
-                              PrepareConfig, SampleConfig, SynthesizeConfig, TrainDiffusionConfig, TrainSegConfig)
+from augforge.commands import COMMANDS, required, stage_commands
+from augforge.configs import PipelineConfig
 from augforge.errors import AugforgeError
 from augforge.progress import log
-from augforge.runtime import DistInfo, atomic_write_json, barrier, dist_info, init_distributed, read_json, resolve_device
+from augforge.runtime import (
+    DistInfo,
+    atomic_write_json,
+    barrier,
+    dist_info,
+    init_distributed,
+    read_json,
+    resolve_device,
+)
 
-
-@dataclass(frozen=True)
-class Command:
-    config: type
-    module: str  # augforge.stages.<module>
-    func: str = "run"
-    fixed: dict = field(default_factory=dict)  # values the CLI command sets itself
-    defaults: dict = field(default_factory=dict)  # the CLI command's own defaults, where they differ from cfg's
-
-
-COMMANDS = {
-    "prepare": Command(PrepareConfig, "prepare"),
-    "synthesize": Command(SynthesizeConfig, "prepare", "run_synthesize"),
-    "train-mask-diffusion": Command(TrainDiffusionConfig, "train_diffusion", fixed={"kind": "mask-diffusion", "cond_drop": 0.0},
-                                    defaults={"schedule": DEFAULT_SCHEDULE["mask-diffusion"]}),
-    "train-image-diffusion": Command(TrainDiffusionConfig, "train_diffusion", fixed={"kind": "image-diffusion"},
-                                     defaults={"schedule": DEFAULT_SCHEDULE["image-diffusion"]}),
-    "sample": Command(SampleConfig, "sample"),
-    "attack": Command(AttackConfig, "attack"),
-    "train-seg": Command(TrainSegConfig, "train_seg"),
-    "evaluate": Command(EvaluateConfig, "evaluate"),
-}
 NOT_COMPARED = ("overwrite", "resume")  # options the pipeline sets itself
 RANK0_STAGE_TIMEOUT = timedelta(hours=2)  # the others wait that long in a barrier (nccl's default is 10 min)
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
@@ -88,7 +74,7 @@ class Stage:
     @property
     def distributed(self) -> bool:
         """Runs on every torchrun rank (the others run on rank 0 while the rest wait)."""
-        return COMMANDS[self.command].module in TORCHRUN_STAGES
+        return COMMANDS[self.command].torchrun
 
     def options(self) -> dict:
         """The options as the state file stores them (JSON: tuples become lists)."""
@@ -143,9 +129,10 @@ def _build(index: int, table: dict, defaults: dict, variables: dict) -> Stage:
     where = f"stage {index + 1}"
     table = dict(table)
     command = table.pop("command", None)
-    if command not in COMMANDS:
-        raise AugforgeError(f"{where}: command must be one of {', '.join(COMMANDS)}, got {command!r}")
-    spec = COMMANDS[command]
+    commands = stage_commands()
+    if command not in commands:
+        raise AugforgeError(f"{where}: command must be one of {', '.join(commands)}, got {command!r}")
+    spec = commands[command]
     name = str(table.pop("name", command))
     where = f"stage {name!r} ({command})"
     types = {f.name: f.type for f in fields(spec.config)}
@@ -158,13 +145,12 @@ def _build(index: int, table: dict, defaults: dict, variables: dict) -> Stage:
         values[key_] = value
     values = {k: _coerce(types[k], _substitute(v, variables, where), f"{where}, {k.replace('_', '-')}")
               for k, v in values.items()}
-    missing = [f.name for f in fields(spec.config) if f.name not in values and f.name not in spec.fixed
-               and f.default is MISSING]
+    missing = [name for name in required(spec) if name not in values]
     if missing:
         raise AugforgeError(f"{where}: missing {', '.join(m.replace('_', '-') for m in missing)}")
     if not values.get("out"):
         raise AugforgeError(f"{where}: needs out = ... in a pipeline, so that a rerun can skip it")
-    return Stage(name, command, spec.config(**values, **spec.fixed))
+    return Stage(name, command, spec.build(values))
 
 
 def load_pipeline(path: str, overrides: tuple[str, ...] = ()) -> tuple[list[Stage], dict]:
@@ -200,6 +186,34 @@ def load_pipeline(path: str, overrides: tuple[str, ...] = ()) -> tuple[list[Stag
     if unknown:
         raise AugforgeError(f"{path}: [pipeline] takes state and report, not {', '.join(sorted(unknown))}")
     return stages, settings
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a TOML basic string is a JSON string
+
+
+def dump_stages(stages: list[dict], header: str = "") -> str:
+    """A pipeline file of ``[[stage]]`` tables ({name, command, option: value, ...} each, options by
+    their config field names), refused unless each names a stage command of the registry and only its
+    options; the inverse of :func:`load_pipeline` for recipes written by programs."""
+    commands = stage_commands()
+    lines = [f"# {line}" for line in header.splitlines()] + ([""] if header else [])
+    for st in stages:
+        spec = commands.get(st.get("command"))
+        if spec is None:
+            raise AugforgeError(f"stage {st.get('name')!r}: command must be one of {', '.join(commands)}")
+        known = {f.name for f in spec.options()} - set(NOT_COMPARED)
+        unknown = sorted(set(st) - known - {"name", "command"})
+        if unknown:
+            raise AugforgeError(f"stage {st.get('name')!r}: {st['command']} has no option {', '.join(unknown)}")
+        lines += ["[[stage]]", *(f"{k.replace('_', '-')} = {_toml_value(v)}" for k, v in st.items()), ""]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- deciding what runs
@@ -256,12 +270,11 @@ def up_to_date(stages: list[Stage], i: int, records: dict) -> tuple[bool, str]:
 
 
 def continues_its_run(stages: list[Stage], i: int, records: dict) -> bool:
-    """Only options outside the command's run identity changed (its ``NOT_IDENTITY``: a trainer's
-    ``steps`` and logging, ``sample``'s ``n`` and batch size, the device) and its inputs did not run
-    again: the command continues its own run (trains on, adds pairs) instead of starting afresh."""
+    """Only options outside the command's run identity changed (fields marked ``identity=False``: a
+    trainer's ``steps`` and logging, ``sample``'s ``n`` and batch size, the device) and its inputs did
+    not run again: the command continues its own run (trains on, adds pairs) instead of starting afresh."""
     stage, record = stages[i], records[stages[i].name]
-    module = import_module(f"augforge.stages.{COMMANDS[stage.command].module}")
-    ignored = {*getattr(module, "NOT_IDENTITY", ("out", "overwrite")), *NOT_COMPARED}
+    ignored = {f.name for f in fields(stage.cfg) if not f.metadata.get("identity", True)} | set(NOT_COMPARED)
     identity = lambda options: {k: v for k, v in options.items() if k not in ignored}  # noqa: E731
     return identity(record["options"]) == identity(stage.options()) and not rerun_upstream(stages, i, records)
 
@@ -323,12 +336,11 @@ def run(cfg: PipelineConfig) -> dict:
         say(f"[bold]pipeline[/]: {stage.name} ({stage.command}): running ({why})")
         # 2. the same function the command calls: on every rank, or on rank 0 while the others wait
         t0 = time.perf_counter()
-        spec = COMMANDS[stage.command]
         if world.is_main or stage.distributed:
             try:
                 stage_cfg = replace(stage.cfg, overwrite=True) if overwrite and hasattr(stage.cfg, "overwrite") \
                     else stage.cfg
-                getattr(import_module(f"augforge.stages.{spec.module}"), spec.func)(stage_cfg)
+                COMMANDS[stage.command].run(stage_cfg)
             except AugforgeError as e:
                 raise AugforgeError(f"stage {stage.name} ({stage.command}): {e}") from None
         barrier()

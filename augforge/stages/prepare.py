@@ -15,16 +15,15 @@ from __future__ import annotations
 import os
 import shutil
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
 
-from augforge.configs import PrepareConfig, SynthesizeConfig
-from augforge.data.dataset import (DatasetWriter, assign_splits, decode_image, decode_mask, parse_split,
-                                   run_record)
+from augforge.configs import PrepareConfig, SynthesizeConfig, identity
+from augforge.data.dataset import DatasetWriter, assign_splits, decode_image, decode_mask, parse_split, run_record
 from augforge.data.layouts import IMAGE_EXTS, Source, Subset, detect, explicit, open_source  # noqa: F401
 from augforge.errors import AugforgeError
 from augforge.progress import progress_bar
@@ -163,8 +162,7 @@ def run(cfg: PrepareConfig) -> dict:
         subsets = find_subsets(source, cfg)  # every set found and paired before anything is written
         splits = {s.name: ({stem: "test" for stem in s.pairs} if fractions is None
                            else assign_splits(list(s.pairs), fractions, cfg.seed)) for s in subsets}
-        options = {k: v for k, v in asdict(cfg).items()
-                   if k not in ("overwrite", "out") and not (k in NEW_OPTIONS and v == _default(k))}
+        options = {k: v for k, v in identity(cfg).items() if not (k in NEW_OPTIONS and v == _default(k))}
         options["src"] = str(Path(cfg.src).resolve())
         results = {}
         for subset in subsets:
@@ -199,10 +197,7 @@ def run_synthesize(cfg: SynthesizeConfig) -> dict:
     fractions = parse_split(cfg.split)
     ids = [f"syn{i:05d}" for i in range(cfg.n)]
     splits = assign_splits(ids, fractions, cfg.seed)
-    options = asdict(cfg)
-    options.pop("overwrite")
-    options.pop("out")
-    writer = DatasetWriter(Path(cfg.out), run_record("synthesize", options), cfg.size, overwrite=cfg.overwrite)
+    writer = DatasetWriter(Path(cfg.out), run_record("synthesize", identity(cfg)), cfg.size, overwrite=cfg.overwrite)
 
     def make_pair(pair_id: str) -> tuple[np.ndarray, np.ndarray]:
         return synthetic_pair(int(pair_id[3:]), size=cfg.size, seed=cfg.seed)

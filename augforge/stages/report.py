@@ -134,9 +134,11 @@ def cross_dataset_section(cross: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
-def run_report_cli(run_dirs: list[Path]) -> dict:
+def run_report_cli(cfg) -> dict:
+    """``augforge report RUN_DIR...`` (a :class:`~augforge.configs.ReportConfig`)."""
     from augforge.errors import AugforgeError
 
+    run_dirs = [Path(d) for d in cfg.run_dirs]
     for d in run_dirs:
         if not Path(d).is_dir():
             raise AugforgeError(f"{d}: run folder not found")

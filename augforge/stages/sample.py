@@ -9,28 +9,40 @@ pairs that are missing (kill -9 included) and ends with exactly N.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from augforge.configs import SampleConfig
-from augforge.data.dataset import (DatasetWriter, encode_png, load_pairs, read_dataset, read_manifest,
-                                   run_record, MANIFEST)
+from augforge.configs import SampleConfig, identity
+from augforge.data.dataset import (
+    MANIFEST,
+    DatasetWriter,
+    encode_png,
+    load_pairs,
+    read_dataset,
+    read_manifest,
+    run_record,
+)
 from augforge.diffusion.gaussian import SAMPLERS
+from augforge.diffusion.process import build_diffusion
 from augforge.errors import AugforgeError
 from augforge.models.folder import load_network
+from augforge.models.inference import inference_net
 from augforge.progress import progress_bar
 from augforge.ranges import from_model_range, to_uint8_images
-from augforge.models.inference import inference_net
 from augforge.rng import PairStreams
-from augforge.runtime import (atomic_write_bytes, barrier, init_distributed, rank_zero_first, resolve_device,
-                              seed_everything, work_shard)
-from augforge.diffusion.process import build_diffusion
+from augforge.runtime import (
+    atomic_write_bytes,
+    barrier,
+    init_distributed,
+    rank_zero_first,
+    resolve_device,
+    seed_everything,
+    work_shard,
+)
 from augforge.visual import contact_sheet, overlay
 
 MASK_STREAM, IMAGE_STREAM = 0, 1  # the two per-pair random streams
-NOT_IDENTITY = ("out", "n", "batch_size", "shard", "device", "overwrite", "report", "segmenter", "compile")
 
 
 def pair_streams(seed: int, indices: list[int], stream: int, device: torch.device) -> PairStreams:
@@ -118,7 +130,7 @@ def run(cfg: SampleConfig) -> dict:
         mask_net = torch.compile(mask_net) if mask_net is not None else None
 
     # 2. output: same run continues, different run refused
-    options = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
+    options = identity(cfg)
     options["image_model_fingerprint"] = image_cfg["data_fingerprint"] + f"@{image_cfg['steps_done']}"
     if mask_cfg:
         options["mask_model_fingerprint"] = mask_cfg["data_fingerprint"] + f"@{mask_cfg['steps_done']}"

@@ -8,27 +8,32 @@ Image model (DASP §3.2): Gaussian DDPM on the train-split images conditioned on
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from augforge.configs import DEFAULT_SCHEDULE, TrainDiffusionConfig
+from augforge.commands import COMMANDS
+from augforge.configs import TrainDiffusionConfig, identity
 from augforge.data.dataset import PairSet, load_pairset, open_output, read_dataset, run_record
 from augforge.diffusion.process import build_diffusion
 from augforge.diffusion.train import EMA, DiffusionTrainLoop
 from augforge.errors import AugforgeError
-from augforge.models.folder import (CONFIG, append_metrics, load_train_state, make_config, save_model,
-                                    save_train_state)
+from augforge.models.folder import CONFIG, append_metrics, load_train_state, make_config, save_model, save_train_state
 from augforge.models.unet import MODEL_SIZES, build_denoiser
 from augforge.progress import log, progress_bar
-from augforge.runtime import atomic_write_json, barrier, generator_for, init_distributed, resolve_device, seed_everything
+from augforge.runtime import (
+    atomic_write_json,
+    barrier,
+    generator_for,
+    init_distributed,
+    resolve_device,
+    seed_everything,
+)
 
 KINDS = ("mask-diffusion", "image-diffusion")
 CHANNELS = {"mask-diffusion": (1, 1), "image-diffusion": (4, 3)}
-# options that do not change what is learned: a rerun that differs only in these continues the same run
-NOT_IDENTITY = ("out", "overwrite", "resume", "device", "compile", "steps", "minutes", "save_every", "log_every")
 
 
 def resize_pairs(pairs: PairSet, size: int) -> PairSet:
@@ -60,8 +65,8 @@ def _check(cfg: TrainDiffusionConfig) -> None:
 
 def run(cfg: TrainDiffusionConfig) -> dict:
     _check(cfg)
-    cfg = replace(cfg, schedule=cfg.schedule or DEFAULT_SCHEDULE[cfg.kind],
-                  cond_drop=cfg.cond_drop if cfg.kind == "image-diffusion" else 0.0)  # masks are unconditional
+    command = COMMANDS[f"train-{cfg.kind}"]  # its defaults ("": the schedule) and fixed values (masks: no cond_drop)
+    cfg = replace(cfg, schedule=cfg.schedule or command.defaults["schedule"], **command.fixed)
     device = resolve_device(cfg.device)
     world = init_distributed(device)
     if cfg.batch_size % world.world_size:
@@ -78,7 +83,7 @@ def run(cfg: TrainDiffusionConfig) -> dict:
 
     # 2. output folder: refuse a different run, continue the same one
     out = Path(cfg.out)
-    options = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
+    options = identity(cfg)  # a rerun that differs only in the others continues
     options["data"] = str(Path(cfg.data).resolve())
     made_by = run_record(f"train-{cfg.kind}", options)
     resumed = open_output(out, made_by, overwrite=cfg.overwrite, marker=CONFIG) if world.is_main else True

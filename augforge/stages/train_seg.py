@@ -12,30 +12,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from augforge.configs import TrainSegConfig
+from augforge.configs import TrainSegConfig, identity
 from augforge.data.dataset import load_pairset, open_output, read_dataset, run_record
 from augforge.errors import AugforgeError
-from augforge.models.folder import (CONFIG, METRICS, STATE, append_metrics, load_train_state, make_config, read_metrics,
-                                    save_model, save_train_state)
+from augforge.models.folder import (
+    CONFIG,
+    METRICS,
+    STATE,
+    append_metrics,
+    load_train_state,
+    make_config,
+    read_metrics,
+    save_model,
+    save_train_state,
+)
 from augforge.progress import log, progress_bar
 from augforge.runtime import atomic_write_bytes, barrier, generator_for, init_distributed, read_json, resolve_device
 
 SCHEDULES = ("constant", "cosine")
 
 
-NOT_IDENTITY = ("out", "resume", "overwrite", "device", "compile", "minutes")
-
-
 def _options(cfg: TrainSegConfig) -> dict:
     """The options that define the run (made_by): data paths resolved; output and runtime switches left out."""
-    options = asdict(cfg)
-    for key in NOT_IDENTITY:
-        options.pop(key)
+    options = identity(cfg)
     options["data"] = str(Path(cfg.data).resolve())
     options["extra"] = [str(Path(p).resolve()) for p in cfg.extra]
     return options
