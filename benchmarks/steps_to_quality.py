@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from augforge.data.dataset import PairSet, load_pairset, read_dataset
 from augforge.diffusion.bernoulli import BernoulliDiffusion
@@ -70,6 +69,7 @@ def load_data(a) -> tuple[PairSet, PairSet]:
 
 
 def train_judge(train: PairSet, held: PairSet, a, device) -> torch.nn.Module:
+    torch.manual_seed(0)
     model = build_segmenter(segmenter_config("unet", "resnet18")).to(device)
     loop = TrainLoop(model, torch.optim.Adam(model.parameters(), lr=1e-3), None, train.to(device), held.to(device),
                      epochs=a.judge_epochs, batch_size=16, device=device,
