@@ -7,8 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augforge.attacks import (ATTACKS, BETA_SEARCH, asma, asma_beta_search, diff_pgd, pgd, adversarial_loss,
-                              uncertainty_weights)
+from augforge.attacks import (
+    ATTACKS,
+    BETA_SEARCH,
+    adversarial_loss,
+    asma,
+    asma_beta_search,
+    diff_pgd,
+    pgd,
+    uncertainty_weights,
+)
 
 SIZE = 24
 EPS = 0.15

@@ -20,8 +20,8 @@ import torch
 from augforge.diffusion.gaussian import GaussianDiffusion
 from augforge.models.inference import inference_net, net_dtype
 from augforge.models.unet import build_denoiser
-from augforge.rng import PairStreams
 from augforge.ranges import to_uint8_images
+from augforge.rng import PairStreams
 from augforge.stages.sample import render_images, sample_masks
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -45,9 +45,9 @@ def _masks(device, n: int):
 def _trained_image_net(device, steps: int = 400):
     """The tiny image UNet trained briefly on synthetic polyps (a random network's ε is arbitrary, and DDIM
     amplifies its rounding at large t: the comparison means something only for a network that denoises)."""
+    from augforge.data.dataset import PairSet
     from augforge.data.synthetic import synthetic_pairs
     from augforge.diffusion.train import EMA, DiffusionTrainLoop
-    from augforge.data.dataset import PairSet
 
     images, masks = synthetic_pairs(64, size=SIZE, seed=0)
     images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)

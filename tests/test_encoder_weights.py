@@ -11,7 +11,13 @@ import json
 import pytest
 import torch
 
-from augforge.models.segmenter import IMAGENET_MEAN, IMAGENET_STD, build_segmenter, ensure_encoder_weights, segmenter_config
+from augforge.models.segmenter import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_segmenter,
+    ensure_encoder_weights,
+    segmenter_config,
+)
 
 
 @pytest.fixture

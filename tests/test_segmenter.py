@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from augforge.models.segmenter import SEGMENTER_ARCHS, IMAGENET_MEAN, IMAGENET_STD, build_segmenter, segmenter_config
+from augforge.models.segmenter import IMAGENET_MEAN, IMAGENET_STD, SEGMENTER_ARCHS, build_segmenter, segmenter_config
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The SPEC dataset artifact: read, validate, write, append atomically, combine, load into memory.
+"""The dataset folder (docs/artifacts.md): read, validate, write, append atomically, combine, load into memory.
 
 A dataset is a folder::
 
@@ -14,11 +14,11 @@ lists the pairs already written, so a rerun after a crash (kill -9 included) wri
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import shutil
-import ctypes
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -354,7 +354,7 @@ except OSError:  # no C library to load (not a POSIX system): per-file fsync
 
 
 class DatasetWriter:
-    """Writes a SPEC dataset pair by pair or batch by batch; resumable, safe under kill -9 and under shards.
+    """Writes a dataset folder pair by pair or batch by batch; resumable, safe under kill -9 and under shards.
 
     Each pair's PNGs are written to temporary names and renamed, then its manifest line is
     appended with an O_APPEND write, so a reader never sees a row whose files are missing.
