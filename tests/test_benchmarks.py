@@ -10,6 +10,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from augforge.configs import SampleConfig, SynthesizeConfig
 from augforge.stages.prepare import run_synthesize
 
@@ -51,6 +53,7 @@ def test_hot_paths_prints_every_ratio():
                         rel_tol=1e-9)
 
 
+@pytest.mark.slow  # 70 stages
 def test_kvasir_protocol_fills_every_row_of_the_table(tmp_path):
     src = tmp_path / "src"
     run_synthesize(SynthesizeConfig(str(src), n=40, size=32, seed=0))
@@ -88,6 +91,7 @@ def test_kvasir_protocol_attacks_per_seed(tmp_path):
         assert dasp["extra"] == [str(tmp_path / "run" / "extra" / f"diff-pgd-w-unet-s{seed}")]  # its own set only
 
 
+@pytest.mark.slow  # 32 stages
 def test_express_preset_runs_end_to_end_at_toy_size(tmp_path):
     """The one-GPU evidence recipe at CPU toy size: its six rows, two seeds, budgets, summary files."""
     src = tmp_path / "src"

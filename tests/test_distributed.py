@@ -16,6 +16,8 @@ from tests.test_attack_stage import _attacked_pixels, folders  # noqa: F401  (th
 from tests.test_pipeline import CHAIN
 from tests.test_sample import _args, _pixels, models  # noqa: F401  (the models fixture)
 
+pytestmark = pytest.mark.slow  # several torchrun launches of two processes
+
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
 
