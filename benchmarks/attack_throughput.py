@@ -1,4 +1,4 @@
-"""Attack throughput, measured side by side in one run (issue 6).
+"""Attack throughput, measured side by side in one run (docs/benchmarks.md).
 
 1. PGD (augforge.attacks.pgd) versus a straightforward reference PGD loop (loss.backward() on an input
    leaf, x.grad.sign(), clamp) on the same segmenter and batch: images/s and the ratio.

@@ -1,4 +1,4 @@
-"""Every hot path, measured against a plain reference of the same computation in the same run (issue 8).
+"""Every hot path, measured against a plain reference of the same computation in the same run (docs/benchmarks.md).
 
 For each path: augforge's rate, the rate of a plain reference doing the same work on the same
 networks and batch, and their ratio (ours / reference; 1.0 = no overhead). Ours and the reference
@@ -23,7 +23,7 @@ row records the parameter dtype of the networks each side ran (``ours_dtype``, `
    (``benchmarks/seg_train_overhead.py``).
 6. the UNet forward's FLOPs (``torch.utils.flop_counter``) and achieved TFLOP/s; on CUDA (or with
    ``--peak-tflops``) the fraction of the device's dense bf16 matmul peak; and the time 1600 pairs
-   would take with the default sampler (the issue's goal: under 2 minutes at 256 px on an H100).
+   would take with the default sampler (the goal: under 2 minutes at 256 px on an H100; docs/benchmarks.md).
 
 7. the FLOP budget of 1600 pairs with the default sampler (mask + image forwards) and the least
    time it needs at the device's bf16 peak (an H100's when the device's is unknown): how close

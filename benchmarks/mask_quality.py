@@ -1,4 +1,4 @@
-"""Quality of generated masks against the real training masks (issue 4), with a noise baseline.
+"""Quality of generated masks against the real training masks, with a noise baseline (docs/benchmarks.md).
 
     python benchmarks/mask_quality.py --mask-model M --data DATA --n 200 [--sample-steps 100]
 

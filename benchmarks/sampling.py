@@ -1,4 +1,4 @@
-"""Sampling throughput and quality per sampler, measured side by side in one run (issue 5 / 8).
+"""Sampling throughput and quality per sampler, measured side by side in one run (docs/benchmarks.md).
 
 For the same trained mask + image models and the same masks, renders N images with 1000-step
 DDPM (the reference) and with the fast samplers, and prints pairs/s, the speed-up over DDPM, and

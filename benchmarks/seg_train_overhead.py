@@ -1,11 +1,11 @@
-"""Overhead of the segmentation TrainLoop over a bare forward/backward loop, side by side (issue 3).
+"""Overhead of the segmentation TrainLoop over a bare forward/backward loop, side by side (docs/benchmarks.md).
 
 Both train copies of the same freshly initialised network with Adam on the DASP loss over the
 same device-resident uint8 pairs and the same seeded batch order (full batches). The bare loop
 is the minimum: index, convert to [0, 1], forward (autocast), loss, backward, step, loss summed on
 the device and read once per epoch. Epochs alternate (loop, bare, loop, bare, ...) after one
-warm-up epoch each, and the median images/s of each is printed with their ratio (the issue asks
-for >= 0.85). The loop's rate is its own ``images_per_s`` log value (training part of the epoch;
+warm-up epoch each, and the median images/s of each is printed with their ratio (the target
+is >= 0.85). The loop's rate is its own ``images_per_s`` log value (training part of the epoch;
 validation is timed apart and printed too).
 
     python benchmarks/seg_train_overhead.py --size 64 --n 64 --epochs 5 --device cpu

@@ -1,4 +1,4 @@
-"""The SPEC model folder: config.json + model.safetensors + train_state.pt + metrics.jsonl.
+"""The model folder (docs/artifacts.md): config.json + model.safetensors + train_state.pt + metrics.jsonl.
 
 A folder describes itself: :func:`load_network` rebuilds the network from config.json alone
 (``config["network"]`` holds the builder's keyword arguments), never from CLI flags.
