@@ -13,17 +13,9 @@ from torch import Tensor, nn
 from augforge.attacks.linf import single_step
 
 
-def fgsm(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    loss: str = "bce",
-    weights: Tensor | None = None,
-    weight_mode: str = "loss",
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, loss: str = "bce",
+         weights: Tensor | None = None, weight_mode: str = "loss",
+         generator: torch.Generator | None = None) -> Tensor:
     """FGSM on a segmenter. Returns x_adv (B, 3, H, W) in [0, 1], within eps of x (L-inf), detached.
 
     x: images (B, 3, H, W) in [0, 1]; y: masks (B, 1, H, W) in {0, 1}; eps in [0, 1] units;

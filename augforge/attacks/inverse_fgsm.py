@@ -13,16 +13,8 @@ from torch import Tensor, nn
 from augforge.attacks.linf import single_step
 
 
-def inverse_fgsm(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    loss: str = "bce",
-    weights: Tensor | None = None,
-    weight_mode: str = "loss",
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def inverse_fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, loss: str = "bce",
+                 weights: Tensor | None = None, weight_mode: str = "loss",
+                 generator: torch.Generator | None = None) -> Tensor:
     """Inverse-FGSM. Same arguments and guarantees as :func:`augforge.attacks.fgsm.fgsm`."""
     return single_step(model, x, y, eps=eps, sign=-1.0, loss=loss, weights=weights, weight_mode=weight_mode)
