@@ -39,8 +39,14 @@ def _config(cls, values: dict):
         rest = f.metadata.get("rest_into")
         if rest and isinstance(values.get(name), (list, tuple)):
             values = {**values, name: values[name][0], rest: list(values[name][1:])}
-    convert = lambda v: str(v) if isinstance(v, Path) else tuple(str(x) for x in v) if isinstance(v, list) else v  # noqa: E731
-    return cls(**{k: convert(v) for k, v in values.items()})
+    return cls(**{k: _plain(v) for k, v in values.items()})
+
+
+def _plain(value):
+    """A click value as the config stores it: paths as strings, lists as tuples of strings."""
+    if isinstance(value, Path):
+        return str(value)
+    return tuple(str(x) for x in value) if isinstance(value, list) else value
 
 
 def _emit(result: dict, as_json: bool) -> None:
