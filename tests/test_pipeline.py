@@ -86,6 +86,24 @@ def test_chain_runs_then_a_rerun_does_nothing_and_an_edit_reruns_what_depends_on
     assert "seg ran again" in json.dumps(dry["_doc"])
 
 
+def test_state_of_an_older_augforge_stays_up_to_date(tmp_path, cli):
+    """A record without an option that augforge added later (at its default), or with one it removed,
+    is up to date: upgrading does not rerun a whole experiment. A real edit still reruns."""
+    toml = _write(tmp_path, CHAIN.format(run=tmp_path / "run"))
+    assert cli("pipeline", toml).exit_code == 0
+    path = tmp_path / "run" / "pipeline-state.json"
+    doc = json.loads(path.read_text())
+    del doc["stages"]["seg"]["options"]["minutes"]  # added later, default 0
+    doc["stages"]["eval"]["options"]["image_model"] = ""  # removed option
+    path.write_text(json.dumps(doc))
+    r = cli("pipeline", toml)
+    assert r.exit_code == 0 and "nothing to do: all 3 selected stages are up to date" in r.output
+    doc["stages"]["seg"]["options"]["lr"] = 0.5  # a different recorded value is a change
+    path.write_text(json.dumps(doc))
+    status = _status(cli("pipeline", toml, "--dry-run", "--json"))
+    assert status["seg"] == "would" and status["synthesize"] == "skipped"
+
+
 def test_a_stage_run_outside_the_pipeline_is_continued_not_overwritten(tmp_path, cli):
     run = tmp_path / "run"
     toml = _write(tmp_path, CHAIN.format(run=run))

@@ -37,7 +37,7 @@ import re
 import time
 import tomllib
 import uuid
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
 from importlib import import_module
 from pathlib import Path
@@ -255,11 +255,23 @@ def rerun_upstream(stages: list[Stage], i: int, records: dict) -> list[str]:
             if record["upstream"].get(name) != records.get(name, {}).get("run_id")]
 
 
+def recorded_options(stage: Stage, record: dict) -> dict:
+    """The options a state-file record holds, read as today's config: an option that a newer augforge
+    added counts with its default (the stage ran as if it had been given it), an option that was
+    removed is dropped; so upgrading augforge does not rerun stages whose settings did not change."""
+    known = {f.name: f for f in fields(stage.cfg) if f.name not in NOT_COMPARED}
+    options = {k: v for k, v in record["options"].items() if k in known}
+    for name, f in known.items():
+        if name not in options and f.default is not MISSING:
+            options[name] = json.loads(json.dumps(f.default))
+    return options
+
+
 def up_to_date(stages: list[Stage], i: int, records: dict) -> tuple[bool, str]:
     stage, record = stages[i], records.get(stages[i].name)
     if record is None:
         return False, "not run yet"
-    if record["options"] != stage.options():
+    if recorded_options(stage, record) != stage.options():
         return False, "options changed"
     if not Path(stage.out).exists():
         return False, "output missing"
@@ -276,7 +288,8 @@ def continues_its_run(stages: list[Stage], i: int, records: dict) -> bool:
     stage, record = stages[i], records[stages[i].name]
     ignored = {f.name for f in fields(stage.cfg) if not f.metadata.get("identity", True)} | set(NOT_COMPARED)
     identity = lambda options: {k: v for k, v in options.items() if k not in ignored}  # noqa: E731
-    return identity(record["options"]) == identity(stage.options()) and not rerun_upstream(stages, i, records)
+    return identity(recorded_options(stage, record)) == identity(stage.options()) and \
+        not rerun_upstream(stages, i, records)
 
 
 def default_state_path(stages: list[Stage]) -> Path:
