@@ -19,6 +19,10 @@ def test_demo_runs_every_stage_and_writes_a_report(tmp_path, cli):
     rows = result["tables"]["real-only vs augmented"]
     assert [row["segmenter"] for row in rows] == ["seg-real", "seg-augmented"]
     assert all(0.0 <= row["mDice"] <= 1.0 for row in rows)
+    assert 0.0 <= result["consistency_mDice"]["generated"] <= 1.0
+    effect = result["augmentation"]
+    assert effect["ci95"][0] <= effect["delta_mDice"] <= effect["ci95"][1] and effect["test_images"] == 4
+    assert effect["verdict"].startswith("augmentation ")
     report = (out / "report.md").read_text()
     assert "Training curves" in report and "Contact sheets" in report and "seg-augmented" in report
     for png in (out / "report_assets").glob("*.png"):
