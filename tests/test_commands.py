@@ -101,7 +101,7 @@ def test_the_demo_is_the_shipped_recipe_with_its_options_as_vars():
     assert {f.name: f.default for f in fields(DemoConfig) if f.name != "overwrite"} == recipe["vars"]
     stages, settings = load_pipeline(str(DEMO_RECIPE), ("out=/tmp/demo", "n=40"))
     assert [s.command for s in stages] == ["synthesize", "train-seg", "train-mask-diffusion", "train-image-diffusion",
-                                           "sample", "attack", "train-seg", "evaluate", "evaluate"]
+                                           "sample", "attack", "train-seg", "evaluate", "evaluate", "evaluate"]
     assert stages[0].cfg.n == 40 and settings["report"] == "/tmp/demo"
     assert all(upstream(stages, i) for i in range(1, len(stages)))
     attack = next(s.cfg for s in stages if s.command == "attack")
