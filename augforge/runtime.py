@@ -55,15 +55,18 @@ def generator_for(seed: int, *keys: int, device: torch.device | str = "cpu") -> 
 
 # --------------------------------------------------------------------------- files
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename over ``path``."""
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> Path:
+    """Write to a temporary name in the same folder, fsync (unless the caller syncs a whole batch
+    itself, ``fsync=False``), then rename over ``path``; returns ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    return path
 
 
 def atomic_write_json(path: Path, obj) -> None:

@@ -116,12 +116,14 @@ def protocol_stages(a: argparse.Namespace) -> list[dict]:
         for seed in seeds:
             stages.append(seg_stage("Basic", arch, seed, aug="basic"))
     # 2. generators and generated pairs, when a row needs them
-    if needs & {"generated", "given", *ATTACKED_GENERATED}:
+    new_masks = bool(needs & {"generated", *ATTACKED_GENERATED})
+    if new_masks:
+        stages.append(dict(name="mask-model", command="train-mask-diffusion", out=f"{run}/mask-model",
+                           steps=a.mask_steps, minutes=a.mask_minutes, **diffusion))
+    if new_masks or "given" in needs:
         stages.append(dict(name="image-model", command="train-image-diffusion", out=f"{run}/image-model",
                            steps=a.image_steps, minutes=a.image_minutes, **diffusion))
-    if needs & {"generated", *ATTACKED_GENERATED}:
-        stages.insert(len(stages) - 1, dict(name="mask-model", command="train-mask-diffusion", out=f"{run}/mask-model",
-                                            steps=a.mask_steps, minutes=a.mask_minutes, **diffusion))
+    if new_masks:
         stages.append(dict(name="generated", command="sample", mask_model=f"{run}/mask-model",
                            image_model=f"{run}/image-model", out=f"{run}/extra/generated", n=a.generated,
                            sample_steps=a.sample_steps, mask_sample_steps=a.mask_sample_steps,

@@ -321,15 +321,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write_renamed(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary name in the same folder and rename it over ``path`` (no fsync)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return path
-
-
 def _sync_files(root: Path, paths: list[Path]) -> None:
     """Make ``paths`` durable: one ``syncfs`` of the filesystem holding ``root`` (Linux), else fsync each."""
     fd = os.open(root, os.O_RDONLY)
@@ -448,7 +439,7 @@ class DatasetWriter:
         paths = []
         for k, pair_id in enumerate(pair_ids):
             for rel, array in ((f"images/{pair_id}.png", images[k]), (f"masks/{pair_id}.png", masks[k])):
-                paths.append(_write_renamed(self.root / rel, encode_png(array)))
+                paths.append(atomic_write_bytes(self.root / rel, encode_png(array), fsync=False))
         _sync_files(self.root, paths)
         self._append_lines("".join(self._line(i, r) for i, r in zip(pair_ids, rows)))
 

@@ -149,7 +149,7 @@ class GaussianDiffusion:
         eps targets are hard and matter little for samples, stop dominating the gradient."""
         if gamma <= 0:
             raise ValueError(f"min-SNR gamma must be > 0, got {gamma}")
-        alphabar = self._alphabar(t, t.float().view(-1, 1)).view(-1).double()
+        alphabar = self._alphabar(t, t.float()).double()  # (B,)
         snr = alphabar / (1.0 - alphabar)
         return (snr.clamp(max=gamma) / snr).float()
 
