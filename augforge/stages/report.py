@@ -5,38 +5,124 @@ a column per test dataset."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from augforge.data.dataset import encode_png
 from augforge.models.folder import CONFIG, read_metrics
 from augforge.runtime import atomic_write_bytes
 
 CURVE_KEYS = ("loss", "train_loss")
+DIFFUSION_KINDS = ("image-diffusion", "mask-diffusion")
+# what each kind's "loss" column is (augforge/diffusion/gaussian.py, bernoulli.py, augforge/seg/losses.py)
+LOSS_LABELS = {
+    "image-diffusion": r"loss ($\epsilon$-MSE)",
+    "mask-diffusion": r"loss (BCE of the flips $y_t \oplus y_0$)",
+}
+FIGSIZE, DPI = (6.4, 3.6), 100
+MARKER_MAX = 50  # raw points get markers up to this many points
+SMOOTH_MIN = 60  # from this many points a moving average is drawn over the raw (thin) line
 
 
-def plot_curve(xs: list[float], ys: list[float], title: str, size=(480, 300)) -> np.ndarray:
-    """A plain line plot as an RGB uint8 image (no plotting dependency)."""
-    w, h = size
-    img = np.full((h, w, 3), 255, np.uint8)
-    left, right, top, bottom = 60, 15, 30, 35
-    cv2.putText(img, title, (left, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.rectangle(img, (left, top), (w - right, h - bottom), (0, 0, 0), 1)
-    if len(xs) >= 1:
-        x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-        y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1e-9
-        pts = np.array([[left + (x - x0) / (x1 - x0) * (w - left - right),
-                         h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)] for x, y in zip(xs, ys)], np.int32)
-        cv2.polylines(img, [pts], False, (200, 40, 40), 2, cv2.LINE_AA)
-        for val, y in ((y1, top), (y0, h - bottom)):
-            cv2.putText(img, f"{val:.3g}", (2, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        for val, x in ((x0, left), (x1, w - right - 30)):
-            cv2.putText(img, f"{val:g}", (x, h - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    return img
+def _segmenter_loss_label(config: dict) -> str:
+    kind = ((config.get("made_by") or {}).get("options") or {}).get("loss")
+    return {"dice": "train loss (soft Dice)", "dice+bce": "train loss (soft Dice + BCE)"}.get(kind, "train loss")
+
+
+def _moving_average(ys: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average of the same length (shorter windows at the ends)."""
+    kernel = np.ones(window)
+    return np.convolve(ys, kernel, "same") / np.convolve(np.ones_like(ys), kernel, "same")
+
+
+def _figure():
+    """A matplotlib Figure on the Agg canvas (lazy import: no pyplot, no global state, fast CLI start)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def plot_diffusion_curve(rows: list[dict], title: str, ylabel: str) -> bytes | None:
+    """PNG bytes: loss against training step (log y when it spans more than a factor 10)."""
+    pts = [(float(r["step"]), float(r["loss"])) for r in rows if "step" in r and "loss" in r
+           and np.isfinite(r["loss"])]
+    if not pts:
+        return None
+    xs, ys = (np.array(v) for v in zip(*pts))
+    fig = _figure()
+    ax = fig.add_subplot()
+    smooth = len(ys) >= SMOOTH_MIN
+    ax.plot(xs, ys, lw=0.8, color="tab:blue", alpha=0.45 if smooth else 1.0,
+            marker="o" if len(ys) <= MARKER_MAX else None, ms=3, label="logged loss")
+    if smooth:
+        window = max(3, len(ys) // 20)
+        ax.plot(xs, _moving_average(ys, window), lw=1.8, color="tab:blue",
+                label=f"moving average ({window} points)")
+        ax.legend(loc="upper right", fontsize=8)
+    if ys.min() > 0 and ys.max() / ys.min() > 10:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.4)
+    ax.grid(True, which="minor", alpha=0.15)
+    return _png(fig)
+
+
+def plot_segmenter_curve(rows: list[dict], title: str, ylabel: str) -> bytes | None:
+    """PNG bytes: train loss per epoch (left axis) and validation mDice / mIoU in [0, 1] (right axis)."""
+    from matplotlib.ticker import MaxNLocator
+
+    key = next((k for k in ("train_loss", "loss") if rows and k in rows[0]), None)
+    if key is None:
+        return None
+    xs = [float(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
+    fig = _figure()
+    ax = fig.add_subplot()
+    marker = "o" if len(rows) <= MARKER_MAX else None
+    lines = ax.plot(xs, [r[key] for r in rows], color="tab:red", lw=1.2, marker=marker, ms=3, label=ylabel)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel, color="tab:red")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.4)
+    scores = [(k, name, style) for k, name, style in (("val_mDice", "validation mDice", "-"),
+                                                      ("val_mIoU", "validation mIoU", "--"))
+              if any(k in r for r in rows)]
+    if scores:
+        right = ax.twinx()
+        for k, name, style in scores:
+            pts = [(x, r[k]) for x, r in zip(xs, rows) if k in r]
+            lines += right.plot(*zip(*pts), color="tab:green", ls=style, lw=1.2, marker=marker, ms=3, label=name)
+        right.set_ylim(0, 1)
+        right.set_ylabel("validation score (0-1)", color="tab:green")
+    # below the plot, on the top-most axes: never hides a curve nor is hidden by the twin axis
+    (right if scores else ax).legend(lines, [line.get_label() for line in lines], loc="upper center",
+                                     bbox_to_anchor=(0.5, -0.2), ncol=len(lines), frameon=False, fontsize=8)
+    ax.set_title(title)
+    return _png(fig)
+
+
+def plot_training_curve(rows: list[dict], name: str, config: dict) -> bytes | None:
+    """The PNG of one model folder's metrics.jsonl (None when it has no loss column)."""
+    kind = config.get("kind", "?")
+    if not rows or not any(k in rows[0] for k in CURVE_KEYS):
+        return None
+    if kind in DIFFUSION_KINDS or (kind != "segmenter" and "epoch" not in rows[0]):
+        return plot_diffusion_curve(rows, f"{name} ({kind})", LOSS_LABELS.get(kind, "loss"))
+    return plot_segmenter_curve(rows, f"{name} ({kind})", _segmenter_loss_label(config))
 
 
 def run_report(*run_dirs: Path | str) -> dict:
@@ -52,15 +138,14 @@ def run_report(*run_dirs: Path | str) -> dict:
     models = sorted({p.parent for r in roots for p in r.rglob(CONFIG)})
     if models:
         lines += ["## Training curves", ""]
+    curves = 0
     for m in models:
-        kind = json.loads((m / CONFIG).read_text()).get("kind", "?")
-        rows = read_metrics(m)
-        key = next((k for k in CURVE_KEYS if rows and k in rows[0]), None)
-        if key is None:
+        data = plot_training_curve(read_metrics(m), m.name, json.loads((m / CONFIG).read_text()))
+        if data is None:
             continue
-        xs = [r.get("step", r.get("epoch", i)) for i, r in enumerate(rows)]
         png = assets / f"curve_{m.name}.png"
-        atomic_write_bytes(png, encode_png(plot_curve(xs, [r[key] for r in rows], f"{m.name} ({kind}) {key}")))
+        atomic_write_bytes(png, data)
+        curves += 1
         lines += [f"![{m.name}]({png.relative_to(out)})", ""]
 
     # 2. contact sheets of generated / attacked datasets (the attacked ones show the uncertainty map W)
@@ -97,7 +182,7 @@ def run_report(*run_dirs: Path | str) -> dict:
     lines += cross_dataset_section(cross)
     report = out / "report.md"
     atomic_write_bytes(report, "\n".join(lines).encode())
-    return {"report": str(report), "models": len(models), "contact_sheets": len(sheets), "evaluations": len(evals),
+    return {"report": str(report), "models": len(models), "curves": curves, "contact_sheets": len(sheets), "evaluations": len(evals),
             "cross_dataset_evaluations": len(cross)}
 
 
