@@ -27,19 +27,41 @@ def heatmap(values01: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
 
 
-def contact_sheet(rows: list[list[np.ndarray]], pad: int = 2, min_cell: int = 96) -> np.ndarray:
+TITLE_BAND = 26  # height (px) of the white header band holding the column titles
+
+
+def _title_cell(text: str, width: int) -> np.ndarray:
+    """A white (TITLE_BAND, width, 3) band with ``text`` centred in black, shrunk to fit the width."""
+    band = np.full((TITLE_BAND, width, 3), 255, np.uint8)
+    font, thickness, scale = cv2.FONT_HERSHEY_SIMPLEX, 1, 0.5
+    (tw, th), _ = cv2.getTextSize(text, font, scale, thickness)
+    if tw > width - 6:
+        scale *= (width - 6) / tw
+        (tw, th), _ = cv2.getTextSize(text, font, scale, thickness)
+    cv2.putText(band, text, (max(0, (width - tw) // 2), (TITLE_BAND + th) // 2), font, scale, (0, 0, 0), thickness,
+                cv2.LINE_AA)
+    return band
+
+
+def contact_sheet(rows: list[list[np.ndarray]], pad: int = 2, min_cell: int = 128,
+                  titles: list[str] | None = None) -> np.ndarray:
     """A grid: one row per pair, one cell per view (each RGB uint8 (H,W,3), same size).
 
-    Small cells are upscaled (nearest) to at least ``min_cell`` pixels so 32-px results stay visible.
+    Small cells are upscaled by an integer factor (nearest: pixels stay honest) to at least ``min_cell``
+    pixels, so a 32-px polyp is visible. ``titles`` (one per column) go in a white band on top.
     """
     h, w = rows[0][0].shape[:2]
-    scale = max(1, -(-min_cell // h))
+    scale = max(1, -(-min_cell // min(h, w)))
     ch, cw = h * scale, w * scale
     n_cols = max(len(r) for r in rows)
-    sheet = np.full((len(rows) * (ch + pad) + pad, n_cols * (cw + pad) + pad, 3), 255, np.uint8)
+    top = TITLE_BAND + pad if titles else 0
+    sheet = np.full((top + len(rows) * (ch + pad) + pad, n_cols * (cw + pad) + pad, 3), 255, np.uint8)
+    for j, text in enumerate((titles or [])[:n_cols]):
+        x = pad + j * (cw + pad)
+        sheet[pad:pad + TITLE_BAND, x:x + cw] = _title_cell(text, cw)
     for i, row in enumerate(rows):
         for j, cell in enumerate(row):
             cell = cv2.resize(cell, (cw, ch), interpolation=cv2.INTER_NEAREST) if scale > 1 else cell
-            y, x = pad + i * (ch + pad), pad + j * (cw + pad)
+            y, x = top + pad + i * (ch + pad), pad + j * (cw + pad)
             sheet[y:y + ch, x:x + cw] = cell
     return sheet

@@ -11,6 +11,7 @@ from augforge.data.dataset import read_dataset, read_manifest
 from augforge.models.folder import make_config, save_model
 from augforge.models.segmenter import build_segmenter, segmenter_config
 from augforge.models.unet import Denoiser
+from augforge.visual import TITLE_BAND
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,9 @@ def test_attack_rows_and_budget(tmp_path, cli, synthetic_dataset, folders, metho
     assert len(rows) == len(val)
     assert all(x["source"] == "attacked" and x["method"]["name"] == method and x["split"] == "val" for x in rows)
     assert _max_change(synthetic_dataset, out) <= bound + 1  # rounding to uint8
-    assert (out / "contact_sheet.png").exists()
+    sheet = cv2.imread(str(out / "contact_sheet.png"))  # clean | attacked | difference | (W) | before | after
+    n_cols = 6 if "--weighted" in extra else 5
+    assert sheet.shape[1] == n_cols * (128 + 2) + 2 and (sheet.shape[0] - TITLE_BAND - 4) % (128 + 2) == 0
     # a rerun of the same command writes nothing new
     r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--method", method, "--out", out,
             "--split", "val", "--device", "cpu", "--json", *extra)

@@ -16,6 +16,7 @@ import pytest
 from augforge.data.dataset import read_dataset, read_manifest
 from augforge.models.folder import make_config, save_model
 from augforge.models.unet import Denoiser
+from augforge.visual import TITLE_BAND
 
 SIZE = 32
 
@@ -67,7 +68,8 @@ def test_pair_does_not_depend_on_batch_size_or_shard(tmp_path, cli, models):
             assert np.array_equal(a[k][1], other[k][1])  # masks identical
             assert np.abs(a[k][0] - other[k][0]).mean() <= 1.0  # images within 1 intensity level on average
     assert len({a[k][0].tobytes() for k in a}) == 5  # different pairs differ
-    assert (tmp_path / "b5" / "contact_sheet.png").exists()
+    sheet = cv2.imread(str(tmp_path / "b5" / "contact_sheet.png"))  # 5 rows of image | mask overlay, titled
+    assert sheet.shape[:2] == (TITLE_BAND + 2 + 5 * (128 + 2) + 2, 2 * (128 + 2) + 2)  # 32 px cells shown at 128
     rows = read_manifest(tmp_path / "b5" / "manifest.jsonl")
     assert all(r["source"] == "generated" and r["split"] == "train" and r["method"]["sampler"] == "ddpm" for r in rows)
 

@@ -247,7 +247,8 @@ def _sheet(root: Path, images_u8, x_adv, masks, clean_logits, adv_logits, weight
     clean = images_u8[:n].permute(0, 2, 3, 1).numpy()
     adv = to_uint8_images(x_adv[:n])
     diff = np.abs(adv.astype(np.int16) - clean.astype(np.int16))
-    amplified = np.clip(diff * (255.0 / max(1, diff.max())), 0, 255).astype(np.uint8)
+    gain = 255.0 / max(1, int(diff.max()))
+    amplified = np.clip(diff * gain, 0, 255).astype(np.uint8)
     before = ((clean_logits[:n, 0] > 0).cpu().numpy() * 255).astype(np.uint8)
     after = ((adv_logits[:n, 0] > 0).cpu().numpy() * 255).astype(np.uint8)
     cells = []
@@ -257,4 +258,6 @@ def _sheet(root: Path, images_u8, x_adv, masks, clean_logits, adv_logits, weight
             row.append(heatmap(weights[i, 0].cpu().numpy()))
         row += [gray_to_rgb(before[i]), gray_to_rgb(after[i])]
         cells.append(row)
-    atomic_write_bytes(root / "contact_sheet.png", encode_png(contact_sheet(cells)))
+    titles = ["clean", "attacked", f"|difference| x{gain:.0f}"] + (["uncertainty W"] if weights is not None else []) \
+        + ["prediction before", "prediction after"]
+    atomic_write_bytes(root / "contact_sheet.png", encode_png(contact_sheet(cells, titles=titles)))

@@ -84,7 +84,7 @@ def write_contact_sheet(root: Path, limit: int = 16) -> Path:
     imgs = images.permute(0, 2, 3, 1).numpy()
     cells = [[imgs[i], overlay(imgs[i], masks[i, 0].numpy())] for i in range(len(rows))]
     path = root / "contact_sheet.png"
-    atomic_write_bytes(path, encode_png(contact_sheet(cells)))
+    atomic_write_bytes(path, encode_png(contact_sheet(cells, titles=["image", "mask overlay"])))
     return path
 
 
