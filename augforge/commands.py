@@ -72,12 +72,12 @@ COMMANDS: dict[str, Command] = {
     "synthesize": Command(SynthesizeConfig, _stage("prepare"),
                           "Write a prepared dataset of seeded synthetic colonoscopy-like polyp images (for demos and "
                           "tests).", func="run_synthesize"),
-    # the mask model is unconditional: no --cond-drop
+    # the mask model is unconditional and predicts y_0: no --cond-drop, no --prediction
     "train-mask-diffusion": _diffusion("mask-diffusion", "Train a Bernoulli diffusion model of polyp masks (DASP §3.1).",
                                        "cosine", "Noise schedule: cosine (ᾱ_T < 1e-3 at T=1000) or linear.",
-                                       cond_drop=0.0),
+                                       cond_drop=0.0, prediction=""),
     "train-image-diffusion": _diffusion("image-diffusion", "Train a mask-conditioned Gaussian image diffusion model "
-                                        "(DDPM, ε-prediction; DASP §3.2).",
+                                        "(DDPM, v- or ε-prediction; DASP §3.2).",
                                         "linear", "Noise schedule: linear (β 1e-4..0.02, ADM) or cosine."),
     "sample": Command(SampleConfig, _stage("sample"), "Generate new mask/image pairs with the two diffusion models "
                       "(DASP).", torchrun=True),

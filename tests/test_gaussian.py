@@ -301,3 +301,55 @@ def randn_like_from(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     from diffusers.utils.torch_utils import randn_tensor
 
     return randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+class VOracle(PointMassOracle):
+    """The exact v-predictor for a point mass at x*: v = sqrt(ab) eps - sqrt(1 - ab) x* (Salimans & Ho 2022)."""
+
+    def __call__(self, x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = super().__call__(x_in, t)
+        alphabar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_star = self.x_star if self.x_star is not None else self.scale * x_in[:, 3:].expand_as(eps)
+        return alphabar.sqrt() * eps - (1.0 - alphabar).sqrt() * x_star
+
+
+@pytest.mark.parametrize("sampler,steps,guidance", [("ddpm", 20, 1.0), ("ddim", 10, 1.0), ("dpm-solver", 8, 1.0),
+                                                    ("ddim", 10, 2.0)])
+def test_v_prediction_samplers_recover_point_mass(sampler, steps, guidance):
+    """With the exact v of a point mass, every sampler (and guidance, which mixes v's) returns x*."""
+    d = GaussianDiffusion(1000, "linear", prediction="v")
+    mask = _masks(2)
+    oracle = VOracle(d, scale=0.4)  # x* = 0.4 (2 mask - 1): right only if the condition reaches the model
+    out = d.sample_loop(oracle, (2, 3, SIZE, SIZE), mask=mask, sampler=sampler, steps=steps, generator=_gen(0),
+                        guidance=guidance)
+    # guided: x* = 0.4 (2m - 1) + (g - 1) (0.4 (2m - 1) - 0), the oracle's conditional x* pushed away from 0
+    expected = guidance * 0.4 * (mask * 2 - 1).expand(2, 3, SIZE, SIZE)
+    torch.testing.assert_close(out, expected.clamp(-1, 1), atol=1e-4, rtol=0)
+
+
+def test_v_target_and_eps_from_output_are_inverse():
+    """v = sqrt(ab) eps - sqrt(1-ab) x0; given x_t, eps_from_output(v) is eps again; the v-loss of a zero model
+    is mean(v^2), and of the exact v zero."""
+    d = GaussianDiffusion(1000, "linear", prediction="v")
+    t = torch.tensor([0, 10, 100, 500, 999])
+    x0 = torch.rand(5, 3, SIZE, SIZE, generator=_gen(3)) * 2 - 1
+    noise = torch.randn(5, 3, SIZE, SIZE, generator=_gen(4))
+    ab = d.alphas_cumprod[t].view(-1, 1, 1, 1)
+    v = d.training_target(x0, noise, t)
+    torch.testing.assert_close(v, ab.sqrt() * noise - (1 - ab).sqrt() * x0)
+    x_t = d.q_sample(x0, t, noise)
+    torch.testing.assert_close(d.eps_from_output(v, x_t, t), noise, atol=1e-5, rtol=0)
+    eps_d = GaussianDiffusion(1000, "linear")
+    assert eps_d.training_target(x0, noise, t) is noise and eps_d.eps_from_output(v, x_t, t) is v
+    mask = torch.zeros(5, 1, SIZE, SIZE)
+    zero = lambda x_in, t: torch.zeros_like(x_in[:, :3])
+    out = d.training_losses(zero, x0, mask=mask, t=t, generator=_gen(0))
+    v_drawn = d.training_target(x0, randn_like_from(x0, _gen(0)), t)
+    torch.testing.assert_close(out["loss"], v_drawn.square().mean())
+    exact = VOracle(d, x_star=x0)
+    assert d.training_losses(exact, x0, mask=mask, t=t, generator=_gen(0))["loss"] < 1e-10
+    # min-SNR-γ for v: min(SNR, γ) / (SNR + 1)
+    snr = ab.flatten().double() / (1 - ab.flatten().double())
+    torch.testing.assert_close(d.min_snr_weights(t, 5.0).double(), snr.clamp(max=5.0) / (snr + 1), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="prediction"):
+        GaussianDiffusion(prediction="x0")

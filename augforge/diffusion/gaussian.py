@@ -5,8 +5,18 @@ With the schedule beta_t (``augforge.diffusion.schedules``, shared with the mask
 alphabar_t = prod_{i<=t} (1 - beta_i) (``alphas_cumprod[t]``, t = 0..T-1):
 
 - forward marginal  q(x_t | x_0) = N(sqrt(alphabar_t) x_0, (1 - alphabar_t) I)            (DDPM Eq. 4)
-- network           eps_theta(cat[x_t, 2 m - 1], t), 4 channels in, 3 out (the mask is the condition)
-- loss              E_{t, x_0, eps} || eps - eps_theta(x_t, m, t) ||^2                    (DASP Eq. 8)
+- network           f_theta(cat[x_t, 2 m - 1], t), 4 channels in, 3 out (the mask is the condition)
+- loss              E_{t, x_0, eps} || target - f_theta(x_t, m, t) ||^2
+
+with one of two parametrisations (``prediction``):
+
+- ``"epsilon"``: target eps, f_theta = eps_theta (DDPM; DASP Eq. 8 as written);
+- ``"v"``: target v = sqrt(alphabar_t) eps - sqrt(1 - alphabar_t) x_0 (Salimans & Ho 2022, §4), from
+  which eps = sqrt(1 - alphabar_t) x_t + sqrt(alphabar_t) v. Per timestep the v-loss is the eps-loss
+  divided by alphabar_t, so the noisy steps, where the image's layout (where the polyp is) is decided,
+  weigh far more than under Eq. 8: a small network learns mask-consistent images several times faster.
+
+The samplers and SDEdit only ever see eps (``eps_from_output``), so both parametrisations share them.
 
 Classifier-free guidance (Ho & Salimans 2022): training replaces the mask channel by 0, a value that
 no {-1, 1} mask takes, with probability ``cond_drop``; sampling mixes
@@ -35,21 +45,25 @@ from augforge.rng import Generators, PairStreams, check_batch, draw_device, rand
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
-EpsModel = Callable[[Tensor, Tensor], Tensor]  # (cat[x_t, mask] (B,4,H,W), t (B,)) -> eps (B,3,H,W)
+EpsModel = Callable[[Tensor, Tensor], Tensor]  # (cat[x_t, mask] (B,4,H,W), t (B,)) -> eps or v (B,3,H,W)
 Scheduler = DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler
 NULL_MASK = 0.0  # the "no condition" value of the mask channel
+PREDICTIONS = ("epsilon", "v")  # what the network predicts (see the module docstring)
 
 
 class GaussianDiffusion:
-    """The Gaussian forward process, its eps-MSE loss and diffusers-based samplers.
+    """The Gaussian forward process, its MSE loss (eps- or v-prediction) and diffusers-based samplers.
 
     ``betas`` and ``alphas_cumprod`` are (T,) float32 CPU tensors, computed exactly as the
     diffusers schedulers compute them from the same betas (so ``q_sample`` and the samplers agree).
     """
 
-    def __init__(self, timesteps: int = 1000, schedule: str = "linear"):
+    def __init__(self, timesteps: int = 1000, schedule: str = "linear", prediction: str = "epsilon"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.timesteps = timesteps
         self.schedule = schedule
+        self.prediction = prediction
         self.betas = betas_for(schedule, timesteps).float()
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
         self._alphas_cumprod_on: dict[torch.device, Tensor] = {}
@@ -96,6 +110,22 @@ class GaussianDiffusion:
         alphabar = self._alphabar(t, x_t)
         return (x_t - (1.0 - alphabar).sqrt() * eps) / alphabar.sqrt()
 
+    def training_target(self, x0: Tensor, noise: Tensor, t: Timestep) -> Tensor:
+        """What the network learns to output for x_t = q_sample(x0, t, noise): eps, or
+        v = sqrt(alphabar_t) eps - sqrt(1 - alphabar_t) x0 (Salimans & Ho 2022, Eq. in §4)."""
+        if self.prediction == "epsilon":
+            return noise
+        alphabar = self._alphabar(t, x0)
+        return alphabar.sqrt() * noise - (1.0 - alphabar).sqrt() * x0
+
+    def eps_from_output(self, out: Tensor, x_t: Tensor, t: Timestep) -> Tensor:
+        """eps from the network's output at (x_t, t): the output itself (epsilon), or
+        sqrt(1 - alphabar_t) x_t + sqrt(alphabar_t) v (v; the inverse of ``training_target`` given x_t)."""
+        if self.prediction == "epsilon":
+            return out
+        alphabar = self._alphabar(t, x_t)
+        return (1.0 - alphabar).sqrt() * x_t + alphabar.sqrt() * out
+
     # ------------------------------------------------------------------ training
     def training_losses(
         self,
@@ -108,12 +138,13 @@ class GaussianDiffusion:
         cond_drop: float = 0.0,
         min_snr_gamma: float = 0.0,
     ) -> dict[str, Tensor]:
-        """DASP Eq. 8: L = || eps - eps_theta(cat[x_t, 2 mask - 1], t) ||^2 (mean over pixels and batch).
+        """L = || target - f_theta(cat[x_t, 2 mask - 1], t) ||^2 (mean over pixels and batch), target
+        from ``training_target``: eps (DASP Eq. 8) or v.
 
         x0: (B, 3, H, W) in [-1, 1]; mask: (B, 1, H, W) in {0, 1}; t drawn uniformly from [0, T) when
         None. With probability ``cond_drop`` a sample's mask channel is the null condition 0 (for
         classifier-free guidance). ``min_snr_gamma`` > 0 weighs each sample's MSE by
-        :meth:`min_snr_weights` (Hang et al. 2023, Min-SNR-γ; 0: Eq. 8 as written, all weights 1).
+        :meth:`min_snr_weights` (Hang et al. 2023, Min-SNR-γ; 0: all weights 1).
         Returns ``loss`` (float32 scalar) and the ``t`` used (B,).
         """
         if not 0.0 <= cond_drop <= 1.0:
@@ -132,26 +163,28 @@ class GaussianDiffusion:
         if cond_drop > 0.0:
             drop = torch.rand(batch, device=rand_device, generator=generator).to(device) < cond_drop
             x_in[:, 3:] = torch.where(drop.view(-1, 1, 1, 1), NULL_MASK, x_in[:, 3:])
-        # 3. eps-prediction MSE
-        eps = model(x_in, t)
-        if eps.shape != x0.shape:
-            raise ValueError(f"model returned shape {tuple(eps.shape)}, expected {tuple(x0.shape)}")
+        # 3. MSE to the eps or v target
+        out = model(x_in, t)
+        if out.shape != x0.shape:
+            raise ValueError(f"model returned shape {tuple(out.shape)}, expected {tuple(x0.shape)}")
+        target = self.training_target(x0, noise, t)
         if min_snr_gamma <= 0.0:
-            return {"loss": F.mse_loss(eps.float(), noise.float()), "t": t}
-        per_sample = (eps.float() - noise.float()).square().mean(dim=(1, 2, 3))
+            return {"loss": F.mse_loss(out.float(), target.float()), "t": t}
+        per_sample = (out.float() - target.float()).square().mean(dim=(1, 2, 3))
         return {"loss": (self.min_snr_weights(t, min_snr_gamma) * per_sample).mean(), "t": t}
 
     def min_snr_weights(self, t: Tensor, gamma: float) -> Tensor:
-        """Min-SNR-γ loss weights for eps-prediction (Hang et al., ICCV 2023, Eq. 9 over SNR):
-        w_t = min(SNR_t, γ) / SNR_t with SNR_t = alphabar_t / (1 - alphabar_t); t (B,) -> (B,) float32.
+        """Min-SNR-γ loss weights (Hang et al., ICCV 2023, Eq. 9 over the parametrisation's own weight):
+        w_t = min(SNR_t, γ) / SNR_t for eps-prediction and min(SNR_t, γ) / (SNR_t + 1) for v-prediction,
+        with SNR_t = alphabar_t / (1 - alphabar_t); t (B,) -> (B,) float32.
 
-        Equal to 1 where SNR_t <= γ (noisy steps) and γ / SNR_t below that: the nearly clean steps, whose
-        eps targets are hard and matter little for samples, stop dominating the gradient."""
+        Both make the effective weight on the x_0 error min(SNR_t, γ): the nearly clean steps, whose
+        targets are hard and matter little for samples, stop dominating the gradient."""
         if gamma <= 0:
             raise ValueError(f"min-SNR gamma must be > 0, got {gamma}")
         alphabar = self._alphabar(t, t.float()).double()  # (B,)
         snr = alphabar / (1.0 - alphabar)
-        return (snr.clamp(max=gamma) / snr).float()
+        return (snr.clamp(max=gamma) / (snr if self.prediction == "epsilon" else snr + 1.0)).float()
 
     # ------------------------------------------------------------------ samplers
     def _scheduler(self, sampler: str) -> Scheduler:
@@ -185,12 +218,17 @@ class GaussianDiffusion:
         return scheduler
 
     def _eps(self, model: EpsModel, x_t: Tensor, t: Tensor, mask: Tensor, guidance: float) -> Tensor:
-        """eps_theta for x_t (B, 3, H, W) at t (B,); guidance != 1 evaluates cond and null in one batch."""
+        """eps for x_t (B, 3, H, W) at t (B,); guidance != 1 evaluates cond and null in one batch.
+
+        Guidance mixes the network outputs; eps is affine in the output with the same x_t term for both
+        halves, so mixing v's and then converting equals mixing the eps's."""
         if guidance == 1.0:
-            return model(self.model_input(x_t, mask), t).to(x_t.dtype)
-        x_in = torch.cat([self.model_input(x_t, mask), self.model_input(x_t, None)])
-        eps_cond, eps_uncond = model(x_in, torch.cat([t, t])).to(x_t.dtype).chunk(2)
-        return eps_uncond + guidance * (eps_cond - eps_uncond)
+            out = model(self.model_input(x_t, mask), t).to(x_t.dtype)
+        else:
+            x_in = torch.cat([self.model_input(x_t, mask), self.model_input(x_t, None)])
+            out_cond, out_uncond = model(x_in, torch.cat([t, t])).to(x_t.dtype).chunk(2)
+            out = out_uncond + guidance * (out_cond - out_uncond)
+        return self.eps_from_output(out, x_t, t)
 
     def _step(
         self,

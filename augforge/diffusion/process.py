@@ -7,6 +7,11 @@ from augforge.diffusion.gaussian import GaussianDiffusion
 
 
 def build_diffusion(kind: str, process: dict) -> BernoulliDiffusion | GaussianDiffusion:
-    """The diffusion process of a model folder of ``kind`` (mask-diffusion | image-diffusion)."""
-    cls = BernoulliDiffusion if kind == "mask-diffusion" else GaussianDiffusion
-    return cls(timesteps=process["timesteps"], schedule=process["schedule"])
+    """The diffusion process of a model folder of ``kind`` (mask-diffusion | image-diffusion).
+
+    An image model's ``process`` names its ``prediction``; folders written before that option existed
+    predict eps."""
+    if kind == "mask-diffusion":
+        return BernoulliDiffusion(timesteps=process["timesteps"], schedule=process["schedule"])
+    return GaussianDiffusion(timesteps=process["timesteps"], schedule=process["schedule"],
+                             prediction=process.get("prediction", "epsilon"))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from augforge.commands import COMMANDS
 from augforge.configs import TrainDiffusionConfig, identity
 from augforge.data.dataset import PairSet, load_pairset, open_output, read_dataset, run_record
+from augforge.diffusion.gaussian import PREDICTIONS
 from augforge.diffusion.process import build_diffusion
 from augforge.diffusion.train import EMA, DiffusionTrainLoop
 from augforge.errors import AugforgeError
@@ -61,6 +62,8 @@ def _check(cfg: TrainDiffusionConfig) -> None:
         raise AugforgeError(f"--cond-drop must be in [0, 1], got {cfg.cond_drop}")
     if cfg.schedule not in ("", "linear", "cosine"):
         raise AugforgeError(f"--schedule must be linear or cosine, got {cfg.schedule!r}")
+    if cfg.kind == "image-diffusion" and cfg.prediction not in PREDICTIONS:
+        raise AugforgeError(f"--prediction must be one of {', '.join(PREDICTIONS)}, got {cfg.prediction!r}")
 
 
 def run(cfg: TrainDiffusionConfig) -> dict:
@@ -88,6 +91,8 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     made_by = run_record(f"train-{cfg.kind}", options)
     resumed = open_output(out, made_by, overwrite=cfg.overwrite, marker=CONFIG) if world.is_main else True
     process = {"timesteps": cfg.timesteps, "schedule": cfg.schedule}
+    if cfg.kind == "image-diffusion":
+        process["prediction"] = cfg.prediction
     in_ch, out_ch = CHANNELS[cfg.kind]
     try:
         model = build_denoiser(cfg.model_size, in_ch, out_ch, size)
