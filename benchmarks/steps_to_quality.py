@@ -10,8 +10,9 @@ scored by a segmenter trained on the real train pairs (the judge):
 - Fréchet distance of the judge's pooled encoder features, generated vs real train images.
 
 Variants are training settings that the stages expose (or would): ``default`` (EMA with warm-up,
-DASP Eq. 8 loss), ``no-ema-warmup`` (the plain EMA of earlier versions), ``min-snr`` (Min-SNR-γ = 5
-loss weighting of the image model), ``lr-2e-3``. Data: the package's synthetic polyps
+v-prediction), ``epsilon`` (eps-prediction, DASP Eq. 8 as written), ``no-ema-warmup`` (the plain EMA of
+earlier versions), ``min-snr`` (Min-SNR-γ = 5 loss weighting of the image model), ``lr-2e-3``. Variants
+whose mask-model options agree share one trained mask model. Data: the package's synthetic polyps
 (``--data synthetic``, seeded) or a prepared dataset folder (its train split; val+test held out).
 
     python benchmarks/steps_to_quality.py --size 32 --budgets 250,500,1000,3000      # CPU, minutes
@@ -40,7 +41,8 @@ from augforge.seg.train import TrainLoop, predict
 from augforge.stages.sample import render_images, sample_masks
 
 VARIANTS = {
-    "default": {},
+    "default": {},  # v-prediction (the default since it measured several times faster than eps)
+    "epsilon": {"prediction": "epsilon"},  # DASP Eq. 8 as written, the default before
     "no-ema-warmup": {"ema_warmup": False},
     "min-snr": {"min_snr_gamma": 5.0},
     "lr-2e-3": {"lr": 2e-3},
@@ -88,48 +90,70 @@ def features(judge, images_u8: torch.Tensor, device) -> torch.Tensor:
     return torch.cat([judge.features(images_u8[i:i + 64].to(device).float() / 255) for i in range(0, len(images_u8), 64)])
 
 
-def run_variant(name: str, opts: dict, train: PairSet, held: PairSet, judge, a, device) -> list[dict]:
+def train_to_budgets(kind: str, opts: dict, train: PairSet, a, device) -> tuple[list[dict], list[float], list[dict]]:
+    """Train one model (``kind`` mask | image) through the budgets; per budget: EMA weights, cumulative
+    seconds, last logged row."""
     torch.manual_seed(0)
-    data = train.to(device)
-    nets, loops = {}, {}
-    for kind, (cin, cout, diffusion) in {"mask": (1, 1, BernoulliDiffusion(schedule="cosine")),
-                                         "image": (4, 3, GaussianDiffusion(schedule="linear"))}.items():
-        net = build_denoiser(a.model_size, cin, cout, a.size).to(device)
-        ema = EMA(net, a.ema_decay, warmup=opts.get("ema_warmup", True))
-        optimizer = torch.optim.AdamW(net.parameters(), lr=opts.get("lr", a.lr), weight_decay=0.0)
-        loops[kind] = DiffusionTrainLoop(net, diffusion, data, optimizer, ema, a.batch_size,
-                                         torch.Generator(device).manual_seed(1 + len(loops)),
-                                         condition_on_mask=kind == "image",
-                                         min_snr_gamma=opts.get("min_snr_gamma", 0.0) if kind == "image" else 0.0)
-        nets[kind] = build_denoiser(a.model_size, cin, cout, a.size).to(device).eval()
-    rows, done, seconds = [], 0, 0.0
-    real_feats = features(judge, train.images, device)
-    for budget in sorted(int(b) for b in a.budgets.split(",")):
+    cin, cout = (1, 1) if kind == "mask" else (4, 3)
+    diffusion = (BernoulliDiffusion(schedule="cosine") if kind == "mask"
+                 else GaussianDiffusion(schedule="linear", prediction=opts.get("prediction", "v")))
+    net = build_denoiser(a.model_size, cin, cout, a.size).to(device)
+    ema = EMA(net, a.ema_decay, warmup=opts.get("ema_warmup", True))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=opts.get("lr", a.lr), weight_decay=0.0)
+    loop = DiffusionTrainLoop(net, diffusion, train.to(device), optimizer, ema, a.batch_size,
+                              torch.Generator(device).manual_seed(1 if kind == "mask" else 2),
+                              condition_on_mask=kind == "image",
+                              min_snr_gamma=opts.get("min_snr_gamma", 0.0) if kind == "image" else 0.0)
+    weights, seconds, logs, done, total = [], [], [], 0, 0.0
+    for budget in budgets(a):
         t0 = time.perf_counter()
-        for loop in loops.values():
-            loop.run(done, budget, log_every=max(budget - done, 1))
-        seconds += time.perf_counter() - t0
+        loop.run(done, budget, log_every=max(budget - done, 1))
+        total += time.perf_counter() - t0
         done = budget
-        for kind, loop in loops.items():
-            nets[kind].load_state_dict(loop.ema.state_dict())
+        weights.append({k: v.clone() for k, v in ema.state_dict().items()})
+        seconds.append(total)
+        logs.append(loop.history[-1])
+    return weights, seconds, logs
+
+
+def budgets(a) -> list[int]:
+    return sorted(int(b) for b in a.budgets.split(","))
+
+
+MASK_OPTIONS = ("ema_warmup", "lr")  # the options a variant's mask model depends on (others: image model only)
+_mask_runs: dict[tuple, tuple] = {}  # variants with the same mask options share one trained mask model
+
+
+def run_variant(name: str, opts: dict, train: PairSet, held: PairSet, judge, a, device) -> list[dict]:
+    mask_key = tuple(opts.get(k) for k in MASK_OPTIONS)
+    if mask_key not in _mask_runs:
+        _mask_runs[mask_key] = train_to_budgets("mask", opts, train, a, device)
+    mask_runs, image_runs = _mask_runs[mask_key], train_to_budgets("image", opts, train, a, device)
+    nets = {"mask": build_denoiser(a.model_size, 1, 1, a.size).to(device).eval(),
+            "image": build_denoiser(a.model_size, 4, 3, a.size).to(device).eval()}
+    real_feats = features(judge, train.images, device)
+    process = {"timesteps": 1000, "schedule": "linear", "prediction": opts.get("prediction", "v")}
+    rows = []
+    for i, budget in enumerate(budgets(a)):
+        nets["mask"].load_state_dict(mask_runs[0][i])
+        nets["image"].load_state_dict(image_runs[0][i])
         idx = list(range(a.n))
         masks, _ = sample_masks(nets["mask"], {"timesteps": 1000, "schedule": "cosine"}, idx, size=a.size,
                                 steps=a.mask_sample_steps, seed=0, device=device)
-        process = {"timesteps": 1000, "schedule": "linear"}
         images = render_images(nets["image"], process, masks, idx, sampler="ddim", steps=a.sample_steps,
                                guidance=1.0, seed=0)
         images_u8 = (images * 255).round().to(torch.uint8)
         held_masks = held.masks[:a.n].to(device).float()
         on_real = render_images(nets["image"], process, held_masks, idx[:len(held_masks)], sampler="ddim",
                                 steps=a.sample_steps, guidance=1.0, seed=1)
-        row = {"variant": name, "steps": budget, "train_seconds": round(seconds, 1),
+        row = {"variant": name, "steps": budget, "train_seconds": round(mask_runs[1][i] + image_runs[1][i], 1),
                "consistency": consistency(judge, images_u8, masks, device),
                "consistency_real_masks": consistency(judge, (on_real * 255).round().to(torch.uint8), held_masks,
                                                      device),
                "shuffled": consistency(judge, images_u8, masks.roll(1, 0), device),
                "frechet": frechet_distance(features(judge, images_u8, device), real_feats),
                "mask_area": float(masks.mean()),
-               "loss_mask": loops["mask"].history[-1]["loss"], "loss_image": loops["image"].history[-1]["loss"]}
+               "loss_mask": mask_runs[2][i]["loss"], "loss_image": image_runs[2][i]["loss"]}
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -141,7 +165,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=200, help="synthetic pairs (80 %% train)")
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--budgets", default="250,500,1000,3000")
-    ap.add_argument("--variants", default="default,no-ema-warmup,min-snr")
+    ap.add_argument("--variants", default="default,epsilon")
     ap.add_argument("--model-size", default="tiny")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
