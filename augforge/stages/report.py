@@ -19,7 +19,8 @@ CURVE_KEYS = ("loss", "train_loss")
 DIFFUSION_KINDS = ("image-diffusion", "mask-diffusion")
 # what each kind's "loss" column is (augforge/diffusion/gaussian.py, bernoulli.py, augforge/seg/losses.py)
 LOSS_LABELS = {
-    "image-diffusion": r"loss ($\epsilon$-MSE)",
+    "image-diffusion": r"loss ($\epsilon$-MSE)",  # eps-prediction (DASP Eq. 8); folders before --prediction
+    "image-diffusion/v": r"loss ($v$-MSE)",
     "mask-diffusion": r"loss (BCE of the flips $y_t \oplus y_0$)",
 }
 FIGSIZE, DPI = (6.4, 3.6), 100
@@ -121,7 +122,9 @@ def plot_training_curve(rows: list[dict], name: str, config: dict) -> bytes | No
     if not rows or not any(k in rows[0] for k in CURVE_KEYS):
         return None
     if kind in DIFFUSION_KINDS or (kind != "segmenter" and "epoch" not in rows[0]):
-        return plot_diffusion_curve(rows, f"{name} ({kind})", LOSS_LABELS.get(kind, "loss"))
+        prediction = (config.get("process") or {}).get("prediction", "epsilon")
+        label = LOSS_LABELS.get(f"{kind}/{prediction}", LOSS_LABELS.get(kind, "loss"))
+        return plot_diffusion_curve(rows, f"{name} ({kind})", label)
     return plot_segmenter_curve(rows, f"{name} ({kind})", _segmenter_loss_label(config))
 
 
