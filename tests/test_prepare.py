@@ -8,8 +8,17 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+import torch
 
-from augforge.data.dataset import DatasetWriter, assign_splits, load_pairs, read_dataset, read_manifest, run_record
+from augforge.data.dataset import (
+    DatasetWriter,
+    assign_splits,
+    load_pairs,
+    load_pairset,
+    read_dataset,
+    read_manifest,
+    run_record,
+)
 from augforge.errors import AugforgeError
 from tests.helpers import KVASIR, write_pair_folder
 
@@ -163,6 +172,17 @@ def test_synthesize_same_seed_same_bytes(tmp_path, cli):
     for sub in ("images", "masks"):
         for p in (tmp_path / "a" / sub).iterdir():
             assert p.read_bytes() == (tmp_path / "b" / sub / p.name).read_bytes()
+
+
+def test_pairs_load_in_id_order_whatever_the_manifest_order(tmp_path, cli):
+    """Parallel writers append manifest rows in any order; training must not see that order."""
+    assert cli("synthesize", tmp_path / "a", "--n", 12, "--size", 32).exit_code == 0
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    lines = (tmp_path / "b" / "manifest.jsonl").read_text().splitlines()
+    (tmp_path / "b" / "manifest.jsonl").write_text("\n".join(lines[::-1]) + "\n")
+    a, b = (load_pairset([tmp_path / k], "train") for k in ("a", "b"))
+    assert a.ids == b.ids == sorted(a.ids) and len(a.ids) > 1
+    assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
 
 
 @pytest.mark.skipif(not KVASIR.is_dir(), reason=f"real data not found at {KVASIR}")

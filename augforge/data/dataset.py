@@ -156,7 +156,7 @@ def read_manifest(path: Path) -> list[dict]:
 
 
 def read_dataset(root: Path, *, require_complete: bool = False) -> Dataset:
-    """Open and check a dataset folder: summary present, rows complete, files present."""
+    """Open and check a dataset folder: summary present, rows complete, files present; rows sorted by id."""
     root = Path(root)
     if not root.is_dir():
         raise AugforgeError(f"{root}: dataset folder not found")
@@ -173,7 +173,9 @@ def read_dataset(root: Path, *, require_complete: bool = False) -> Dataset:
         for key in ("id", "image", "mask", "split", "source"):
             if key not in r:
                 raise AugforgeError(f"{root / MANIFEST}: row {r.get('id', '?')} lacks {key!r}")
-    return Dataset(root, info, rows)
+    # rows in id order: the manifest's order is the order its pairs were written in (parallel writers
+    # interleave), and pairs loaded in that order would make training depend on it
+    return Dataset(root, info, sorted(rows, key=lambda r: r["id"]))
 
 
 def _decode_pair(root: Path, row: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
