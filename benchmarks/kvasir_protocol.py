@@ -122,7 +122,7 @@ def protocol_stages(a: argparse.Namespace) -> list[dict]:
                            steps=a.mask_steps, minutes=a.mask_minutes, **diffusion))
     if new_masks or "given" in needs:
         stages.append(dict(name="image-model", command="train-image-diffusion", out=f"{run}/image-model",
-                           steps=a.image_steps, minutes=a.image_minutes, **diffusion))
+                           steps=a.image_steps, minutes=a.image_minutes, prediction=a.prediction, **diffusion))
     if new_masks:
         stages.append(dict(name="generated", command="sample", mask_model=f"{run}/mask-model",
                            image_model=f"{run}/image-model", out=f"{run}/extra/generated", n=a.generated,
@@ -349,6 +349,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--mask-minutes", type=float, default=0.0)
     ap.add_argument("--image-minutes", type=float, default=0.0)
     ap.add_argument("--diffusion-lr", type=float, default=1e-3)
+    ap.add_argument("--prediction", default="epsilon", choices=["epsilon", "v"],
+                    help="image model's parametrisation (DASP Eq. 8: epsilon; augforge's default v learns faster)")
     ap.add_argument("--diffusion-batch", type=int, default=16)
     ap.add_argument("--ema-decay", type=float, default=0.995)
     ap.add_argument("--generated", type=int, default=1600, help="N' generated pairs (the paper: 2N = 1600)")
