@@ -25,6 +25,22 @@ def script(name: str, *args) -> subprocess.CompletedProcess:
     return r
 
 
+def test_steps_to_quality_prints_the_curve(tmp_path):
+    """One row per (variant, budget), scores in range; variants with the same mask options share its training."""
+    table = tmp_path / "curve.md"
+    r = script("steps_to_quality.py", "--pairs", 20, "--budgets", "2,4", "--variants", "epsilon,default,guided",
+               "--n", 4, "--judge-epochs", 1, "--mask-sample-steps", 3, "--sample-steps", 3, "--out", table)
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"variant"')]
+    assert [(row["variant"], row["steps"]) for row in rows] == [
+        (v, s) for v in ("epsilon", "default", "guided") for s in (2, 4)]
+    for row in rows:
+        assert all(0.0 <= row[k] <= 1.0 for k in ("consistency", "consistency_real_masks", "shuffled", "mask_area"))
+        assert row["frechet"] >= 0 and math.isfinite(row["loss_image"])
+    by_budget = {(row["variant"], row["steps"]): row for row in rows}
+    assert by_budget[("epsilon", 4)]["loss_mask"] == by_budget[("default", 4)]["loss_mask"]  # one mask model
+    assert sum(line.startswith("|") for line in table.read_text().splitlines()) == 1 + 1 + len(rows)  # header, rule
+
+
 def test_hot_paths_prints_every_ratio():
     r = script("hot_paths.py", "--device", "cpu", "--batch", 4, "--train-steps", 2, "--samplers",
                "ddpm:3,ddim:2,dpm-solver:2", "--mask-sample-steps", 2, "--attack-steps", 1, "--seg-pairs", 8,
