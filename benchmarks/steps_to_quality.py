@@ -124,14 +124,14 @@ def budgets(a) -> list[int]:
 
 
 MASK_OPTIONS = ("ema_warmup", "lr")  # the options a variant's mask model depends on (others: image model only)
-_mask_runs: dict[tuple, tuple] = {}  # variants with the same mask options share one trained mask model
-
-
-def run_variant(name: str, opts: dict, train: PairSet, held: PairSet, judge, a, device) -> list[dict]:
+def run_variant(name: str, opts: dict, train: PairSet, held: PairSet, judge, a, device,
+                trained_masks: dict[tuple, tuple]) -> list[dict]:
+    """Rows of one variant; ``trained_masks`` (mask options -> trained mask model) lets variants with the
+    same mask options share one."""
     mask_key = tuple(opts.get(k) for k in MASK_OPTIONS)
-    if mask_key not in _mask_runs:
-        _mask_runs[mask_key] = train_to_budgets("mask", opts, train, a, device)
-    mask_runs, image_runs = _mask_runs[mask_key], train_to_budgets("image", opts, train, a, device)
+    if mask_key not in trained_masks:
+        trained_masks[mask_key] = train_to_budgets("mask", opts, train, a, device)
+    mask_runs, image_runs = trained_masks[mask_key], train_to_budgets("image", opts, train, a, device)
     nets = {"mask": build_denoiser(a.model_size, 1, 1, a.size).to(device).eval(),
             "image": build_denoiser(a.model_size, 4, 3, a.size).to(device).eval()}
     real_feats = features(judge, train.images, device)
@@ -186,9 +186,9 @@ def main() -> None:
     judge = train_judge(train, held, a, device)
     ceiling = consistency(judge, held.images, held.masks, device)
     print(json.dumps({"judge_consistency_on_held_out_real": ceiling}), flush=True)
-    rows = []
+    rows, trained_masks = [], {}
     for name in a.variants.split(","):
-        rows += run_variant(name, VARIANTS[name], train, held, judge, a, device)
+        rows += run_variant(name, VARIANTS[name], train, held, judge, a, device, trained_masks)
     lines = [f"Steps to quality ({a.data}, {a.size} px, `{a.model_size}` UNets, batch {a.batch_size}, lr {a.lr}, "
              f"EMA {a.ema_decay}; {a.n} pairs per point, Bernoulli {a.mask_sample_steps} + DDIM {a.sample_steps} "
              f"steps; judge: U-Net/ResNet-18, consistency {ceiling:.3f} on held-out real pairs)", "",

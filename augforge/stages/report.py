@@ -15,7 +15,7 @@ import numpy as np
 from augforge.models.folder import CONFIG, read_metrics
 from augforge.runtime import atomic_write_bytes
 
-CURVE_KEYS = ("loss", "train_loss")
+CURVE_KEYS = ("train_loss", "loss")  # a folder's loss column, by preference
 DIFFUSION_KINDS = ("image-diffusion", "mask-diffusion")
 # what each kind's "loss" column is (augforge/diffusion/gaussian.py, bernoulli.py, augforge/seg/losses.py)
 LOSS_LABELS = {
@@ -87,7 +87,7 @@ def plot_segmenter_curve(rows: list[dict], title: str, ylabel: str) -> bytes | N
     """PNG bytes: train loss per epoch (left axis) and validation mDice / mIoU in [0, 1] (right axis)."""
     from matplotlib.ticker import MaxNLocator
 
-    key = next((k for k in ("train_loss", "loss") if rows and k in rows[0]), None)
+    key = next((k for k in CURVE_KEYS if rows and k in rows[0]), None)
     if key is None:
         return None
     xs = [float(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
@@ -185,8 +185,8 @@ def run_report(*run_dirs: Path | str) -> dict:
     lines += cross_dataset_section(cross)
     report = out / "report.md"
     atomic_write_bytes(report, "\n".join(lines).encode())
-    return {"report": str(report), "models": len(models), "curves": curves, "contact_sheets": len(sheets), "evaluations": len(evals),
-            "cross_dataset_evaluations": len(cross)}
+    return {"report": str(report), "models": len(models), "curves": curves, "contact_sheets": len(sheets),
+            "evaluations": len(evals), "cross_dataset_evaluations": len(cross)}
 
 
 CROSS_SCORES = (("mDice", "mDice (mean of per-image Dice)"), ("mIoU", "mIoU (mean of per-image IoU)"),
