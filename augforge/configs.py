@@ -19,16 +19,19 @@ RECIPES = Path(__file__).parent / "recipes"  # pipeline files shipped with the p
 
 
 def option(default: Any = MISSING, help: str = "", *, identity: bool = True, flag: bool = False, path: bool = False,
-           argument: bool = False, names: tuple[str, ...] = (), rest_into: str = "", cli: bool = True):
+           argument: bool = False, names: tuple[str, ...] = (), rest_into: str = "", cli: bool = True,
+           before: Any = MISSING):
     """A config field with what the CLI and the pipeline need to know about it.
 
     identity: part of the run a command records (``made_by``); flag: a bare ``--name`` switch (else
     ``--name/--no-name``); path: shown as a path; argument: positional; names: the option's own
     spellings (``--from``, ``-n``); rest_into: a positional list whose first item is this field and
-    the others go into the named field; cli: False for a field only the pipeline sets.
+    the others go into the named field; cli: False for a field only the pipeline sets; before: how a run
+    recorded before this option existed behaved, when that is not ``default`` (the pipeline reads such
+    a record with this value).
     """
     metadata = dict(help=help, identity=identity, flag=flag, path=path, argument=argument, names=names,
-                    rest_into=rest_into, cli=cli)
+                    rest_into=rest_into, cli=cli, before=before)
     return field(metadata=metadata) if default is MISSING else field(default=default, metadata=metadata)
 
 
@@ -149,7 +152,7 @@ class TrainDiffusionConfig:
     model_size: str = option("small", "UNet preset: tiny (CPU minutes) | small | base (the papers' 256-px size).")
     ema_decay: float = option(0.999, "EMA decay; the EMA weights are the saved model.")
     prediction: str = option("v", "What the image UNet predicts: v (Salimans & Ho 2022; learns mask-consistent images "
-                                  "several times faster) or epsilon (DASP Eq. 8 as written).")
+                                  "several times faster) or epsilon (DASP Eq. 8 as written).", before="epsilon")
     # image diffusion: probability of dropping the mask for classifier-free guidance (Ho & Salimans 2022)
     cond_drop: float = option(0.0, "Probability of dropping the mask for classifier-free guidance (0: DASP Eq. 8; "
                                    "0.1 to sample with --guidance > 1).")

@@ -104,6 +104,58 @@ def test_state_of_an_older_augforge_stays_up_to_date(tmp_path, cli):
     assert status["seg"] == "would" and status["synthesize"] == "skipped"
 
 
+GENERATORS = """
+[defaults]
+device = "cpu"
+
+[[stage]]
+command = "synthesize"
+out = "{run}/data"
+n = 12
+size = 32
+
+[[stage]]
+name = "mask"
+command = "train-mask-diffusion"
+data = "{run}/data"
+out = "{run}/mask"
+steps = 2
+model-size = "tiny"
+
+[[stage]]
+name = "image-v"
+command = "train-image-diffusion"
+data = "{run}/data"
+out = "{run}/image-v"
+steps = 2
+model-size = "tiny"
+
+[[stage]]
+name = "image-eps"
+command = "train-image-diffusion"
+data = "{run}/data"
+out = "{run}/image-eps"
+steps = 2
+model-size = "tiny"
+prediction = "epsilon"
+"""
+
+
+def test_a_record_from_before_an_option_reads_as_the_behaviour_it_had(tmp_path, cli):
+    """--prediction arrived with default v, but image models trained before it predicted eps: such a
+    record matches an eps stage and reruns a v one; the mask command's fixed value matches as it is."""
+    toml = _write(tmp_path, GENERATORS.format(run=tmp_path / "run"))
+    assert cli("pipeline", toml).exit_code == 0
+    path = tmp_path / "run" / "pipeline-state.json"
+    doc = json.loads(path.read_text())
+    for name in ("mask", "image-v", "image-eps"):
+        del doc["stages"][name]["options"]["prediction"]
+    path.write_text(json.dumps(doc))
+    status = _status(cli("pipeline", toml, "--dry-run", "--json"))
+    assert [status[k] for k in ("synthesize", "mask", "image-v", "image-eps")] == ["skipped", "skipped", "would",
+                                                                                   "skipped"]
+
+
 def test_a_stage_run_outside_the_pipeline_is_continued_not_overwritten(tmp_path, cli):
     run = tmp_path / "run"
     toml = _write(tmp_path, CHAIN.format(run=run))

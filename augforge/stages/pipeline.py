@@ -257,13 +257,18 @@ def rerun_upstream(stages: list[Stage], i: int, records: dict) -> list[str]:
 
 def recorded_options(stage: Stage, record: dict) -> dict:
     """The options a state-file record holds, read as today's config: an option that a newer augforge
-    added counts with its default (the stage ran as if it had been given it), an option that was
-    removed is dropped; so upgrading augforge does not rerun stages whose settings did not change."""
+    added counts with the value that describes how the stage ran without it (the option's ``before``,
+    else its default; a value the command fixes itself, as today), an option that was removed is
+    dropped; so upgrading augforge does not rerun stages whose settings did not change, and does rerun
+    those whose behaviour a new default changed."""
     known = {f.name: f for f in fields(stage.cfg) if f.name not in NOT_COMPARED}
+    fixed = COMMANDS[stage.command].fixed
     options = {k: v for k, v in record["options"].items() if k in known}
     for name, f in known.items():
-        if name not in options and f.default is not MISSING:
-            options[name] = json.loads(json.dumps(f.default))
+        value = fixed.get(name, f.metadata.get("before", MISSING))
+        value = f.default if value is MISSING else value
+        if name not in options and value is not MISSING:
+            options[name] = json.loads(json.dumps(value))
     return options
 
 
