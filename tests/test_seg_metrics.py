@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from augforge.seg.metrics import confusion_counts, per_image_scores, summarize
+from augforge.seg.metrics import bootstrap_ci, confusion_counts, hierarchical_bootstrap_ci, per_image_scores, summarize
 
 
 def _masks(rows: list[str]) -> torch.Tensor:
@@ -82,6 +82,33 @@ def test_bootstrap_ci_contains_mean_and_is_deterministic():
         # the interval is about mean +- 1.96 * standard error
         se = scores["iou" if name == "mIoU" else "dice"].std() / np.sqrt(200)
         assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.25)
+
+
+def test_hierarchical_bootstrap_one_group_is_the_image_bootstrap():
+    values = np.random.default_rng(2).normal(0.05, 0.2, size=400)
+    mean, lo, hi = hierarchical_bootstrap_ci([values], n_boot=4000, seed=0)
+    assert mean == pytest.approx(values.mean())
+    lo1, hi1 = bootstrap_ci(values, n_boot=4000, seed=0)
+    assert hi - lo == pytest.approx(hi1 - lo1, rel=0.1)
+    assert hi - lo == pytest.approx(2 * 1.96 * values.std() / np.sqrt(400), rel=0.1)
+
+
+def test_hierarchical_bootstrap_widens_with_disagreeing_groups():
+    rng = np.random.default_rng(3)
+    # three seeds/subsets whose mean differences are -0.1, 0, +0.1, each with little image noise
+    groups = [c + rng.normal(0, 0.01, size=300) for c in (-0.1, 0.0, 0.1)]
+    mean, lo, hi = hierarchical_bootstrap_ci(groups, n_boot=4000, seed=0)
+    assert mean == pytest.approx(np.mean([g.mean() for g in groups]))
+    # closed form: the mean of 3 draws with replacement from {-0.1, 0, 0.1} has sd sqrt((0.02/3)/3) = 0.047
+    assert (hi - lo) / (2 * 1.96) == pytest.approx(np.sqrt(0.02 / 9), rel=0.15)
+    # pooling images across groups and resampling images alone would claim a far narrower interval
+    lo1, hi1 = bootstrap_ci(np.concatenate(groups) - np.concatenate(groups).mean() + mean, n_boot=4000, seed=0)
+    assert hi1 - lo1 < 0.5 * (hi - lo)
+    # constant differences: a point interval; groups of different sizes count alike
+    assert hierarchical_bootstrap_ci([np.full(5, 0.2), np.full(50, 0.4)], n_boot=200)[0] == pytest.approx(0.3)
+    assert hierarchical_bootstrap_ci([np.full(7, 0.2)] * 3, n_boot=200)[1:] == pytest.approx((0.2, 0.2))
+    with pytest.raises(ValueError):
+        hierarchical_bootstrap_ci([np.array([])])
 
 
 def test_summarize_rejects_no_images():

@@ -70,6 +70,35 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: f
     return float(lo), float(hi)
 
 
+def hierarchical_bootstrap_ci(groups: list[np.ndarray], n_boot: int = 2000, seed: int = 0,
+                              level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and percentile interval of a statistic over groups (seeds or data subsets) of per-image values,
+    resampling groups and images together (a two-stage bootstrap).
+
+    groups: G 1-D arrays, e.g. the per-test-image differences "arm minus control" of each seed or subset
+    (the images of two groups may differ, as the held-out images of disjoint subsets do). The statistic is
+    the mean over groups of each group's image mean, so every group counts alike whatever its size.
+    Each resample draws G groups with replacement, then within each drawn group its images with
+    replacement. With one group it reduces to :func:`bootstrap_ci` over images; with G groups it widens
+    when the groups disagree, which a bootstrap over images alone (models held fixed) hides.
+    Returns (mean, low, high).
+    """
+    arrays = [np.asarray(g, dtype=np.float64).reshape(-1) for g in groups]
+    if not arrays or any(len(a) == 0 for a in arrays):
+        raise ValueError("hierarchical_bootstrap_ci needs at least one group, each with at least one value")
+    rng = np.random.default_rng(seed)
+    n_groups = len(arrays)
+    picks = rng.integers(0, n_groups, size=(n_boot, n_groups))  # step 1: groups with replacement
+    slot_means = np.empty((n_boot, n_groups))
+    for j in range(n_groups):  # step 2: each drawn group's images with replacement (a fresh draw per slot)
+        for g, a in enumerate(arrays):
+            rows = np.flatnonzero(picks[:, j] == g)
+            slot_means[rows, j] = a[rng.integers(0, len(a), size=(len(rows), len(a)))].mean(axis=1)
+    boot = slot_means.mean(axis=1)
+    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
+    return float(np.mean([a.mean() for a in arrays])), float(lo), float(hi)
+
+
 def summarize(scores: dict, totals: tuple, n_boot: int = 1000, seed: int = 0) -> dict:
     """Dataset summary (JSON-able floats).
 
