@@ -16,12 +16,19 @@ from ``(seed, index_i, stream)`` through numpy's SeedSequence. Draws are numbere
 in the order they are made (the object counts them, like a generator's state). The 32-bit word of
 element j (the flat index within one pair's (C, H, W) block) of draw d of pair i is
 
-    s_i  = mix(k0_i ^ mix(k1_i ^ mix(2 d + lane)))       per pair and draw (lane 0; 1 for the
-                                                          second word of a Gaussian)
-    w_ij = mix((mix(j ^ s_i) + mix(s_i ^ C)) mod 2^32)   per element
+    e    = mix(2 d + lane)                               per draw (lane 0; 1 for the second word
+                                                         of a Gaussian)
+    a_i  = mix(k0_i ^ mix(k1_i ^ e))                     per pair and draw: two Feistel rounds on
+    b_i  = mix(k1_i ^ mix(a_i ^ e ^ C))                  the whole 64-bit key
+    w_ij = mix((mix(j ^ a_i) + b_i) mod 2^32)            per element
 
-where mix is the ``lowbias32`` integer hash (a bijection of [0, 2^32); Wellons, hash-prospector).
-For fixed (i, d) the map j -> w_ij is a bijection, so no two elements of one draw share a word.
+where mix is the ``lowbias32`` integer hash (a bijection of [0, 2^32); Wellons, hash-prospector)
+and C the golden-ratio constant. For a fixed draw, (k0, k1) -> (a, b) is a bijection (k1 comes back
+from b given a, then k0 from a given k1), so two pairs with different keys never share their 64-bit
+draw state: their words agree on one element with probability ~2^-32 and on a whole draw never in
+practice. (An earlier layout derived the second per-pair word from the first, so pairs collided on
+32 bits: about one identical draw per 100 k pairs.) For fixed (i, d) the map j -> w_ij is a
+bijection, so no two elements of one draw share a word.
 Uniforms are u = (w >> 8) / 2^24 in [0, 1) (24 bits: exact in float32); normals come from
 Box-Muller, z = sqrt(-2 ln u1) cos(2 pi u2) with u1 = ((w1 >> 8) + 1) / 2^24 in (0, 1]
 (|z| <= 5.77). All integer arithmetic is done in int64 with every product below 2^63 in magnitude,
@@ -37,7 +44,7 @@ import torch
 from torch import Tensor
 
 _MASK32 = 0xFFFFFFFF
-_SALT = 0x9E3779B9  # the golden-ratio constant: the second per-pair word differs from the first
+_SALT = 0x9E3779B9  # the golden-ratio constant C: the second Feistel round's hash differs from the first's
 
 
 class PairStreams:
@@ -69,12 +76,13 @@ class PairStreams:
 
     def _words(self, shape: tuple[int, ...], lane: int, draw: int) -> Tensor:
         """(B, *shape) int64 words in [0, 2^32) of draw ``draw`` (see the module docstring)."""
-        d = _mix_int(2 * draw + lane)
-        s = _mix(self.keys[:, 0] ^ _mix(self.keys[:, 1] ^ d))  # (B,)
-        s2 = _mix(s ^ _SALT)
+        e = _mix_int(2 * draw + lane)
+        k0, k1 = self.keys[:, 0], self.keys[:, 1]
+        a = _mix(k0 ^ _mix(k1 ^ e))  # (B,): both key words, then
+        b = _mix(k1 ^ _mix(a ^ (e ^ _SALT)))  # (B,): (a, b) a bijection of the 64-bit key (k0, k1)
         n = math.prod(shape)
         j = torch.arange(n, device=self.keys.device, dtype=torch.int64)
-        w = _mix((_mix(j[None, :] ^ s[:, None]) + s2[:, None]) & _MASK32)
+        w = _mix((_mix(j[None, :] ^ a[:, None]) + b[:, None]) & _MASK32)
         return w.view(len(self), *shape)
 
     def uniform(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:

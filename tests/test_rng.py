@@ -31,6 +31,26 @@ def test_a_pairs_numbers_depend_only_on_its_key():
     assert whole.draws == 3
 
 
+def _first_draw_collisions(streams: PairStreams, shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Pairs (by position) whose whole first uniform draw is bit-identical (sort the rows, compare neighbours)."""
+    words = (streams.uniform(shape).flatten(1) * 2.0 ** 24).long()  # (B, n >= 2) exact 24-bit integers
+    key = words[:, 0] * 2 ** 24 + words[:, 1]  # the first two words, exactly (48 bits)
+    order = torch.argsort(key)
+    rows, key = words[order], key[order]
+    same = (key[1:] == key[:-1]) & (rows[1:] == rows[:-1]).all(dim=1)
+    return [(int(order[i]), int(order[i + 1])) for i in torch.nonzero(same).flatten().tolist()]
+
+
+def test_pair_streams_hold_64_bits_no_two_of_200k_pairs_share_a_draw():
+    """Issue 23.4: with the old layout the per-draw state was 32 bits (the second word a function of
+    the first), so pairs 45651 and 55268 of seed 0 drew the same x_T, and ~5 pairs of 200 k collided."""
+    regression = PairStreams.for_pairs(0, [45651, 55268], stream=1)
+    u = regression.uniform((3, 4, 4))
+    assert not torch.equal(u[0], u[1]) and float((u[0] - u[1]).abs().max()) > 0.1
+    streams = PairStreams.for_pairs(0, list(range(200_000)), stream=1)
+    assert _first_draw_collisions(streams, (4,)) == []  # 96 bits a pair: a collision would be a broken key
+
+
 def test_stream_statistics():
     s = PairStreams.for_pairs(0, list(range(16)), 0)
     u = s.uniform((64, 64))
