@@ -15,8 +15,10 @@ from augforge.attacks import (
     asma_beta_search,
     diff_pgd,
     pgd,
+    random_sign_noise,
     uncertainty_weights,
 )
+from augforge.rng import PairStreams
 
 SIZE = 24
 EPS = 0.15
@@ -85,11 +87,12 @@ KWARGS = {
     "inverse-fgsm": {},
     "pgd": {"step_size": 0.05, "steps": 5, "random_start": True},
     "diff-pgd": {"step_size": 0.05, "steps": 5, "purify": shrink},
+    "noise": {},
 }
 
 
 def test_registry_names():
-    assert set(ATTACKS) == {"fgsm", "inverse-fgsm", "pgd", "diff-pgd", "asma"}
+    assert set(ATTACKS) == {"fgsm", "inverse-fgsm", "pgd", "diff-pgd", "asma", "noise"}
 
 
 @pytest.mark.parametrize("name", sorted(KWARGS))
@@ -296,3 +299,103 @@ def test_bad_arguments(model, data):
         diff_pgd(model, x, y, eps=0.1, step_size=0.01, steps=1, purify=shrink, grad="exact")
     with pytest.raises(ValueError):
         asma(model, x, y, target=y[:, :, :8])
+
+
+def test_noise_is_random_signs_of_the_budget_reproducible_from_its_seed(data):
+    """Pervin et al.'s random-perturbation control: every pixel moved by exactly eps (before the box clip)."""
+    x, y = blobs(4, seed=3)
+    x = x.clamp(0.2, 0.8)  # away from the box, so no pixel is clipped
+    streams = lambda seed: PairStreams.for_pairs(seed, [0, 1, 2, 3], 17)  # noqa: E731
+    a = random_sign_noise(None, x, y, eps=0.1, generator=streams(0))
+    torch.testing.assert_close((a - x).abs(), torch.full_like(x, 0.1))
+    assert torch.equal(a, random_sign_noise(None, x, y, eps=0.1, generator=streams(0)))
+    assert not torch.equal(a, random_sign_noise(None, x, y, eps=0.1, generator=streams(1)))
+    up = ((a - x) > 0).float().mean()
+    assert 0.45 < up < 0.55  # fair signs
+    # image i's signs depend only on its own stream: the same with a batch of one
+    b = random_sign_noise(None, x[2:3], y[2:3], eps=0.1, generator=PairStreams.for_pairs(0, [2], 17))
+    torch.testing.assert_close(b, a[2:3])
+    # the same stream at another eps: the same directions, scaled
+    c = random_sign_noise(None, x, y, eps=0.05, generator=streams(0))
+    torch.testing.assert_close(c - x, (a - x) / 2)
+    assert torch.equal(random_sign_noise(None, x, y, eps=0.0, generator=streams(0)), x)
+
+
+class PixelLinear(nn.Module):
+    """logits = a * (channel mean - 0.5), pixel by pixel: the fixed analytic segmenter of the monotonicity test.
+
+    d BCE / d x_i has the sign of sigmoid(z_i) - y_i, fixed by the mask: FGSM and PGD move every
+    foreground pixel darker and every background pixel brighter by eps, so each pixel's logit moves
+    monotonically toward the wrong class as eps grows.
+    """
+
+    def __init__(self, a: float = 10.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(a / 3)
+            self.conv.bias.fill_(-a / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+def test_scores_do_not_increase_with_eps_on_an_analytic_segmenter(name):
+    from augforge.stages.evaluate import score
+
+    model = PixelLinear().eval()
+    x, y = blobs(6, seed=2)
+    kwargs = {"pgd": lambda e: {"step_size": e / 4, "steps": 6}}.get(name, lambda e: {})
+    grid = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]
+    per_eps = []
+    for eps in grid:
+        x_adv = ATTACKS[name](model, x, y, eps=eps, **kwargs(eps))
+        with torch.no_grad():
+            logits = model(x_adv)
+        per_eps.append(score(logits, y, 0.5)[0])
+    for key in ("iou", "dice"):
+        table = torch.stack([s[key] for s in per_eps])  # (eps, image)
+        assert (table[1:] <= table[:-1] + 1e-7).all(), f"{key} rose with eps: {table}"
+        assert table[-1].mean() < table[0].mean() - 0.5  # and the attack does bite
+
+
+@pytest.mark.parametrize("name", sorted(KWARGS))
+def test_each_method_at_eps_zero_scores_the_clean_images(name, model, data):
+    """eps = 0 leaves the image as it is (Diff-PGD: its output is then the purified clean image)."""
+    from augforge.stages.evaluate import score
+
+    x, y = data
+    out = ATTACKS[name](model, x, y, eps=0.0, generator=PairStreams.for_pairs(0, [0, 1, 2, 3], 17),
+                        **{**KWARGS[name], **({"step_size": 0.0} if "step_size" in KWARGS[name] else {})})
+    expected = shrink(x) if name == "diff-pgd" else x
+    torch.testing.assert_close(out, expected)
+    with torch.no_grad():
+        clean, attacked = score(model(expected), y, 0.5)[0], score(model(out), y, 0.5)[0]
+    for key in ("iou", "dice", "tp", "fp", "fn"):
+        assert torch.equal(clean[key], attacked[key])
+    res = asma(model, x, y, target=torch.roll(y, 3, dims=3), max_iter=0)  # ASMA with no iteration
+    assert torch.equal(res.x_adv, x) and (res.iterations == 0).all() and (res.l2 == 0).all()
+
+
+def test_asma_ablation_switches(model, data):
+    """Static mask: pixels already at their target class keep pulling; constant multiplier: alpha = tau."""
+    x, y = data
+    with torch.no_grad():
+        pred = (model(x) > 0).float()
+    target = torch.roll(pred, shifts=(2, 2), dims=(2, 3))
+    kw = dict(target=target, max_iter=1, l2_weight=0.0)
+    # one step with alpha = tau: the step is tau * grad J, whatever beta
+    a = asma(model, x, y, beta=5.0, tau=0.01, dynamic_multiplier=False, **kw)
+    b = asma(model, x, y, beta=0.0, tau=0.01, **kw)
+    torch.testing.assert_close(a.x_adv, b.x_adv)
+    # static vs adaptive mask: the same step size, a gradient over more pixels
+    static = asma(model, x, y, beta=0.0, tau=0.01, adaptive_mask=False, **kw)
+    assert not torch.equal(static.x_adv, b.x_adv)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(((2 * target - 1) * model(xg)).sum(), xg)
+    torch.testing.assert_close(static.x_adv, (x + 0.01 * grad).clamp(0, 1))
+    # the full attack (both on) still converges as before on this toy model
+    full = asma(model, x, y, target=target, max_iter=100, beta=0.01, tau=0.01, l2_weight=0.1)
+    const = asma(model, x, y, target=target, max_iter=100, beta=0.01, tau=0.01, l2_weight=0.1, dynamic_multiplier=False)
+    assert full.iou_target.mean() >= const.iou_target.mean()

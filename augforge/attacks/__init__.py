@@ -17,10 +17,15 @@ Every untargeted attack has one signature (torchattacks' ``forward`` without a b
 - x_adv: detached, in [0, 1] and within eps of x (L-inf), except Diff-PGD whose output is the
   purified final iterate.
 
+``noise`` (:func:`random_sign_noise`) has the same signature and ignores the model: random signs of
+the same L-inf budget, the random-perturbation control of Pervin et al.'s robustness study.
+
 ASMA is targeted and returns an :class:`AsmaResult` (images and per-image statistics):
 ``asma(model, x, y, *, target, max_iter, beta, tau, l2_weight, generator)``;
 ``asma_beta_search(model, x, y, *, target, betas, ...)`` runs it for each beta and keeps the best
-per image (Ozbulak et al.'s beta selection).
+per image (Ozbulak et al.'s beta selection). ``adaptive_mask`` / ``dynamic_multiplier`` switch off
+the two parts of ASMA for the paper's ablation rows (static mask, adaptive mask, adaptive mask +
+dynamic multiplier).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from augforge.attacks.diff_pgd import diff_pgd
 from augforge.attacks.fgsm import fgsm
 from augforge.attacks.inverse_fgsm import inverse_fgsm
 from augforge.attacks.losses import adversarial_loss
+from augforge.attacks.noise import random_sign_noise
 from augforge.attacks.pgd import pgd
 from augforge.attacks.weighting import uncertainty_weights
 
@@ -41,6 +47,7 @@ ATTACKS: dict[str, Callable[..., object]] = {
     "pgd": pgd,
     "diff-pgd": diff_pgd,
     "asma": asma,
+    "noise": random_sign_noise,
 }
 
 __all__ = [
@@ -53,6 +60,7 @@ __all__ = [
     "fgsm",
     "inverse_fgsm",
     "pgd",
+    "random_sign_noise",
     "adversarial_loss",
     "uncertainty_weights",
 ]

@@ -23,6 +23,11 @@ L-inf <= 0.025; beta = 1e-4, tau = 1e-5 reach 0.49-0.94; beta = 1e-3, tau = 1e-4
 0.94-0.99 (L-inf 0.15-0.38). So at small image sizes raise beta/tau (both are exposed) or
 max_iter; the defaults stay the paper's.
 
+Ablation switches (the rows of the paper's Table 1): ``adaptive_mask=False`` is the static mask,
+1[target = c] on every pixel, so pixels already at their target class keep pulling the gradient;
+``dynamic_multiplier=False`` keeps alpha_n = tau throughout (the value the dynamic multiplier starts
+from at IoU 0; the paper does not print the constant of its non-dynamic rows). Both on is ASMA.
+
 Images stop being updated as soon as their prediction equals the target (batched: an
 active mask; "all done" is checked with one host sync every ``CHECK_EVERY`` iterations).
 
@@ -82,6 +87,8 @@ def asma(
     tau: float = 1e-7,
     l2_weight: float = 1.0,
     generator: torch.Generator | None = None,
+    adaptive_mask: bool = True,
+    dynamic_multiplier: bool = True,
 ) -> AsmaResult:
     """Targeted ASMA: perturb x (B, 3, H, W) in [0, 1] until ``model`` predicts ``target``.
 
@@ -89,7 +96,8 @@ def asma(
     target: masks (B, 1, H, W) in {0, 1}; max_iter: per-image iteration cap; beta, tau: step
     multiplier alpha_n = beta * IoU + tau (paper defaults); l2_weight: lambda of the L2 term.
     ``generator`` is accepted for the common attack signature; ASMA draws no random numbers.
-    Returns an :class:`AsmaResult` (detached tensors).
+    ``adaptive_mask`` / ``dynamic_multiplier``: False gives the static mask / the constant multiplier
+    tau of the paper's ablation (module docstring). Returns an :class:`AsmaResult` (detached tensors).
     """
     if x.dim() != 4 or y.shape != target.shape or y.dim() != 4 or y.shape[1] != 1 or (
         x.shape[0] != y.shape[0] or x.shape[2:] != y.shape[2:]
@@ -117,11 +125,13 @@ def asma(
         active = active & wrong.flatten(1).any(1)
         if n % CHECK_EVERY == 0 and not bool(active.any()):
             break
-        # 2. objective: target-class logits on the wrong pixels minus the L2 distance
-        objective = (target_sign * z * wrong).sum() - l2_weight * (x_in - x0).square().sum()
+        # 2. objective: target-class logits on the wrong pixels (every pixel: static mask) minus the L2 distance
+        logit = target_sign * z * wrong if adaptive_mask else target_sign * z
+        objective = logit.sum() - l2_weight * (x_in - x0).square().sum()
         (grad,) = torch.autograd.grad(objective, x_in)
         # 3. adaptive step, box constraint, only on the active images
-        alpha = (beta * _iou(pred, target) + tau).view(-1, 1, 1, 1)
+        overlap = _iou(pred, target) if dynamic_multiplier else torch.zeros_like(iterations, dtype=x0.dtype)
+        alpha = (beta * overlap + tau).view(-1, 1, 1, 1)
         x_next = (x_n + alpha * grad).clamp(0.0, 1.0)
         x_n = torch.where(active.view(-1, 1, 1, 1), x_next, x_n)
         iterations += active
