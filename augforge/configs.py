@@ -99,12 +99,18 @@ class TrainSegConfig:
                                           "missing).")
     loss: str = option("dice", "dice | dice+bce (per-image, DASP Eq. 11).")
     extra_weight: float = option(1.0, "Weight of the extra-pair mean loss (Eq. 11).")
+    extra_ratio: float = option(0.0, "Share r of extra pairs in every batch (0 < r < 1: round(r x batch) extra, the "
+                                     "real pairs in the same order whatever the extra set; 0: mixed in).")
+    init_from: str = option("", "Start from this segmenter's weights (same --arch/--encoder and image size).")
     lr: float = option(1e-3, "Adam learning rate.")
-    epochs: int = option(200, "Training epochs.")
+    epochs: int = option(200, "Training epochs (one epoch: one pass over the real pairs, or over all pairs when "
+                              "mixed).")
+    steps: int = option(0, "Budget in optimizer steps (0: --epochs epochs); the last epoch may be cut short.")
     minutes: float = option(0.0, "Wall-clock budget in minutes over all runs into OUT (0: none); training stops "
                                  "after the epoch that reaches it, a rerun with a larger one continues.", identity=False)
     batch_size: int = option(16, "Pairs per step (>= 2; the last partial batch is dropped).")
-    schedule: str = option("constant", "Learning-rate schedule: constant | cosine (per epoch).")
+    schedule: str = option("constant", "Learning-rate schedule: constant | cosine (per step, over the whole --steps "
+                                       "or --epochs budget).")
     aug: str = option("basic", "Batch augmentations joined by + (none, basic, cutmix, cutout, elastic, random-erase, "
                                "gaussian-noise, tumorcp).")
     seed: int = option(0, SEED)

@@ -127,6 +127,20 @@ def all_reduce_mean(value: torch.Tensor) -> float:
     return float(value)
 
 
+def any_rank(flag: bool) -> bool:
+    """True when ``flag`` is True on any torchrun rank (an all-reduce MAX; ``flag`` itself outside torchrun).
+
+    One decision for all ranks (e.g. "the time budget is spent"): every rank must call it at the same
+    point, and each then acts alike, so no rank takes a step that another waits for in vain.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        value = torch.tensor([int(flag)], dtype=torch.int32,
+                             device="cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+    return bool(flag)
+
+
 def barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()

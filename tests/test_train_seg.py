@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import re
 import shutil
 
 import numpy as np
@@ -264,3 +266,176 @@ def test_time_budget_stops_after_the_epoch_that_reaches_it(tmp_path, monkeypatch
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["epochs"] == 3
     assert [row["epoch"] for row in read_metrics(out)] == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- budgets in steps, stratified batches
+
+class _Recorded(PairSet):
+    """A PairSet that records the ids of every training batch it serves."""
+
+    seen: list
+
+    def batch(self, index):
+        self.seen.append([self.ids[i] for i in index.tolist()])
+        return super().batch(index)
+
+
+def _pairs(n: int, prefix: str, extra: bool, seed: int) -> PairSet:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    masks = (torch.rand(n, 1, 32, 32, generator=g) > 0.5).to(torch.uint8)
+    return PairSet(images, masks, torch.full((n,), extra), [f"{prefix}{i}" for i in range(n)])
+
+
+def _stratified_run(extra: PairSet | None, batch_size: int, ratio: float, steps: int, extra_weight: float = 1.0):
+    """A seeded TrainLoop on a one-conv network (no BatchNorm): (loop, ids of each batch, history)."""
+    real = _pairs(12, "r", False, 0)
+    parts = [real] if extra is None else [real, extra]
+    train = _Recorded(torch.cat([p.images for p in parts]), torch.cat([p.masks for p in parts]),
+                      torch.cat([p.is_extra for p in parts]), sum((p.ids for p in parts), []))
+    train.seen = []
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 1, 3, padding=1)
+    loop = TrainLoop(model, torch.optim.Adam(model.parameters(), lr=1e-2), None, train, _pairs(4, "v", False, 9),
+                     steps=steps, batch_size=batch_size, extra_ratio=ratio, extra_weight=extra_weight, seed=3,
+                     device="cpu", generator=torch.Generator().manual_seed(0))
+    history = loop.run()
+    return loop, train.seen, history
+
+
+def test_stratified_batches_see_the_same_real_pairs_in_the_same_order_whatever_the_extra_set():
+    from augforge.runtime import generator_for
+
+    small, large = _pairs(5, "a", True, 1), _pairs(9, "b", True, 2)
+    loop_a, seen_a, history = _stratified_run(small, 8, 0.5, 7)
+    loop_b, seen_b, _ = _stratified_run(large, 8, 0.5, 7)
+    control, seen_c, _ = _stratified_run(None, 4, 0.0, 7)  # real-only, batch = the real share of the others
+
+    def real(seen):
+        return [[i for i in batch if i.startswith("r")] for batch in seen]
+
+    # the exact real sequence: pass k of the real stream is randperm(12) from generator_for(seed, 1, k),
+    # cut into 3 batches of 4 (epoch = one pass over the real pairs); 7 steps read passes 0, 1 and 2
+    stream = torch.cat([torch.randperm(12, generator=generator_for(3, 1, k)) for k in range(3)])
+    expected = [[f"r{i}" for i in stream[4 * s:4 * s + 4].tolist()] for s in range(7)]
+    assert real(seen_a) == real(seen_b) == real(seen_c) == expected
+    # batch composition: 4 real + 4 extra in every batch, the extras visited evenly (28 = 5 x 5 + 3)
+    assert all(len(batch) == 8 and sum(i.startswith("a") for i in batch) == 4 for batch in seen_a)
+    counts = [sum(batch.count(f"a{i}") for batch in seen_a) for i in range(5)]
+    assert sorted(counts) == [5, 5, 6, 6, 6]
+    assert all(sum(i.startswith("b") for i in batch) == 4 for batch in seen_b)
+    # the step budget, epochs of 3 steps (the last one cut short) and the counters
+    assert loop_a.step == loop_b.step == control.step == 7 and len(seen_a) == 7
+    assert [(r["epoch"], r["step"]) for r in history] == [(1, 3), (2, 6), (3, 7)]
+    assert (loop_a.real_seen, loop_a.extra_seen, control.real_seen, control.extra_seen) == (28, 28, 28, 0)
+    assert history[-1]["real_passes"] == pytest.approx(28 / 12, abs=1e-4)
+    assert loop_a.best["step"] in (3, 6, 7)
+
+
+def test_extra_weight_zero_makes_the_extra_set_irrelevant_under_a_ratio():
+    """Eq. 11 with lambda = 0 and the same real stream: two extra sets train the very same network."""
+    loop_a, _, _ = _stratified_run(_pairs(5, "a", True, 1), 8, 0.5, 5, extra_weight=0.0)
+    loop_b, _, _ = _stratified_run(_pairs(9, "b", True, 2), 8, 0.5, 5, extra_weight=0.0)
+    assert all(torch.equal(v, loop_b.model.state_dict()[k]) for k, v in loop_a.model.state_dict().items())
+    loop_c, _, _ = _stratified_run(_pairs(9, "b", True, 2), 8, 0.5, 5, extra_weight=1.0)
+    assert not torch.equal(loop_c.model.weight, loop_b.model.weight)
+
+
+@pytest.mark.parametrize("ratio, batch, expected", [(0.5, 8, "--extra-ratio"), (0.05, 8, "0 extra"),
+                                                    (0.97, 16, "0 real"), (1.0, 8, "[0, 1)")])
+def test_batch_plan_refuses_impossible_ratios(ratio, batch, expected):
+    from augforge.seg.train import batch_plan
+
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        batch_plan(12, 0 if expected == "--extra-ratio" else 5, batch, extra_ratio=ratio)
+
+
+def test_steps_and_extra_ratio_through_the_cli_record_the_budget_and_resume_exactly(
+        tmp_path, monkeypatch, synthetic_dataset, extra_dataset):
+    """48 real + 5 extra pairs, batch 16 at r = 0.25: 12 real + 4 extra per batch, epochs of 48 // 12 = 4 steps;
+    --steps 6 gives epochs of 4 and 2 steps; cosine anneals over the 6 steps; an interrupted run resumes exactly."""
+    args = ["train-seg", synthetic_dataset, "--extra", extra_dataset, *NET, "--batch-size", "16", "--device", "cpu",
+            "--steps", "6", "--extra-ratio", "0.25", "--schedule", "cosine", "--json"]
+    r = _invoke(*args, "--out", tmp_path / "ref")
+    assert r.exit_code == 0, r.output
+    summary, rows = json.loads(r.stdout), read_metrics(tmp_path / "ref")
+    assert (summary["steps"], summary["epochs"], summary["real_seen"], summary["extra_seen"]) == (6, 2, 72, 24)
+    assert [(row["epoch"], row["step"], row["real_seen"], row["extra_seen"]) for row in rows] == [
+        (1, 4, 48, 16), (2, 6, 72, 24)]
+    assert rows[-1]["real_passes"] == pytest.approx(72 / 48)
+    assert rows[1]["lr"] == pytest.approx(1e-3 * (1 + math.cos(math.pi * 4 / 6)) / 2)  # per-step cosine over 6
+    config = json.loads((tmp_path / "ref" / "config.json").read_text())
+    training = config["training"]
+    assert (training["steps"], training["epochs"], training["real_seen"], training["extra_seen"]) == (6, 2, 72, 24)
+    assert (training["real_per_batch"], training["extra_per_batch"], training["steps_per_epoch"]) == (12, 4, 4)
+    assert config["best"]["epoch"] == summary["best_epoch"] and config["best"]["step"] == summary["best_step"]
+    assert config["steps_done"] == summary["best_step"] == {1: 4, 2: 6}[summary["best_epoch"]]
+    assert config["made_by"]["options"]["steps"] == 6 and config["made_by"]["options"]["extra_ratio"] == 0.25
+
+    run_epoch = TrainLoop.run_epoch
+
+    def interrupted_after_one_epoch(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return run_epoch(self)
+
+    monkeypatch.setattr(TrainLoop, "run_epoch", interrupted_after_one_epoch)
+    assert _invoke(*args, "--out", tmp_path / "cut").exit_code == 130
+    monkeypatch.undo()
+    r = _invoke(*args, "--out", tmp_path / "cut")
+    assert r.exit_code == 0, r.output
+    again = read_metrics(tmp_path / "cut")
+    assert [row["step"] for row in again] == [4, 6]
+    assert [row["loss"] for row in again] == pytest.approx([row["loss"] for row in rows], rel=1e-5)
+    resumed, uninterrupted = load_train_state(tmp_path / "cut")["model"], load_train_state(tmp_path / "ref")["model"]
+    assert all(torch.allclose(v, uninterrupted[k], atol=1e-5) for k, v in resumed.items())
+
+
+# --------------------------------------------------------------------------- --init-from
+
+def test_init_from_starts_at_the_source_predictions_and_trains_on(tmp_path, monkeypatch, trained, synthetic_dataset):
+    import hashlib
+
+    source, _ = trained
+    net, _ = load_network(source, kind="segmenter", image_size=32)
+    val = load_pairset([synthetic_dataset], "val")
+    expected = predict(net, val.images, 16, "cpu")
+    at_start = {}
+    run = TrainLoop.run
+
+    def run_and_look_first(self):
+        at_start["logits"] = predict(self.model, val.images, 16, "cpu")
+        return run(self)
+
+    monkeypatch.setattr(TrainLoop, "run", run_and_look_first)
+    out = tmp_path / "fine"
+    r = _invoke("train-seg", synthetic_dataset, "--out", out, *NET, "--steps", "2", "--batch-size", "16",
+                "--device", "cpu", "--init-from", source, "--json")
+    assert r.exit_code == 0, r.output
+    assert torch.allclose(at_start["logits"], expected, atol=1e-5)  # step 0: the source's predictions
+    tuned = load_train_state(out)["model"]
+    source_weights = load_file(str(source / "model.safetensors"))
+    assert any(not torch.allclose(v, source_weights[k]) for k, v in tuned.items() if v.is_floating_point())
+    config = json.loads((out / "config.json").read_text())
+    fingerprint = hashlib.sha256((source / "model.safetensors").read_bytes()).hexdigest()[:16]
+    assert config["init_from"] == {"path": str(source.resolve()), "fingerprint": fingerprint}
+    assert config["made_by"]["options"]["init_from_fingerprint"] == fingerprint  # part of the run's identity
+    # another source is another run
+    other = tmp_path / "other"
+    shutil.copytree(source, other)
+    r = _invoke("train-seg", synthetic_dataset, "--out", out, *NET, "--steps", "2", "--batch-size", "16",
+                "--device", "cpu", "--init-from", other)
+    _one_line_error(r, "different run")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--arch", "unet"], "its --arch is linknet"), (["--encoder", "resnet18"], "its --encoder is mobilenet_v2")])
+def test_init_from_refuses_another_network(tmp_path, trained, synthetic_dataset, args, expected):
+    source, _ = trained
+    r = _invoke("train-seg", synthetic_dataset, "--out", tmp_path / "m", *TRAIN, *args, "--init-from", source)
+    _one_line_error(r, expected)
+
+
+def test_init_from_refuses_a_folder_that_is_no_segmenter(tmp_path, synthetic_dataset):
+    r = _invoke("train-seg", synthetic_dataset, "--out", tmp_path / "m", *TRAIN, "--init-from", tmp_path)
+    _one_line_error(r, "--init-from")

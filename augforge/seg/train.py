@@ -3,24 +3,40 @@
 :class:`TrainLoop` follows improved-diffusion's ``TrainLoop``: it is handed built objects (model,
 optimizer, scheduler, in-memory :class:`~augforge.data.dataset.PairSet` splits, an augmentation,
 the loss settings, a device and a seeded generator), runs epochs, and reports through callbacks;
-the stage owns files (weights, ``train_state.pt``, ``metrics.jsonl``). One epoch:
+the stage owns files (weights, ``train_state.pt``, ``metrics.jsonl``).
 
-1. a permutation of the training pairs is drawn with ``generator`` and cut into full batches
-   (``drop_last``: a last batch of size 1 would crash BatchNorm layers that pool to 1x1, e.g.
-   DeepLabv3+'s ASPP image pooling);
-2. each batch (uint8 on the device -> [0, 1] floats) is augmented on the device, image and mask
-   together, then one Adam step on the DASP loss (Eq. 11, per-image soft Dice averaged separately
-   over real and extra pairs); losses are summed on the device, so the host syncs once per epoch;
-3. the scheduler steps (per epoch), the val split is predicted and scored (mean per-image
-   IoU/Dice at threshold 0.5), and the best-val-mDice epoch is tracked.
+The budget is a number of optimizer steps (``steps``, or ``epochs`` x the steps of one epoch) and
+the batches follow a :class:`BatchPlan` (:func:`batch_plan`), made in one of two ways:
+
+- **stratified** (``extra_ratio`` r > 0, and every run without extra pairs): each batch of B holds
+  ``round(r*B)`` extra pairs and ``B - round(r*B)`` real ones. The real pairs come from a stream of
+  permutations of the real set, pass k drawn with its own generator ``generator_for(seed,
+  REAL_STREAM, k)`` and cut into full real batches; an epoch is one such pass over the real pairs.
+  So two runs with the same seed, real set and real pairs per batch see the same real pairs in the
+  same order at every step, whatever their extra sets (a real-only control whose batch size is
+  ``B - round(r*B)`` included). The extra pairs come from a stream of their own
+  (``generator_for(seed, EXTRA_STREAM, k)``), read on continuously whatever the extra set's size.
+- **mixed** (r = 0 with extra pairs, DASP's recipe): one permutation of all training pairs per
+  epoch, drawn with ``generator`` and cut into full batches.
+
+Both drop a last partial batch (a batch of size 1 would crash BatchNorm layers that pool to 1x1,
+e.g. DeepLabv3+'s ASPP image pooling). Each batch (uint8 on the device -> [0, 1] floats) is
+augmented on the device, image and mask together, then one Adam step on the DASP loss (Eq. 11:
+per-image soft Dice averaged separately over the real and the extra pairs of the batch) and one
+scheduler step (a schedule anneals over the whole step budget); losses are summed on the device,
+so the host syncs once per epoch. After each epoch (the last one may be cut short by the step
+budget) the val split is predicted and scored (mean per-image IoU/Dice at threshold 0.5) and the
+best-val-mDice epoch is tracked.
 
 Under torchrun (``world_size`` > 1) the network is wrapped in DistributedDataParallel: every rank
-draws the same permutation (the generator is seeded alike on all ranks) and takes its own
-``batch_size / world_size`` slice of each global batch, so an epoch covers the data once whatever
-the number of ranks, and the step count, the generator state and hence ``train_state.pt`` mean the
-same for any N (resume with another N works). Gradients are averaged by DDP; BatchNorm statistics
-are synchronised on CUDA (SyncBatchNorm) and per rank on the CPU (gloo). Every rank validates the
-whole (small) val split, so all ranks agree on the best epoch.
+builds the same global batches and takes its own ``batch_size / world_size`` share of each (a
+contiguous slice when mixed, every ``world_size``-th pair when stratified, so that each rank holds
+both kinds), so an epoch covers the data once whatever the number of ranks, and the step count,
+the generator state and hence ``train_state.pt`` mean the same for any N (resume with another N
+works). Gradients are averaged by DDP; BatchNorm statistics are synchronised on CUDA
+(SyncBatchNorm) and per rank on the CPU (gloo). Every rank validates the whole (small) val split,
+so all ranks agree on the best epoch, and the time budget is one decision for all ranks
+(:func:`~augforge.runtime.any_rank`).
 """
 
 from __future__ import annotations
@@ -28,12 +44,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from augforge.data.dataset import PairSet
-from augforge.runtime import all_reduce_mean, autocast
+from augforge.runtime import all_reduce_mean, any_rank, autocast, generator_for
 from augforge.seg.losses import dasp_loss
 from augforge.seg.metrics import per_image_scores
 
@@ -63,19 +80,99 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: tor
     return torch.cat(out)
 
 
+REAL_STREAM, EXTRA_STREAM = 1, 2  # generator_for keys of the real and the extra index streams
+
+
+def index_stream(seed: int, key: int, size: int, start: int, count: int) -> torch.Tensor:
+    """Items ``start`` .. ``start + count - 1`` (int64, CPU) of the endless stream of permutations of
+    ``range(size)`` whose pass k is ``randperm(size)`` drawn with ``generator_for(seed, key, k)``.
+
+    A function of its arguments alone (no generator state), so a resumed run and a run with another
+    extra set read the same items at the same positions.
+    """
+    if count <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    first, last = start // size, (start + count - 1) // size
+    passes = torch.cat([torch.randperm(size, generator=generator_for(seed, key, k)) for k in range(first, last + 1)])
+    offset = start - first * size
+    return passes[offset:offset + count]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How :class:`TrainLoop` makes its batches (module docstring).
+
+    batch_size: pairs per global batch (after clamping to the data when mixed); real/extra: real and
+    extra pairs in each batch when ``stratified`` (0 and 0 when mixed: the share varies);
+    steps_per_epoch: optimizer steps of one epoch; total_steps: the step budget of the run.
+    """
+
+    batch_size: int
+    real: int
+    extra: int
+    steps_per_epoch: int
+    total_steps: int
+    stratified: bool
+
+
+def batch_plan(n_real: int, n_extra: int, batch_size: int, *, extra_ratio: float = 0.0, epochs: int = 1,
+               steps: int = 0, world_size: int = 1) -> BatchPlan:
+    """The batches of a run with ``n_real`` real and ``n_extra`` extra training pairs.
+
+    extra_ratio r in [0, 1): 0 mixes extra pairs in with the real ones (stratified anyway when there
+    are none); r > 0 gives ``round(r * batch_size)`` extra pairs per batch (halves round up).
+    steps: the budget in optimizer steps; 0 takes ``epochs`` epochs. Raises ValueError naming the
+    option at fault.
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if not 0.0 <= extra_ratio < 1.0:
+        raise ValueError(f"--extra-ratio must be in [0, 1) (0: extra pairs mixed in), got {extra_ratio}")
+    if extra_ratio > 0 and n_extra == 0:
+        raise ValueError(f"--extra-ratio {extra_ratio:g} needs extra pairs (--extra)")
+    if steps < 0:
+        raise ValueError(f"--steps must be >= 0 (0: use --epochs), got {steps}")
+    if steps == 0 and epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    if n_real < 1:
+        raise ValueError("need at least one real training pair")
+    if extra_ratio > 0:
+        extra = math.floor(extra_ratio * batch_size + 0.5)
+        real = batch_size - extra
+        if extra < 1 or real < 1:
+            raise ValueError(f"--extra-ratio {extra_ratio:g} of --batch-size {batch_size} gives {real} real and "
+                             f"{extra} extra pairs per batch; both must be >= 1")
+        if real > n_real:
+            raise ValueError(f"--batch-size {batch_size} at --extra-ratio {extra_ratio:g} takes {real} real pairs "
+                             f"per batch; the real training set has {n_real}")
+        per_epoch, stratified = n_real // real, True
+    else:
+        total = n_real + n_extra
+        batch_size = min(batch_size, total - total % world_size)
+        if batch_size < 1:
+            raise ValueError(f"{total} training pairs do not fill one batch on each of {world_size} ranks")
+        real, extra, stratified = (batch_size, 0, True) if n_extra == 0 else (0, 0, False)
+        per_epoch = total // batch_size
+    return BatchPlan(batch_size, real, extra, per_epoch, steps or epochs * per_epoch, stratified)
+
+
 class TrainLoop:
-    """Epoch-based segmentation training (see the module docstring for the steps).
+    """Step-budgeted segmentation training in epochs (see the module docstring for the batches).
 
     model: images (B, 3, H, W) in [0, 1] -> logits (B, 1, H, W). train/val: PairSets, already on
-    ``device``. augment: ``aug(x, y, generator) -> (x, y)`` (e.g. ``seg.augment.parse_augs``).
-    loss: "dice" | "dice+bce"; extra_weight: the weight of the extra-pair mean in Eq. 11.
-    generator: on ``device``; draws the batch order and the augmentations (its state is part of
-    :meth:`state_dict`, so a resumed run repeats the uninterrupted one). compile: run the
-    forward pass through ``torch.compile`` (the weights stay those of ``model``). rank/world_size:
-    this process's place under torchrun (the process group must be initialised when world_size > 1).
-    channels_last: NHWC memory format for the network and its inputs (faster convolutions on GPUs).
-    on_step(): after each optimizer step (no values, so no host sync); on_epoch_end(row, loop):
-    after each epoch with its log row (the loop's ``best`` is already updated).
+    ``device``. epochs/steps/extra_ratio/batch_size: the :class:`BatchPlan` (``steps`` > 0 overrides
+    ``epochs``). seed: of the real and extra index streams (stratified batches). augment:
+    ``aug(x, y, generator) -> (x, y)`` (e.g. ``seg.augment.parse_augs``). loss: "dice" | "dice+bce";
+    extra_weight: λ, the weight of the extra-pair mean in Eq. 11. scheduler: stepped once per
+    optimizer step (build it over ``plan.total_steps``). generator: on ``device``; draws the mixed
+    batch order and the augmentations (its state is part of :meth:`state_dict`, so a resumed run
+    repeats the uninterrupted one). compile: run the forward pass through ``torch.compile`` (the
+    weights stay those of ``model``). rank/world_size: this process's place under torchrun (the
+    process group must be initialised when world_size > 1). channels_last: NHWC memory format for the
+    network and its inputs (faster convolutions on GPUs). time_budget_s: stop after the epoch at which
+    ``train_seconds`` reaches it (one decision for all ranks). on_step(): after each optimizer step
+    (no values, so no host sync); on_epoch_end(row, loop): after each epoch with its log row (the
+    loop's ``best`` is already updated).
     """
 
     def __init__(
@@ -86,10 +183,13 @@ class TrainLoop:
         train: PairSet,
         val: PairSet,
         *,
-        epochs: int,
+        epochs: int = 1,
+        steps: int = 0,
         batch_size: int,
         device: torch.device | str,
         generator: torch.Generator,
+        seed: int = 0,
+        extra_ratio: float = 0.0,
         augment: Augment | None = None,
         loss: str = "dice",
         extra_weight: float = 1.0,
@@ -101,7 +201,7 @@ class TrainLoop:
         on_step: Callable[[], None] | None = None,
         on_epoch_end: Callable[[dict, TrainLoop], None] | None = None,
     ):
-        if epochs < 1:
+        if steps == 0 and epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -109,10 +209,15 @@ class TrainLoop:
             raise ValueError(f"need training and validation pairs, got {len(train)} and {len(val)}")
         if batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} is not a multiple of the {world_size} ranks")
+        is_extra = train.is_extra.cpu()
+        self.real_index = torch.nonzero(~is_extra)[:, 0]  # positions of the real / extra pairs in ``train``
+        self.extra_index = torch.nonzero(is_extra)[:, 0]
+        self.plan = batch_plan(len(self.real_index), len(self.extra_index), batch_size, extra_ratio=extra_ratio,
+                               epochs=epochs, steps=steps, world_size=world_size)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_set, self.val_set = train, val
-        self.epochs, self.device, self.generator = epochs, torch.device(device), generator
-        self.batch_size = min(batch_size, len(train) - len(train) % world_size)
+        self.epochs, self.device, self.generator, self.seed = epochs, torch.device(device), generator, seed
+        self.batch_size = self.plan.batch_size
         self.rank, self.world_size = rank, world_size
         self.augment, self.loss, self.extra_weight = augment, loss, extra_weight
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -127,42 +232,52 @@ class TrainLoop:
         self.train_seconds = 0.0  # wall-clock seconds of the epochs completed (training and validation)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps completed
-        self.best = {"epoch": 0, "val_mDice": -math.inf, "val_mIoU": -math.inf}
+        self.real_seen = 0  # real-pair presentations so far (all ranks together)
+        self.extra_seen = 0  # extra-pair presentations so far
+        self.best = {"epoch": 0, "step": 0, "val_mDice": -math.inf, "val_mIoU": -math.inf}
 
     @property
     def batches_per_epoch(self) -> int:
-        return len(self.train_set) // self.batch_size
+        return self.plan.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.total_steps
+
+    @property
+    def real_passes(self) -> float:
+        """Passes over the real pairs so far (real presentations / real pairs)."""
+        return self.real_seen / len(self.real_index)
 
     def run(self) -> list[dict]:
-        """Train from ``self.epoch`` to ``epochs``, or until ``train_seconds`` reaches ``time_budget_s``
-        (checked after each epoch); returns the log rows of the epochs run."""
+        """Train from ``self.step`` to the step budget, or until ``train_seconds`` reaches ``time_budget_s``
+        (checked after each epoch, one decision for all ranks); returns the log rows of the epochs run."""
         history = []
-        while self.epoch < self.epochs and not self.out_of_time:
+        while self.step < self.plan.total_steps and not self.out_of_time():
             row = self.run_epoch()
             history.append(row)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(row, self)
         return history
 
-    @property
     def out_of_time(self) -> bool:
-        return self.time_budget_s is not None and self.train_seconds >= self.time_budget_s
+        """Whether the time budget is spent on any rank (a collective under torchrun: every rank calls it
+        at the same point, so no rank takes a step the others do not)."""
+        return self.time_budget_s is not None and any_rank(self.train_seconds >= self.time_budget_s)
 
     def run_epoch(self) -> dict:
-        """One epoch of training, the scheduler step and validation; returns the epoch's log row."""
+        """One epoch of training and validation; returns the epoch's log row."""
         lr = self.optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
-        loss_mean = self.train_epoch()
+        loss_mean, steps = self.train_epoch()
         seconds = time.perf_counter() - start
         if not math.isfinite(loss_mean):
             raise FloatingPointError(f"training loss is {loss_mean} at epoch {self.epoch + 1}")
-        if self.scheduler is not None:
-            self.scheduler.step()
         val = self.validate()
         self.train_seconds += time.perf_counter() - start
         self.epoch += 1
         if val["mDice"] > self.best["val_mDice"]:
-            self.best = {"epoch": self.epoch, "val_mDice": val["mDice"], "val_mIoU": val["mIoU"]}
+            self.best = {"epoch": self.epoch, "step": self.step, "val_mDice": val["mDice"], "val_mIoU": val["mIoU"]}
         return {
             "epoch": self.epoch,
             "step": self.step,
@@ -171,18 +286,43 @@ class TrainLoop:
             "val_mDice": val["mDice"],
             "lr": lr,
             "train_seconds": seconds,
-            "images_per_s": self.batches_per_epoch * self.batch_size / seconds,
+            "images_per_s": steps * self.batch_size / seconds,
+            "real_seen": self.real_seen,
+            "extra_seen": self.extra_seen,
+            "real_passes": round(self.real_passes, 4),
             "is_best": self.best["epoch"] == self.epoch,
         }
 
-    def train_epoch(self) -> float:
-        """Steps 1-2 of the module docstring; returns the mean batch loss (the epoch's one host sync)."""
+    def epoch_batches(self) -> torch.Tensor:
+        """The global batches (steps, batch_size) of epoch ``self.epoch`` as indices into the training pairs:
+        the epoch's full batches, up to the step budget. Stratified rows hold the real pairs first."""
+        plan = self.plan
+        steps = max(0, min(plan.steps_per_epoch, plan.total_steps - self.step))
+        if not plan.stratified:  # one permutation of all pairs per epoch, cut into full batches
+            order = torch.randperm(len(self.train_set), generator=self.generator, device=self.generator.device)
+            return order[: plan.steps_per_epoch * plan.batch_size].view(plan.steps_per_epoch, plan.batch_size)[:steps]
+        # pass ``epoch`` of the real stream; the extra stream continues from the pairs of the steps done
+        n_real = len(self.real_index)
+        real = index_stream(self.seed, REAL_STREAM, n_real, self.epoch * n_real, steps * plan.real)
+        parts = [self.real_index[real].view(steps, plan.real)]
+        if plan.extra:
+            extra = index_stream(self.seed, EXTRA_STREAM, len(self.extra_index), self.step * plan.extra,
+                                 steps * plan.extra)
+            parts.append(self.extra_index[extra].view(steps, plan.extra))
+        return torch.cat(parts, 1).to(self.device)
+
+    def train_epoch(self) -> tuple[float, int]:
+        """The optimizer steps of one epoch; returns (mean batch loss, steps), the epoch's one host sync."""
         self.model.train()
-        # 1. seeded batch order, full batches only; this rank's slice of each global batch
-        order = torch.randperm(len(self.train_set), generator=self.generator, device=self.generator.device)
-        batches = order[: self.batches_per_epoch * self.batch_size].view(self.batches_per_epoch, self.batch_size)
-        per_rank = self.batch_size // self.world_size
-        batches = batches[:, self.rank * per_rank:(self.rank + 1) * per_rank]
+        # 1. this epoch's global batches; this rank's share of each
+        batches = self.epoch_batches()
+        steps = batches.shape[0]
+        extra_seen = self.train_set.is_extra[batches.to(self.train_set.is_extra.device)].sum()
+        if self.plan.stratified:
+            batches = batches[:, self.rank::self.world_size]
+        else:
+            per_rank = self.batch_size // self.world_size
+            batches = batches[:, self.rank * per_rank:(self.rank + 1) * per_rank]
         loss_sum = torch.zeros((), device=self.device)
         for index in batches:
             # 2. batch on the device, augmented image and mask together, one optimizer step
@@ -195,11 +335,16 @@ class TrainLoop:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
             loss_sum += loss.detach()
             self.step += 1
             if self.on_step is not None:
                 self.on_step()
-        return all_reduce_mean(loss_sum) / self.batches_per_epoch
+        extra_seen = int(extra_seen)
+        self.extra_seen += extra_seen
+        self.real_seen += steps * self.batch_size - extra_seen
+        return all_reduce_mean(loss_sum) / max(steps, 1), steps
 
     def validate(self) -> dict:
         """mIoU and mDice on the val split (means of per-image scores, threshold 0.5 = logit 0)."""
@@ -216,6 +361,8 @@ class TrainLoop:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "epoch": self.epoch,
             "step": self.step,
+            "real_seen": self.real_seen,
+            "extra_seen": self.extra_seen,
             "best": dict(self.best),
             "train_seconds": self.train_seconds,
             "generator": self.generator.get_state(),
@@ -227,5 +374,7 @@ class TrainLoop:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), dict(state["best"])
+        self.best.setdefault("step", 0)
+        self.real_seen, self.extra_seen = int(state.get("real_seen", 0)), int(state.get("extra_seen", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.generator.set_state(state["generator"])

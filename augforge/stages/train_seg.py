@@ -2,8 +2,11 @@
 
 Real train pairs of DATA plus every train pair of the ``--extra`` datasets (generated or attacked)
 are held as uint8 tensors on the training device; the loss is DASP Eq. 11 (``--extra-weight``
-weighs the extra-pair mean). Each epoch is validated on DATA's val split. The model folder gets
-the best-val-mDice weights (model.safetensors + config.json), the last state for resuming
+weighs the extra-pair mean). The budget is ``--steps`` optimizer steps, or ``--epochs`` epochs;
+``--extra-ratio`` fixes the share of extra pairs in each batch (:mod:`augforge.seg.train`).
+``--init-from`` starts from another segmenter's weights. Each epoch is validated on DATA's val
+split. The model folder gets the best-val-mDice weights (model.safetensors + config.json, whose
+``training`` entry counts steps, epochs and presentations so far), the last state for resuming
 (train_state.pt) and one metrics.jsonl line per epoch. A rerun of the same command continues
 from train_state.pt; a different run into the same folder is refused unless ``--overwrite``.
 """
@@ -23,24 +26,38 @@ from augforge.models.folder import (
     CONFIG,
     METRICS,
     STATE,
+    WEIGHTS,
     append_metrics,
     load_train_state,
     make_config,
+    read_config,
     read_metrics,
     save_model,
     save_train_state,
 )
 from augforge.progress import log, progress_bar
-from augforge.runtime import atomic_write_bytes, barrier, generator_for, init_distributed, read_json, resolve_device
+from augforge.runtime import (
+    atomic_write_bytes,
+    atomic_write_json,
+    barrier,
+    generator_for,
+    init_distributed,
+    read_json,
+    resolve_device,
+)
 
 SCHEDULES = ("constant", "cosine")
 
 
-def _options(cfg: TrainSegConfig) -> dict:
-    """The options that define the run (made_by): data paths resolved; output and runtime switches left out."""
+def _options(cfg: TrainSegConfig, init_fingerprint: str = "") -> dict:
+    """The options that define the run (made_by): data paths resolved, the --init-from weights'
+    fingerprint added; output and runtime switches left out."""
     options = identity(cfg)
     options["data"] = str(Path(cfg.data).resolve())
     options["extra"] = [str(Path(p).resolve()) for p in cfg.extra]
+    if cfg.init_from:
+        options["init_from"] = str(Path(cfg.init_from).resolve())
+        options["init_from_fingerprint"] = init_fingerprint
     return options
 
 
@@ -51,6 +68,8 @@ def _check(cfg: TrainSegConfig) -> dict:
 
     if cfg.epochs < 1:
         raise AugforgeError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if cfg.steps < 0:
+        raise AugforgeError(f"--steps must be >= 0 (0: use --epochs), got {cfg.steps}")
     if not cfg.minutes >= 0:
         raise AugforgeError(f"--minutes must be >= 0 (0: no time budget), got {cfg.minutes}")
     if cfg.batch_size < 2:
@@ -59,6 +78,10 @@ def _check(cfg: TrainSegConfig) -> dict:
         raise AugforgeError(f"--lr must be > 0, got {cfg.lr}")
     if cfg.extra_weight < 0:
         raise AugforgeError(f"--extra-weight must be >= 0, got {cfg.extra_weight}")
+    if not 0.0 <= cfg.extra_ratio < 1.0:
+        raise AugforgeError(f"--extra-ratio must be in [0, 1) (0: extra pairs mixed in), got {cfg.extra_ratio}")
+    if cfg.extra_ratio > 0 and not cfg.extra:
+        raise AugforgeError(f"--extra-ratio {cfg.extra_ratio:g} needs extra pairs (--extra)")
     if cfg.loss not in LOSS_KINDS:
         raise AugforgeError(f"--loss must be one of {', '.join(LOSS_KINDS)}, got {cfg.loss!r}")
     if cfg.schedule not in SCHEDULES:
@@ -73,6 +96,34 @@ def _fingerprint(roots: list[Path]) -> str:
     """The data fingerprint of DATA, or of DATA + extras combined."""
     prints = [read_dataset(r).fingerprint() for r in roots]
     return prints[0] if len(prints) == 1 else hashlib.sha256("+".join(prints).encode()).hexdigest()[:16]
+
+
+def _init_source(cfg: TrainSegConfig, network: dict, image_size: int) -> tuple[Path, str]:
+    """--init-from: check that the segmenter there has this run's network and image size; returns its
+    weights file and their fingerprint (sha256 of the file, 16 hex digits)."""
+    source = Path(cfg.init_from)
+    try:
+        theirs = read_config(source, kind="segmenter")  # no folder, wrong kind, no weights
+    except AugforgeError as e:
+        raise AugforgeError(f"--init-from {e}") from None
+    for key, flag in (("arch", "--arch"), ("encoder", "--encoder")):
+        if theirs["network"].get(key) != network[key]:
+            raise AugforgeError(f"--init-from {source}: its {flag} is {theirs['network'].get(key)}, this run's is "
+                                f"{network[key]}")
+    if int(theirs["image_size"]) != image_size:
+        raise AugforgeError(f"--init-from {source}: trained on {theirs['image_size']}px images, the data is "
+                            f"{image_size}px")
+    weights = source / WEIGHTS
+    return weights, hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+
+
+def _load_init(model: torch.nn.Module, weights: Path) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as e:  # safetensors' own error types, or tensors that do not fit
+        raise AugforgeError(f"--init-from {weights}: weights do not load into this network ({str(e).splitlines()[0]})") from None
 
 
 def _drop_rows_after(out: Path, epoch: int) -> None:
@@ -94,7 +145,7 @@ def _drop_rows_after(out: Path, epoch: int) -> None:
 def run(cfg: TrainSegConfig) -> dict:
     from augforge.models.segmenter import build_segmenter
     from augforge.seg.augment import parse_augs
-    from augforge.seg.train import TrainLoop
+    from augforge.seg.train import TrainLoop, batch_plan
 
     network = _check(cfg)
     try:
@@ -109,7 +160,7 @@ def run(cfg: TrainSegConfig) -> dict:
     out = Path(cfg.out)
     roots = [Path(cfg.data), *map(Path, cfg.extra)]
 
-    # 1. data: uint8 tensors, moved to the device once
+    # 1. data: uint8 tensors, moved to the device once; the batches they make
     image_size = read_dataset(roots[0]).image_size
     if image_size % 32:
         raise AugforgeError(f"{roots[0]}: image size {image_size} is not a multiple of 32 (the segmenters downsample 5 times)")
@@ -117,9 +168,16 @@ def run(cfg: TrainSegConfig) -> dict:
     val = load_pairset(roots[:1], "val").to(device)
     if len(train) < 2:
         raise AugforgeError(f"{roots[0]}: needs at least 2 training pairs, has {len(train)}")
+    n_extra = int(train.is_extra.sum())
+    try:
+        plan = batch_plan(len(train) - n_extra, n_extra, cfg.batch_size, extra_ratio=cfg.extra_ratio,
+                          epochs=cfg.epochs, steps=cfg.steps, world_size=world.world_size)
+    except ValueError as e:
+        raise AugforgeError(f"{roots[0]}: {e}") from None
+    init_weights, init_fingerprint = _init_source(cfg, network, image_size) if cfg.init_from else (None, "")
 
     # 2. output folder: refuse a different run, continue the same one
-    made_by = run_record("train-seg", _options(cfg))
+    made_by = run_record("train-seg", _options(cfg, init_fingerprint))
     resumed = open_output(out, made_by, overwrite=cfg.overwrite, marker=CONFIG) if world.is_main else True
     barrier()  # the other ranks read train_state.pt only once rank 0 has judged the folder
     state = load_train_state(out) if resumed else None
@@ -133,39 +191,58 @@ def run(cfg: TrainSegConfig) -> dict:
             model = build_segmenter(network).to(device)
     except ValueError as e:
         raise AugforgeError(f"--encoder-weights: {e}") from None
+    if init_weights is not None:
+        _load_init(model, init_weights)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs) if cfg.schedule == "cosine" else None
+    # stepped per optimizer step: anneals to 0 over the whole budget (a --minutes stop comes before)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.total_steps)
+                 if cfg.schedule == "cosine" else None)
     config = make_config("segmenter", network=network, image_size=image_size, data_fingerprint=_fingerprint(roots),
                          made_by=made_by)
+    config["init_from"] = ({"path": str(Path(cfg.init_from).resolve()), "fingerprint": init_fingerprint}
+                           if cfg.init_from else None)
     if state is not None and read_json(out / CONFIG).get("data_fingerprint") != config["data_fingerprint"]:
         raise AugforgeError(f"{out}: was trained on different data under the same paths; pass --overwrite to start over")
+
+    def record(loop: TrainLoop) -> dict:
+        """config.json's account of the training so far (the weights are those of ``best``)."""
+        return {**config, "steps_done": loop.best["step"], "best": loop.best, "training": {
+            "steps": loop.step, "total_steps": plan.total_steps, "epochs": loop.epoch,
+            "steps_per_epoch": plan.steps_per_epoch, "batch_size": plan.batch_size,
+            "real_per_batch": plan.real if plan.stratified else None,
+            "extra_per_batch": plan.extra if plan.stratified else None,
+            "real_pairs": len(loop.real_index), "extra_pairs": len(loop.extra_index),
+            "real_seen": loop.real_seen, "extra_seen": loop.extra_seen, "real_passes": round(loop.real_passes, 4),
+            "train_seconds": round(loop.train_seconds, 1)}}
 
     def on_epoch_end(row: dict, loop: TrainLoop) -> None:
         if not world.is_main:
             return
         if row["is_best"]:
-            save_model(out, {**config, "steps_done": loop.step, "best": loop.best}, model.state_dict())
+            save_model(out, record(loop), model.state_dict())
+        else:
+            atomic_write_json(out / CONFIG, record(loop))
         append_metrics(out, row)
         save_train_state(out, loop.state_dict())
         advance(0, loss=row["loss"], val_mDice=row["val_mDice"], img_s=row["images_per_s"])
 
-    loop = TrainLoop(model, optimizer, scheduler, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                     device=device, generator=generator_for(cfg.seed, device=device), augment=augment,
-                     loss=cfg.loss, extra_weight=cfg.extra_weight, compile=cfg.compile,
+    loop = TrainLoop(model, optimizer, scheduler, train, val, epochs=cfg.epochs, steps=cfg.steps,
+                     batch_size=cfg.batch_size, device=device, generator=generator_for(cfg.seed, device=device),
+                     seed=cfg.seed, extra_ratio=cfg.extra_ratio, augment=augment, loss=cfg.loss,
+                     extra_weight=cfg.extra_weight, compile=cfg.compile,
                      rank=world.rank, world_size=world.world_size, channels_last=device.type == "cuda",
                      time_budget_s=cfg.minutes * 60.0 if cfg.minutes else None,
                      on_step=lambda: advance(1), on_epoch_end=on_epoch_end)
     if state is not None:
         loop.load_state_dict(state)
-        log(f"train-seg: resuming {out} at epoch {loop.epoch}/{cfg.epochs}")
+        log(f"train-seg: resuming {out} at step {loop.step}/{plan.total_steps} (epoch {loop.epoch})")
     elif world.is_main:
-        save_model(out, config, model.state_dict())  # a valid folder from the start (untrained weights)
+        save_model(out, record(loop), model.state_dict())  # a valid folder from the start (untrained weights)
     if world.is_main:
         _drop_rows_after(out, loop.epoch)
 
     # 4. train
-    total = cfg.epochs * loop.batches_per_epoch
-    with progress_bar("train-seg", total=total, completed=loop.epoch * loop.batches_per_epoch) as advance:
+    with progress_bar("train-seg", total=plan.total_steps, completed=loop.step) as advance:
         try:
             loop.run()
         except FloatingPointError as e:
@@ -178,12 +255,17 @@ def run(cfg: TrainSegConfig) -> dict:
         "epochs": loop.epoch,
         "train_seconds": round(loop.train_seconds, 1),
         "steps": loop.step,
+        "total_steps": plan.total_steps,
         "train_pairs": len(train),
-        "extra_pairs": int(train.is_extra.sum()),
+        "extra_pairs": n_extra,
+        "real_seen": loop.real_seen,
+        "extra_seen": loop.extra_seen,
+        "real_passes": round(loop.real_passes, 4),
         "best_epoch": loop.best["epoch"],
+        "best_step": loop.best["step"],
         "best_val_mDice": loop.best["val_mDice"],
         "best_val_mIoU": loop.best["val_mIoU"],
-        "last_loss": rows[-1]["loss"],
-        "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),
-        "train_seconds_per_epoch": sum(r["train_seconds"] for r in rows) / len(rows),
+        "last_loss": rows[-1]["loss"] if rows else None,
+        "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows) if rows else None,
+        "train_seconds_per_epoch": sum(r["train_seconds"] for r in rows) / len(rows) if rows else None,
     }
