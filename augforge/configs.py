@@ -69,6 +69,10 @@ class PrepareConfig:
     split: str = option("0.8,0.1,0.1", "train,val,test fractions summing to 1, or all-test (an external test set, "
                                        "whole).")
     seed: int = option(0, "Seed of the split permutation.")
+    train_limit: int = option(0, "Keep N train pairs (0: all); the other train pairs go to the split 'unused'. Val and "
+                                 "test stay those of the same prepare without it.")
+    subset_seed: int = option(0, "With --train-limit N: keep block s of a permutation of the train split fixed by "
+                                 "--seed (pairs s*N to (s+1)*N-1), so seeds 0, 1, 2 give disjoint subsets.")
     images: str = option("", "Image folder inside SRC ('.' for SRC itself); with --masks, instead of detecting the "
                              "layout.")
     masks: str = option("", "Mask folder inside SRC (with --images).")
@@ -126,7 +130,8 @@ class EvaluateConfig:
     data: str = option(help="Prepared dataset(s) to evaluate on; several give one cross-dataset table.", path=True,
                        argument=True, rest_into="also")
     also: tuple[str, ...] = option((), cli=False)  # the further DATA: one cross-dataset table
-    split: str = option("test", "train | val | test | all (an all-test dataset is all test).")
+    split: str = option("test", "train | val | test | unused (prepare --train-limit) | all (an all-test dataset is "
+                                "all test).")
     threshold: float = option(0.5, "Foreground where sigmoid(logit) > threshold.")
     out: str = option("", "Write the summary JSON to this file and per-image scores to it with .csv.", identity=False)
     csv: str = option("", "Write the per-dataset table (scores with 95% CIs) to this CSV file.", names=("--csv",))

@@ -199,3 +199,68 @@ def test_prepare_real_kvasir_pairs(tmp_path, cli):
     assert s["splits"] == {"train": 16, "val": 2, "test": 2}
     _, masks = load_pairs(read_dataset(tmp_path / "out"))
     assert 0.01 < masks.float().mean() < 0.6
+
+
+# --------------------------------------------------------------------------- --train-limit / --subset-seed
+
+def _splits_of(root) -> dict[str, str]:
+    return {r["id"]: r["split"] for r in read_manifest(root / "manifest.jsonl")}
+
+
+def test_train_limit_keeps_n_disjoint_blocks_and_leaves_val_test_alone(tmp_path, cli):
+    src = write_pair_folder(tmp_path / "src", n=20)
+    assert cli("prepare", src, tmp_path / "full", "--size", 16, "--seed", 3).exit_code == 0
+    full = _splits_of(tmp_path / "full")
+    n_train = sum(v == "train" for v in full.values())
+    assert n_train == 16
+    kept = []
+    for s in range(3):  # 3 x 5 <= 16: three disjoint subsets
+        out = tmp_path / f"s{s}"
+        r = cli("prepare", src, out, "--size", 16, "--seed", 3, "--train-limit", 5, "--subset-seed", s, "--json")
+        assert r.exit_code == 0, r.output
+        info = json.loads(r.stdout)
+        assert info["splits"] == {"train": 5, "val": 2, "test": 2, "unused": 11}
+        assert info["train_limit"] == 5 and info["subset_seed"] == s
+        assert read_dataset(out).info["splits"]["unused"] == 11
+        got = _splits_of(out)
+        # val and test are those of the unlimited prepare; train + unused is its train split
+        assert {i for i, v in got.items() if v in ("val", "test")} == {i for i, v in full.items() if v != "train"}
+        assert all(got[i] == full[i] for i, v in full.items() if v != "train")
+        assert {i for i, v in got.items() if v in ("train", "unused")} == {i for i, v in full.items() if v == "train"}
+        assert all(r["source"] == "real" for r in read_manifest(out / "manifest.jsonl"))
+        kept.append({i for i, v in got.items() if v == "train"})
+    assert not (kept[0] & kept[1]) and not (kept[0] & kept[2]) and not (kept[1] & kept[2])
+    # the same command again gives the same subset
+    r = cli("prepare", src, tmp_path / "again", "--size", 16, "--seed", 3, "--train-limit", 5, "--subset-seed", 1)
+    assert r.exit_code == 0 and {i for i, v in _splits_of(tmp_path / "again").items() if v == "train"} == kept[1]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--train-limit", "-1"], "--train-limit must be at least 1"),
+    (["--train-limit", "17"], "the train split has 16"),
+    (["--train-limit", "6", "--subset-seed", "2"], "needs (subset seed + 1) x limit = 18 train pairs"),
+    (["--subset-seed", "1"], "--subset-seed needs --train-limit"),
+    (["--train-limit", "2", "--subset-seed", "-1"], "--subset-seed must be at least 0"),
+    (["--train-limit", "2", "--split", "all-test"], "--split all-test has none"),
+])
+def test_train_limit_bad_values_give_one_line(tmp_path, cli, args, expected):
+    src = write_pair_folder(tmp_path / "src", n=20)
+    r = cli("prepare", src, tmp_path / "out", "--size", 16, *args)
+    assert r.exit_code == 2 and expected in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_unused_split_is_evaluable_and_not_trained_on(tmp_path, cli):
+    src = write_pair_folder(tmp_path / "src", n=20, size=(32, 32))
+    data = tmp_path / "data"
+    assert cli("prepare", src, data, "--size", 32, "--train-limit", 4).exit_code == 0
+    net = ["--arch", "linknet", "--encoder", "mobilenet_v2", "--device", "cpu"]
+    r = cli("train-seg", data, "--out", tmp_path / "seg", *net, "--epochs", 1, "--batch-size", 2, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["train_pairs"] == 4
+    r = cli("evaluate", data, "--segmenter", tmp_path / "seg", "--split", "unused", "--bootstrap", 10,
+            "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["split"] == "unused" and out["n_images"] == 12

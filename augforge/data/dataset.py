@@ -33,6 +33,7 @@ from augforge.errors import AugforgeError
 from augforge.runtime import atomic_write_bytes, atomic_write_json, read_json
 
 SPLITS = ("train", "val", "test")
+UNUSED = "unused"  # prepare --train-limit: the train pairs left out (never trained on; evaluate --split unused)
 SOURCES = ("real", "generated", "attacked")
 MANIFEST = "manifest.jsonl"
 INFO = "dataset.json"
@@ -270,6 +271,24 @@ def assign_splits(ids: list[str], fractions: tuple[float, float, float], seed: i
             raise AugforgeError(f"--split {','.join(map(str, fractions))}: the {name} split would be empty with {n} pairs")
     labels = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     return {ids[j]: labels[i] for i, j in enumerate(order)}
+
+
+def limit_train(splits: dict[str, str], limit: int, subset_seed: int, seed: int) -> dict[str, str]:
+    """Keep ``limit`` train pairs and move the other train pairs to the split ``unused``.
+
+    The train ids (sorted) are permuted by numpy's PCG64 seeded with ``SeedSequence(seed,
+    spawn_key=(1,))`` (``seed``: the split seed, so the permutation is fixed by the split) and block
+    ``subset_seed`` of that order is kept: positions ``[s*N, (s+1)*N)``. Subset seeds 0, 1, 2, ... of one
+    split and N are therefore disjoint; val and test are untouched. A block past the end is an error.
+    """
+    train = sorted(i for i, v in splits.items() if v == "train")
+    start, stop = subset_seed * limit, (subset_seed + 1) * limit
+    if stop > len(train):
+        raise AugforgeError(f"--train-limit {limit} --subset-seed {subset_seed}: needs (subset seed + 1) x limit = "
+                            f"{stop} train pairs, the train split has {len(train)}")
+    order = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,))).permutation(len(train))
+    keep = {train[j] for j in order[start:stop]}
+    return {i: (UNUSED if v == "train" and i not in keep else v) for i, v in splits.items()}
 
 
 def parse_split(text: str) -> tuple[float, float, float]:

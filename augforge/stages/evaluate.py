@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from augforge.configs import EvaluateConfig
-from augforge.data.dataset import SPLITS, PairSet, load_pairset, read_dataset
+from augforge.data.dataset import SPLITS, UNUSED, PairSet, load_pairset, read_dataset
 from augforge.errors import AugforgeError
 from augforge.progress import progress_bar
 from augforge.ranges import intensity_to_unit
@@ -198,8 +198,8 @@ def run(cfg: EvaluateConfig) -> dict:
     from augforge.seg.train import predict
 
     # 1. options
-    if cfg.split not in (*SPLITS, "all"):
-        raise AugforgeError(f"--split must be one of {', '.join(SPLITS)} or all, got {cfg.split!r}")
+    if cfg.split not in (*SPLITS, UNUSED, "all"):
+        raise AugforgeError(f"--split must be one of {', '.join((*SPLITS, UNUSED))} or all, got {cfg.split!r}")
     if not 0 < cfg.threshold < 1:
         raise AugforgeError(f"--threshold must be in (0, 1), got {cfg.threshold}")
     if cfg.batch_size < 1 or cfg.bootstrap < 1 or cfg.attack_steps < 1:

@@ -23,13 +23,23 @@ import cv2
 import numpy as np
 
 from augforge.configs import PrepareConfig, SynthesizeConfig, identity
-from augforge.data.dataset import DatasetWriter, assign_splits, decode_image, decode_mask, parse_split, run_record
+from augforge.data.dataset import (
+    SPLITS,
+    UNUSED,
+    DatasetWriter,
+    assign_splits,
+    decode_image,
+    decode_mask,
+    limit_train,
+    parse_split,
+    run_record,
+)
 from augforge.data.layouts import IMAGE_EXTS, Source, Subset, detect, explicit, open_source  # noqa: F401
 from augforge.errors import AugforgeError
 from augforge.progress import progress_bar
 
 ALL_TEST = "all-test"
-NEW_OPTIONS = ("images", "masks", "mask_pattern")  # left out of made_by at their defaults (older runs resume)
+NEW_OPTIONS = ("images", "masks", "mask_pattern", "train_limit", "subset_seed")  # left out of made_by at their defaults (older runs resume)
 
 
 def find_subsets(source: Source, cfg: PrepareConfig) -> list[Subset]:
@@ -151,17 +161,38 @@ def _write_subset(source: Source, subset: Subset, writer: DatasetWriter, splits:
             raise AugforgeError(f"{missing[0]}: not found when reading the archive")
 
 
+def _check_limit(cfg: PrepareConfig) -> None:
+    if cfg.train_limit < 0:
+        raise AugforgeError(f"--train-limit must be at least 1 (0: keep every train pair), got {cfg.train_limit}")
+    if cfg.subset_seed < 0:
+        raise AugforgeError(f"--subset-seed must be at least 0, got {cfg.subset_seed}")
+    if cfg.subset_seed and not cfg.train_limit:
+        raise AugforgeError("--subset-seed needs --train-limit N (it picks which N train pairs are kept)")
+    if cfg.train_limit and cfg.split == ALL_TEST:
+        raise AugforgeError("--train-limit needs a train split; --split all-test has none")
+
+
+def _limit(splits: dict[str, str], cfg: PrepareConfig, name: str) -> dict[str, str]:
+    try:
+        return limit_train(splits, cfg.train_limit, cfg.subset_seed, cfg.seed)
+    except AugforgeError as e:
+        raise AugforgeError(f"{name}: {e}" if name else str(e)) from None
+
+
 def run(cfg: PrepareConfig) -> dict:
     if cfg.size < 16:
         raise AugforgeError(f"--size must be at least 16, got {cfg.size}")
     if cfg.fit not in ("stretch", "pad"):
         raise AugforgeError(f"--fit must be stretch or pad, got {cfg.fit!r}")
     fractions = None if cfg.split == ALL_TEST else parse_split(cfg.split)
+    _check_limit(cfg)
     source = open_source(Path(cfg.src))
     try:
         subsets = find_subsets(source, cfg)  # every set found and paired before anything is written
         splits = {s.name: ({stem: "test" for stem in s.pairs} if fractions is None
                            else assign_splits(list(s.pairs), fractions, cfg.seed)) for s in subsets}
+        if cfg.train_limit:
+            splits = {name: _limit(split, cfg, name) for name, split in splits.items()}
         options = {k: v for k, v in identity(cfg).items() if not (k in NEW_OPTIONS and v == _default(k))}
         options["src"] = str(Path(cfg.src).resolve())
         results = {}
@@ -176,8 +207,12 @@ def run(cfg: PrepareConfig) -> dict:
                 if not writer.resumed:  # this run made the folder: leave nothing half-done behind
                     shutil.rmtree(out, ignore_errors=True)
                 raise
-            results[subset.name] = {"out": str(writer.root), "layout": subset.layout,
-                                    **_summary(writer, {"layout": subset.layout})}
+            extra = {"layout": subset.layout}
+            if cfg.train_limit:  # the limit, and the unused split next to train/val/test
+                counts = list(splits[subset.name].values())
+                extra.update(train_limit=cfg.train_limit, subset_seed=cfg.subset_seed,
+                             splits={s: counts.count(s) for s in (*SPLITS, UNUSED)})
+            results[subset.name] = {"out": str(writer.root), "layout": subset.layout, **_summary(writer, extra)}
     finally:
         source.close()
     if len(subsets) == 1:
