@@ -152,30 +152,33 @@ def stages(a: argparse.Namespace) -> list[dict]:
                             segmenter=f"{run}/seg/r-s{g}", out=f"{run}/attacked-s{g}", method="diff-pgd",
                             weighted=True, sigma2=4.0, image_model=f"{gen}/image-model", steps=a.attack_steps,
                             step_size=1.0, sdedit_steps=3, batch_size=a.batch, seed=g, device=a.device))
-    extra_of = {"G": lambda g: f"{gen_of(g)}/generated", "GF": lambda g: f"{run}/filtered-s{g}",
-                "DASP": lambda g: f"{run}/attacked-s{g}"}
-    for g in groups:
-        data = data_of(g)
-        for arm in arms:
-            base = dict(command="train-seg", data=data, seed=g, **seg)
-            if arm == "R'":
-                out.append(dict(name=f"seg-r-steps-s{g}", out=f"{run}/seg/r-steps-s{g}", steps=S, **base))
-            elif arm in extra_of:
-                out.append(dict(name=f"seg-{SLUG[arm]}-s{g}", out=f"{run}/seg/{SLUG[arm]}-s{g}", steps=S,
-                                extra=[extra_of[arm](g)], extra_ratio=a.extra_ratio, extra_weight=a.extra_weight,
-                                **base))
-            elif arm == "P":
-                out.append(dict(name=f"seg-p-pretrain-s{g}", out=f"{run}/seg/p-pretrain-s{g}", steps=S // 2,
-                                extra=[f"{run}/filtered-s{g}"], extra_ratio=1.0, **base))
-                out.append(dict(name=f"seg-p-s{g}", out=f"{run}/seg/p-s{g}", steps=S - S // 2,
-                                init_from=f"{run}/seg/p-pretrain-s{g}", **base))
-    for g in groups:
-        for arm in arms:
-            for split in held_out_splits(a):
-                name = f"{SLUG[arm]}-s{g}-{split}"
-                out.append(dict(name=f"eval-{name}", command="evaluate", segmenter=f"{run}/seg/{SLUG[arm]}-s{g}",
-                                data=data_of(g), split=split, out=f"{run}/eval/{name}.json", bootstrap=a.bootstrap,
-                                device=a.device))
+    extra_of = {"G": f"{run}/gen-s{{g}}/generated" if a.mode == "low-data" else f"{run}/gen/generated",
+                "GF": f"{run}/filtered-s{{g}}", "DASP": f"{run}/attacked-s{{g}}"}
+
+    def train(arm: str, g: int) -> list[dict]:
+        base = dict(command="train-seg", data=data_of(g), seed=g, **seg)
+        if arm == "R'":
+            return [dict(name=f"seg-r-steps-s{g}", out=f"{run}/seg/r-steps-s{g}", steps=S, **base)]
+        if arm == "P":  # S/2 steps on the filtered pairs alone (the real val split picks the weights), S/2 on real
+            return [dict(name=f"seg-p-pretrain-s{g}", out=f"{run}/seg/p-pretrain-s{g}", steps=S // 2,
+                         extra=[f"{run}/filtered-s{g}"], extra_ratio=1.0, **base),
+                    dict(name=f"seg-p-s{g}", out=f"{run}/seg/p-s{g}", steps=S - S // 2,
+                         init_from=f"{run}/seg/p-pretrain-s{g}", **base)]
+        return [dict(name=f"seg-{SLUG[arm]}-s{g}", out=f"{run}/seg/{SLUG[arm]}-s{g}", steps=S,
+                     extra=[extra_of[arm].format(g=g)], extra_ratio=a.extra_ratio, extra_weight=a.extra_weight,
+                     **base)]
+
+    def evaluate(arm: str, g: int) -> list[dict]:
+        return [dict(name=f"eval-{SLUG[arm]}-s{g}-{split}", command="evaluate", segmenter=f"{run}/seg/{SLUG[arm]}-s{g}",
+                     data=data_of(g), split=split, out=f"{run}/eval/{SLUG[arm]}-s{g}-{split}.json",
+                     bootstrap=a.bootstrap, device=a.device) for split in held_out_splits(a)]
+
+    # the two-stage arm P comes last, so that the others are trained and scored without waiting for it
+    early = [x for x in arms if x not in ("R", "P")]
+    out += [st for arm in early for g in groups for st in train(arm, g)]
+    out += [st for arm in [x for x in arms if x != "P"] for g in groups for st in evaluate(arm, g)]
+    if "P" in arms:
+        out += [st for g in groups for st in train("P", g) + evaluate("P", g)]
     return out
 
 
