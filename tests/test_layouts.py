@@ -9,6 +9,7 @@ images/ masks/).
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 import zipfile
@@ -17,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import tifffile
 
 from augforge.data.dataset import read_dataset
 from augforge.data.layouts import detect, open_source
@@ -362,3 +364,160 @@ def test_archive_is_not_unpacked_to_disk(tmp_path, cli, monkeypatch):
     assert cli("prepare", src, tmp_path / "out", "--size", 16, "--split", "all-test").exit_code == 0
     assert {p for p in tmp_path.iterdir()} - before == {tmp_path / "out"}
     assert not any((tmp_path / "tmpdir").iterdir())
+
+
+# --------------------------------------------------------------------------- TIFF and BMP as the sets ship them
+
+def _tiff(array: np.ndarray, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, array, **kwargs)
+    return buf.getvalue()
+
+
+def _distributed_tiff(rgb: np.ndarray) -> bytes:
+    """Like CVC-ClinicDB's Original/*.tif: one page, 3 samples per pixel, photometric MINISBLACK.
+    (Without planarconfig='contig' tifffile would write H pages of W x 3 grey instead.)"""
+    return _tiff(rgb, photometric="minisblack", planarconfig="contig")
+
+
+def _lzw_minisblack(rgb: np.ndarray) -> bytes:
+    """The same with LZW compression, which tifffile cannot decode without imagecodecs: OpenCV writes an
+    LZW RGB TIFF and its photometric tag is then set to MINISBLACK."""
+    data = bytearray(cv2.imencode(".tif", rgb[..., ::-1])[1].tobytes())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        tag = tif.pages[0].tags["PhotometricInterpretation"]
+        assert tif.pages[0].compression == 5 and tif.byteorder == "<"
+        data[tag.valueoffset:tag.valueoffset + 2] = (1).to_bytes(2, "little")
+    return bytes(data)
+
+
+def _colour(i: int) -> np.ndarray:
+    """A reddish frame like a colonoscopy one: R, G and B means far apart."""
+    from augforge.data.synthetic import synthetic_pair
+
+    return np.ascontiguousarray(synthetic_pair(i, size=W, seed=3)[0][:H])
+
+
+RGB = _colour(0)
+_PALETTE = np.stack([np.arange(256) * 257, np.zeros(256), (255 - np.arange(256)) * 257]).astype(np.uint16)
+
+
+@pytest.mark.parametrize("name, data, expected", [
+    ("minisblack 3 samples (CVC-ClinicDB)", _distributed_tiff(RGB), RGB),
+    ("minisblack 3 samples, planar separate", _tiff(np.moveaxis(RGB, -1, 0), photometric="minisblack",
+                                                    planarconfig="separate"), RGB),
+    ("minisblack 3 samples, LZW", _lzw_minisblack(RGB), RGB),
+    ("RGB", _tiff(RGB, photometric="rgb"), RGB),
+    ("RGB, planar separate", _tiff(np.moveaxis(RGB, -1, 0), photometric="rgb", planarconfig="separate"), RGB),
+    ("RGB, LZW (OpenCV's own)", cv2.imencode(".tif", RGB[..., ::-1])[1].tobytes(), RGB),
+    ("RGB 16-bit", _tiff(RGB.astype(np.uint16) * 257, photometric="rgb"), RGB),
+    ("RGB + alpha", _tiff(np.dstack([RGB, RGB[..., :1]]), photometric="rgb", extrasamples=["unassalpha"]), RGB),
+    ("minisblack 4 samples", _tiff(np.dstack([RGB, RGB[..., :1]]), photometric="minisblack", planarconfig="contig"),
+     RGB),
+    ("multi-page: the first", _tiff(np.stack([RGB, 255 - RGB]), photometric="rgb"), RGB),
+    ("grey", _tiff(RGB[..., 1], photometric="minisblack"), np.repeat(RGB[..., 1:2], 3, axis=2)),
+    ("grey 16-bit", _tiff(RGB[..., 1].astype(np.uint16) * 257, photometric="minisblack"),
+     np.repeat(RGB[..., 1:2], 3, axis=2)),
+    ("palette", _tiff(RGB[..., 0], photometric="palette", colormap=_PALETTE),
+     np.dstack([RGB[..., 0], np.zeros_like(RGB[..., 0]), 255 - RGB[..., 0]])),
+    ("BMP (CVC-ColonDB)", cv2.imencode(".bmp", RGB[..., ::-1])[1].tobytes(), RGB),
+])
+def test_image_files_decode_to_their_rgb(name, data, expected, capfd):
+    from augforge.data.dataset import decode_image
+
+    got = decode_image(data, name)
+    assert got.shape == (H, W, 3) and got.dtype == np.uint8
+    assert np.array_equal(got, expected), name
+    assert capfd.readouterr().err == ""  # no per-file warnings of a decoder
+
+
+_M = _pair(0)[1]
+
+
+@pytest.mark.parametrize("name, data", [
+    ("grey 0/255", _tiff(_M, photometric="minisblack")),
+    ("0/1 labels", _tiff(_M // 255, photometric="minisblack")),
+    ("16-bit", _tiff(_M.astype(np.uint16) * 257, photometric="minisblack")),
+    ("bilevel", _tiff(_M > 0, photometric="minisblack")),
+    ("bilevel, min-is-white", _tiff(_M == 0, photometric="miniswhite")),
+    ("RGB", _tiff(np.dstack([_M] * 3), photometric="rgb")),
+    ("3 samples minisblack", _distributed_tiff(np.dstack([_M] * 3))),
+    ("palette", _tiff(_M // 255, photometric="palette", colormap=np.stack([np.arange(256) * 257] * 3).astype(np.uint16))),
+    ("LZW (OpenCV's own)", cv2.imencode(".tif", _M)[1].tobytes()),
+])
+def test_tiff_masks_decode_to_0_255(name, data, capfd):
+    from augforge.data.dataset import decode_mask
+
+    assert np.array_equal(decode_mask(data, name), _M), name
+    assert capfd.readouterr().err == ""
+
+
+def _write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def _channel_means(out: Path) -> np.ndarray:
+    from augforge.data.dataset import load_pairs
+
+    images, _ = load_pairs(read_dataset(out, require_complete=True))
+    return images.float().mean(dim=(0, 2, 3)).numpy()
+
+
+@pytest.mark.parametrize("container", ["folder", "zip"])
+def test_clinicdb_minisblack_tiffs_prepare_in_colour(tmp_path, cli, capfd, container):
+    """Acceptance (issue 23.1): CVC-ClinicDB's Original/*.tif (3 samples, MINISBLACK) and Ground Truth/*.tif
+    give RGB pairs whose channel means differ, equal to the source resized, with nothing on stderr."""
+    files = {}
+    for i in range(1, 5):
+        files[f"CVC-ClinicDB/Original/{i}.tif"] = _distributed_tiff(_colour(i))
+        files[f"CVC-ClinicDB/Ground Truth/{i}.tif"] = _tiff(_pair(i)[1], photometric="minisblack")
+    src = _write_tree(tmp_path / "src", files)
+    if container == "zip":
+        src = zip_of(src, tmp_path / "CVC-ClinicDB.zip")
+    r = cli("prepare", src, tmp_path / "out", "--size", 16, "--split", "0.5,0.25,0.25", "--json")
+    assert r.exit_code == 0, r.output
+    r_mean, g_mean, b_mean = _channel_means(tmp_path / "out")
+    assert r_mean - g_mean > 10 and g_mean - b_mean > 5, (r_mean, g_mean, b_mean)
+    got = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "images" / "1.png")), cv2.COLOR_BGR2RGB)
+    expected = cv2.resize(_colour(1), (16, 16), interpolation=cv2.INTER_AREA)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    mask = cv2.imread(str(tmp_path / "out" / "masks" / "1.png"), cv2.IMREAD_GRAYSCALE)
+    assert mask.max() == 255 and mask.min() == 0
+    assert "grey" not in r.output
+    assert capfd.readouterr().err == ""
+
+
+def test_etis_tiffs_and_colondb_bmps_prepare_in_colour(tmp_path, cli):
+    etis = {}
+    colondb = {}
+    for i in range(1, 5):
+        etis[f"ETIS-LaribPolypDB/ETIS-LaribPolypDB/{i}.tif"] = _distributed_tiff(_colour(i))
+        etis[f"ETIS-LaribPolypDB/GroundTruth/p{i}.tif"] = _tiff(_pair(i)[1], photometric="minisblack")
+        colondb[f"CVC-ColonDB/{i}.bmp"] = cv2.imencode(".bmp", _colour(i)[..., ::-1])[1].tobytes()
+        colondb[f"CVC-ColonDB/p{i}.bmp"] = cv2.imencode(".bmp", _pair(i)[1])[1].tobytes()
+    for name, files in (("etis", etis), ("colondb", colondb)):
+        src = _write_tree(tmp_path / name, files)
+        r = cli("prepare", src, tmp_path / f"out-{name}", "--size", 16, "--split", "all-test")
+        assert r.exit_code == 0, r.output
+        r_mean, g_mean, b_mean = _channel_means(tmp_path / f"out-{name}")
+        assert r_mean - g_mean > 10 and g_mean - b_mean > 5, (name, r_mean, g_mean, b_mean)
+
+
+def test_prepare_says_in_one_line_when_every_image_is_grey(tmp_path, cli):
+    files = {}
+    for i in range(1, 4):
+        files[f"CVC-ClinicDB/Original/{i}.tif"] = _tiff(_colour(i)[..., 0], photometric="minisblack")
+        files[f"CVC-ClinicDB/Ground Truth/{i}.tif"] = _tiff(_pair(i)[1], photometric="minisblack")
+    src = _write_tree(tmp_path / "src", files)
+    r = cli("prepare", src, tmp_path / "out", "--size", 16, "--split", "all-test", "--json")
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.stderr.splitlines() if "grey" in line]
+    assert len(lines) == 1 and "all 3 images are grey (equal R, G, B)" in lines[0]
+    assert json.loads(r.stdout)["count"] == 3
+    # one colour image is enough to say nothing
+    (src / "CVC-ClinicDB" / "Original" / "2.tif").write_bytes(_distributed_tiff(_colour(2)))
+    r = cli("prepare", src, tmp_path / "out2", "--size", 16, "--split", "all-test", "--json")
+    assert r.exit_code == 0 and "grey" not in r.stderr

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 from collections import deque
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import tifffile
 import torch
 
 from augforge import __version__
@@ -39,6 +42,7 @@ MANIFEST = "manifest.jsonl"
 INFO = "dataset.json"
 # a corrupt file is our error to report in one line; OpenCV would also print its decoders' complaints
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+logging.getLogger("tifffile").setLevel(logging.CRITICAL + 1)  # likewise tifffile's notes on odd tags
 
 
 # --------------------------------------------------------------------------- image files
@@ -60,12 +64,102 @@ def _read_bytes(path: Path, what: str) -> bytes:
         raise AugforgeError(f"{path}: unreadable {what} file ({e.strerror or e})") from None
 
 
+TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, both byte orders
+
+
+def _is_tiff(data: bytes) -> bool:
+    return data[:4] in TIFF_MAGIC
+
+
 def _decode(data: bytes, flags: int) -> np.ndarray | None:
+    """OpenCV's decoder (PNG, JPEG, BMP, ...): BGR(A) or grey as stored; None when unreadable."""
     return cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
 
 
+def _to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
+    """Samples of ``bits`` bits (any integer or float dtype) -> uint8 over the full range."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr.astype(np.float64))
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+    top = float(2 ** min(bits, arr.dtype.itemsize * 8) - 1)
+    return np.clip(np.rint(arr.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def _read_tiff(data: bytes) -> tuple[np.ndarray, int] | None:
+    """TIFF bytes -> (samples, bits per sample): (H,W) grey or (H,W,3) RGB in the file's own dtype, or None.
+
+    The first page only (a multi-page file is read like its first image). Read by tifffile, which
+    follows the tags OpenCV does not: 3 or more samples with photometric MINISBLACK (CVC-ClinicDB's
+    ``Original/*.tif``) are RGB, not grey; planar-separate samples are put last; a palette is
+    applied; MINISWHITE is inverted; an alpha or any extra sample past the colour ones is dropped.
+    A compression tifffile cannot decode without ``imagecodecs`` (LZW, JPEG) goes to OpenCV; a
+    MINISBLACK page with 3 samples is then first retagged RGB so that OpenCV keeps its colour.
+    """
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            photometric, samples, bits = int(page.photometric), int(page.samplesperpixel), int(page.bitspersample)
+            try:
+                arr = page.asarray()
+            except (ValueError, KeyError, NotImplementedError):  # a codec tifffile lacks: OpenCV decodes it
+                arr = None
+                if photometric == tifffile.PHOTOMETRIC.MINISBLACK and samples >= 3:
+                    tag = page.tags["PhotometricInterpretation"]
+                    data = _retagged(data, tag.valueoffset, tif.byteorder, tag.dtype)
+                colormap, axes = None, ""
+            else:
+                colormap, axes = page.colormap, page.axes
+    except Exception:  # tifffile's errors on a corrupt file are many kinds; the caller says "corrupt" in one line
+        return None
+    if arr is None:
+        arr = _decode(data, cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            return None
+        if arr.ndim == 3:
+            arr = cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2RGB) if arr.shape[2] >= 3 else arr[..., 0]
+        return arr, arr.dtype.itemsize * 8
+    if "S" in axes and axes.index("S") != len(axes) - 1:  # planar configuration separate: (S, H, W)
+        arr = np.moveaxis(arr, axes.index("S"), -1)
+    while arr.ndim > (3 if "S" in axes else 2):  # a page of several planes (image depth): the first
+        arr = arr[0]
+    if photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None:
+        colormap = np.asarray(colormap)
+        arr = np.moveaxis(colormap[:, arr.astype(np.intp)], 0, -1)  # (H, W, 3)
+        bits = 8 if colormap.max(initial=0) <= 255 else 16  # some writers store 8-bit colour maps
+        arr = arr.astype(np.uint8 if bits == 8 else np.uint16)
+    elif arr.ndim == 3:
+        arr = arr[..., :3] if arr.shape[2] >= 3 else arr[..., 0]  # RGB(A) or MINISBLACK 3+ samples; grey + alpha
+    if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
+        top = 1 if arr.dtype == bool else (2 ** bits - 1 if arr.dtype.kind in "ui" else 1.0)
+        arr = ~arr if arr.dtype == bool else top - arr
+    return arr, bits
+
+
+def _retagged(data: bytes, offset: int, byteorder: str, dtype) -> bytes:
+    """TIFF bytes with the photometric tag's value (stored at ``offset``) set to RGB."""
+    size = 2 if int(dtype) == 3 else 4  # SHORT (the norm) or LONG
+    out = bytearray(data)
+    out[offset:offset + size] = int(tifffile.PHOTOMETRIC.RGB).to_bytes(size, "little" if byteorder == "<" else "big")
+    return bytes(out)
+
+
 def decode_image(data: bytes, where: str) -> np.ndarray:
-    """Encoded image bytes (PNG, JPEG, BMP, TIFF) -> uint8 RGB (H,W,3); ``where`` names it in errors."""
+    """Encoded image bytes (PNG, JPEG, BMP, TIFF) -> uint8 RGB (H,W,3); ``where`` names it in errors.
+
+    TIFF is read by :func:`_read_tiff` (tifffile; 16-bit and other depths scaled to 8 bits, grey
+    repeated over R, G, B), everything else by OpenCV.
+    """
+    if _is_tiff(data):
+        got = _read_tiff(data)
+        if got is None:
+            raise AugforgeError(f"{where}: unreadable or corrupt image file")
+        arr = _to_uint8(*got)
+        return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr)
     arr = _decode(data, cv2.IMREAD_COLOR)
     if arr is None:
         raise AugforgeError(f"{where}: unreadable or corrupt image file")
@@ -83,9 +177,18 @@ def decode_mask(data: bytes, where: str) -> np.ndarray:
     Any channel count (the max over colour channels, so a red-on-black mask counts); 16-bit
     masks are scaled to 8 bits; 0/1 label masks are scaled to 0/255; then binarised at 128,
     which makes near-binary JPEG masks exact. A mask with many mid-grey pixels (more than 10%
-    in [64, 192)) is not a mask and is refused.
+    in [64, 192)) is not a mask and is refused. TIFF masks are read like TIFF images
+    (:func:`_read_tiff`: palette, MINISWHITE, planar samples), at their own depth.
     """
-    arr = _decode(data, cv2.IMREAD_UNCHANGED)
+    if _is_tiff(data):
+        got = _read_tiff(data)
+        arr = None if got is None else got[0]
+        if arr is not None and arr.dtype == bool:
+            arr = arr.astype(np.uint8)
+        elif arr is not None and arr.dtype.kind == "f":
+            arr = _to_uint8(arr, 32)
+    else:
+        arr = _decode(data, cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise AugforgeError(f"{where}: unreadable or corrupt mask file")
     if arr.ndim == 3:

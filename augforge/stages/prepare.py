@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import fields
 from pathlib import Path
@@ -95,6 +96,26 @@ def _summary(writer: DatasetWriter, extra: dict | None = None) -> dict:
                          dtype=np.float64) / writer.image_size**2
     area = {"min": float(fractions.min()), "mean": float(fractions.mean()), "max": float(fractions.max())}
     return writer.finalize({"polyp_area_fraction": area, **(extra or {})})
+
+
+def grey_count(root: Path) -> tuple[int, int]:
+    """(grey images, images) of a dataset folder, stopping at the first image in colour
+    (grey: R, G and B equal at every pixel)."""
+    paths = sorted((Path(root) / "images").glob("*.png"))
+    for k, p in enumerate(paths):
+        image = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if image is not None and not (np.array_equal(image[..., 0], image[..., 1])
+                                      and np.array_equal(image[..., 1], image[..., 2])):
+            return k, len(paths)
+    return len(paths), len(paths)
+
+
+def _warn_if_grey(root: Path) -> None:
+    """One line on stderr when every image is grey: a colour set read wrongly (or a grey set) shows itself."""
+    grey, n = grey_count(root)
+    if n and grey == n:
+        print(f"warning: {root}: all {n} images are grey (equal R, G, B): if the source is in colour, its files "
+              "were not read as colour; check them", file=sys.stderr, flush=True)
 
 
 def _pair_maker(source: Source, subset: Subset, cfg: PrepareConfig) -> Callable[[str, bytes, bytes], tuple]:
@@ -213,6 +234,7 @@ def run(cfg: PrepareConfig) -> dict:
                 extra.update(train_limit=cfg.train_limit, subset_seed=cfg.subset_seed,
                              splits={s: counts.count(s) for s in (*SPLITS, UNUSED)})
             results[subset.name] = {"out": str(writer.root), "layout": subset.layout, **_summary(writer, extra)}
+            _warn_if_grey(writer.root)
     finally:
         source.close()
     if len(subsets) == 1:
