@@ -214,9 +214,10 @@ def train_record(a: argparse.Namespace, arm: str, g: int) -> dict:
     if not path.exists():
         return {}
     cfg = json.loads(path.read_text())
-    train = cfg.get("training", cfg)
-    keys = ("steps_done", "epochs_done", "real_presentations", "extra_presentations", "best_epoch", "best_step")
-    return {k: train[k] for k in keys if k in train}
+    train, best = cfg.get("training", {}), cfg.get("best", {})
+    return {"steps_done": cfg.get("steps_done"), "real_passes": train.get("real_passes"),
+            "real_presentations": train.get("real_seen"), "extra_presentations": train.get("extra_seen"),
+            "best_step": best.get("step")}
 
 
 def val_curve(a: argparse.Namespace, arm: str, g: int) -> list[tuple[int, float]]:
