@@ -18,6 +18,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand
 
 from augforge import __version__
 from augforge.commands import COMMANDS, Command
@@ -107,6 +108,27 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
+class UsageCommand(TyperCommand):
+    """A command whose usage line names its arguments as the docs do: ``augforge prepare [OPTIONS] SRC OUT``,
+    ``augforge evaluate [OPTIONS] DATA...`` (Typer writes a required argument as ``{data}``)."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or (param.name or "").upper()) + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+def _metavar(name: str, kind) -> str:
+    """An argument's name in usage lines: DATA, SRC OUT; one item of a list (RUN_DIR..., click adds the dots)."""
+    metavar = name.upper()
+    return metavar[:-1] if kind in (list[Path], list[str]) and metavar.endswith("S") else metavar
+
+
 def _parameter(command: Command, f: Field) -> inspect.Parameter:
     """The Typer parameter of one config field: argument or option, its type, default, names and help."""
     meta = f.metadata
@@ -119,7 +141,7 @@ def _parameter(command: Command, f: Field) -> inspect.Parameter:
     default = ... if default is MISSING else list(default) if isinstance(default, tuple) else default
     help_ = command.helps.get(f.name, meta.get("help", ""))
     if meta.get("argument"):
-        info = typer.Argument(default, help=help_)
+        info = typer.Argument(default, help=help_, metavar=_metavar(f.name, kind))
     else:
         names = meta.get("names") or (("--" + f.name.replace("_", "-"),) if meta.get("flag") else ())
         info = typer.Option(default, *names, help=help_)
@@ -139,7 +161,7 @@ def _add_command(app: typer.Typer, name: str, command: Command) -> None:
     callback.__annotations__ = {p.name: p.annotation for p in params}
     callback.__doc__ = command.help
     callback.__name__ = name.replace("-", "_")
-    app.command(name)(callback)
+    app.command(name, cls=UsageCommand)(callback)
 
 
 def build_app() -> typer.Typer:

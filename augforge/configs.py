@@ -20,7 +20,7 @@ RECIPES = Path(__file__).parent / "recipes"  # pipeline files shipped with the p
 
 def option(default: Any = MISSING, help: str = "", *, identity: bool = True, flag: bool = False, path: bool = False,
            argument: bool = False, names: tuple[str, ...] = (), rest_into: str = "", cli: bool = True,
-           before: Any = MISSING):
+           before: Any = MISSING, when: dict[str, tuple] | None = None):
     """A config field with what the CLI and the pipeline need to know about it.
 
     identity: part of the run a command records (``made_by``); flag: a bare ``--name`` switch (else
@@ -28,16 +28,24 @@ def option(default: Any = MISSING, help: str = "", *, identity: bool = True, fla
     spellings (``--from``, ``-n``); rest_into: a positional list whose first item is this field and
     the others go into the named field; cli: False for a field only the pipeline sets; before: how a run
     recorded before this option existed behaved, when that is not ``default`` (the pipeline reads such
-    a record with this value).
+    a record with this value); when: the option does something only when each named option has one of
+    the listed values (``{"method": ("asma",)}``), else it is no part of the run (:func:`applies`).
     """
     metadata = dict(help=help, identity=identity, flag=flag, path=path, argument=argument, names=names,
-                    rest_into=rest_into, cli=cli, before=before)
+                    rest_into=rest_into, cli=cli, before=before, when=when or {})
     return field(metadata=metadata) if default is MISSING else field(default=default, metadata=metadata)
 
 
+def applies(f, values: dict) -> bool:
+    """Whether option ``f`` does anything given the options' ``values`` (its ``when``)."""
+    return all(values.get(name) in allowed for name, allowed in f.metadata.get("when", {}).items())
+
+
 def identity(cfg) -> dict:
-    """The options that define a run (what a rerun must match to continue it), in field order."""
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.metadata.get("identity", True)}
+    """The options that define a run (what a rerun must match to continue it), in field order: those
+    marked ``identity`` that do something with the other options' values (:func:`applies`)."""
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    return {f.name: values[f.name] for f in fields(cfg) if f.metadata.get("identity", True) and applies(f, values)}
 
 
 OUT_EXISTS = "Replace OUT if it holds a different run."
@@ -200,31 +208,43 @@ class SampleConfig:
     overwrite: bool = _overwrite()
 
 
+LINF_ATTACKS = ("fgsm", "inverse-fgsm", "pgd", "diff-pgd")  # the attacks with an L∞ budget and a loss
+ITERATIVE_ATTACKS = ("pgd", "diff-pgd")
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     data: str = option(help="Dataset to attack (any: real, generated).", path=True, argument=True)
     segmenter: str = option(help="Segmenter model folder (the attacked network).")
     out: str = _out("Attacked dataset folder to write.")
     method: str = option("fgsm", "fgsm | inverse-fgsm | pgd | diff-pgd | asma.")
-    eps: float = option(-1.0, "L∞ budget in 0-255 units (-1: fgsm 8, pgd/diff-pgd steps × step size).")
-    step_size: float = option(1.0, "PGD step γ in 0-255 units.")
-    steps: int = option(10, "PGD / Diff-PGD iterations K.")
-    random_start: bool = option(False, "PGD: start from a random point of the ball.", flag=True)
-    attack_loss: str = option("bce", "bce | dice.")
-    weighted: bool = option(False, "DASP per-pixel uncertainty weighting (Eq. 10).", flag=True)
-    sigma2: float = option(4.0, "σ² of the uncertainty weights W = exp(-z²/2σ²).")
-    weight_mode: str = option("loss", "loss: weight the loss (the paper's Eq. 10); step: scale each pixel's step.")
-    image_model: str = option("", "Image-diffusion model (diff-pgd purifier).")
+    # when=: the methods an option acts on; for the others it is no part of the run (configs.applies)
+    eps: float = option(-1.0, "L∞ budget in 0-255 units (-1: fgsm 8, pgd/diff-pgd steps × step size).",
+                        when={"method": LINF_ATTACKS})
+    step_size: float = option(1.0, "PGD step γ in 0-255 units.", when={"method": ITERATIVE_ATTACKS})
+    steps: int = option(10, "PGD / Diff-PGD iterations K.", when={"method": ITERATIVE_ATTACKS})
+    random_start: bool = option(False, "PGD: start from a random point of the ball.", flag=True,
+                                when={"method": ITERATIVE_ATTACKS})
+    attack_loss: str = option("bce", "bce | dice.", when={"method": LINF_ATTACKS})
+    weighted: bool = option(False, "DASP per-pixel uncertainty weighting (Eq. 10).", flag=True,
+                            when={"method": LINF_ATTACKS})
+    sigma2: float = option(4.0, "σ² of the uncertainty weights W = exp(-z²/2σ²).", when={"weighted": (True,)})
+    weight_mode: str = option("loss", "loss: weight the loss (the paper's Eq. 10); step: scale each pixel's step.",
+                              when={"weighted": (True,)})
+    image_model: str = option("", "Image-diffusion model (diff-pgd purifier; it denoises unguided, guidance 1).",
+                              when={"method": ("diff-pgd",)})
     sdedit_steps: int = option(3, "SDEdit start T^s on the DDIM grid: T^s + 1 denoiser calls (3 of 50: t = 60, 40, "
-                                  "20, 0).")
-    grid_steps: int = option(50, "DDIM grid size for SDEdit.")
-    grad: str = option("bpda", "diff-pgd gradient: bpda (fast) | full (through the denoiser).")
-    target: str = option("random-other", "asma target: random-other | shift | file.")
-    target_file: str = option("", "asma: target mask file for --target file.")
-    max_iter: int = option(2500, "asma: iteration cap per image.")
+                                  "20, 0).", when={"method": ("diff-pgd",)})
+    grid_steps: int = option(50, "DDIM grid size for SDEdit.", when={"method": ("diff-pgd",)})
+    grad: str = option("bpda", "diff-pgd gradient: bpda (fast) | full (through the denoiser).",
+                       when={"method": ("diff-pgd",)})
+    target: str = option("random-other", "asma target: random-other | shift | file.", when={"method": ("asma",)})
+    target_file: str = option("", "asma: target mask file for --target file.",
+                              when={"method": ("asma",), "target": ("file",)})
+    max_iter: int = option(2500, "asma: iteration cap per image.", when={"method": ("asma",)})
     beta: str = option("1e-6", "asma: β of the step multiplier β·IoU + τ; a comma list or 'search' (1e-6,5e-6,1e-5) "
-                               "keeps per image the β of highest target IoU.")
-    tau: float = option(1e-7, "asma: τ of the step multiplier.")
+                               "keeps per image the β of highest target IoU.", when={"method": ("asma",)})
+    tau: float = option(1e-7, "asma: τ of the step multiplier.", when={"method": ("asma",)})
     split: str = option("all", "all | train | val | test.")
     batch_size: int = option(16, "Images per batch.", identity=False)
     seed: int = option(0, SEED)

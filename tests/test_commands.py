@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from augforge.cli import build_app
 from augforge.commands import COMMANDS, Command, required
-from augforge.configs import DEMO_RECIPE, DemoConfig, identity, option
+from augforge.configs import DEMO_RECIPE, DemoConfig, applies, identity, option
 from augforge.stages.pipeline import dump_stages, load_pipeline, upstream
 from tests.test_docs import undocumented
 
@@ -86,7 +86,22 @@ def test_run_identity_is_marked_on_the_config_fields(command, not_identity):
     config = COMMANDS[command].config
     assert {f.name for f in fields(config) if not f.metadata["identity"]} == not_identity
     cfg = COMMANDS[command].build({name: "x" for name in required(COMMANDS[command])})
-    assert set(identity(cfg)) == set(asdict(cfg)) - not_identity
+    used = {f.name for f in fields(config) if applies(f, asdict(cfg))}  # an attack's method-aware identity
+    assert set(identity(cfg)) == used - not_identity
+
+
+def test_an_attack_identity_holds_only_the_options_its_method_uses():
+    build = COMMANDS["attack"].build
+    base = {"data": "d", "segmenter": "s", "out": "o"}
+    common = {"data", "segmenter", "method", "split", "seed"}
+    assert set(identity(build({**base, "method": "fgsm"}))) == common | {"eps", "attack_loss", "weighted"}
+    assert set(identity(build({**base, "method": "pgd", "weighted": True}))) == common | {
+        "eps", "attack_loss", "weighted", "step_size", "steps", "random_start", "sigma2", "weight_mode"}
+    assert set(identity(build({**base, "method": "diff-pgd"}))) == common | {
+        "eps", "attack_loss", "weighted", "step_size", "steps", "random_start", "image_model", "sdedit_steps",
+        "grid_steps", "grad"}
+    assert set(identity(build({**base, "method": "asma", "target": "file"}))) == common | {
+        "target", "target_file", "max_iter", "beta", "tau"}
 
 
 def test_the_mask_model_defaults_live_in_its_registry_entry():
@@ -106,3 +121,19 @@ def test_the_demo_is_the_shipped_recipe_with_its_options_as_vars():
     assert all(upstream(stages, i) for i in range(1, len(stages)))
     attack = next(s.cfg for s in stages if s.command == "attack")
     assert (attack.method, attack.weighted, attack.steps) == ("diff-pgd", True, DemoConfig.attack_steps)
+
+
+@pytest.mark.parametrize("command, usage", [("prepare", "augforge prepare [OPTIONS] SRC OUT"),
+                                            ("attack", "augforge attack [OPTIONS] DATA"),
+                                            ("evaluate", "augforge evaluate [OPTIONS] DATA..."),
+                                            ("report", "augforge report [OPTIONS] RUN_DIR..."),
+                                            ("pipeline", "augforge pipeline [OPTIONS] CONFIG")])
+def test_usage_lines_name_arguments_as_the_docs_do(command, usage):
+    """Typer writes a required argument as {data}; the usage line and the usage error say DATA."""
+    runner = CliRunner()
+    app = build_app()
+    help_text = runner.invoke(app, [command, "--help"], prog_name="augforge", terminal_width=200).output
+    line = next(line for line in help_text.splitlines() if "Usage:" in line)
+    assert line.strip() == f"Usage: {usage}"
+    missing = runner.invoke(app, [command] if command != "pipeline" else [command, "--only", "x"], prog_name="augforge")
+    assert missing.exit_code == 2 and missing.output.startswith(f"Usage: {usage}\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,86 @@ def test_dasp_example_gives_each_table_2_row_its_own_extra_set_and_the_papers_se
         assert attack.data == f"{run}/generated" and attack.segmenter == f"{run}/seg-real-{arch}"
         assert (attack.method, attack.weighted, attack.steps, attack.step_size, attack.sdedit_steps, attack.sigma2) == (
             "diff-pgd", True, 10, 1.0, 3, 4.0)
+
+
+# --------------------------------------------------------------------------- records across upgrades
+
+ATTACKS = """
+[[stage]]
+name = "asma"
+command = "attack"
+data = "{run}/data"
+segmenter = "{run}/seg"
+out = "{run}/asma"
+method = "asma"
+
+[[stage]]
+name = "fgsm"
+command = "attack"
+data = "{run}/data"
+segmenter = "{run}/seg"
+out = "{run}/fgsm"
+method = "fgsm"
+"""
+
+
+def test_a_number_recorded_for_an_option_that_is_text_today_reads_as_that_text(tmp_path):
+    """--beta was a float (1e-06) before it took a list or 'search': an old record of the same run is
+    the same run, for the pipeline's state and for the output folder's made_by (one normalisation)."""
+    from augforge.data.dataset import INFO, open_output, run_record
+    from augforge.stages.pipeline import recorded_options
+
+    stages, _ = load_pipeline(_write(tmp_path, ATTACKS.format(run=tmp_path / "run")))
+    asma = stages[0]
+    assert asma.options()["beta"] == "1e-6"
+    old = {**asma.options(), "beta": 1e-06, "removed_option": 3}
+    assert recorded_options(asma, {"options": old}) == asma.options()
+    assert recorded_options(asma, {"options": {**old, "beta": 5e-06}})["beta"] != "1e-6"  # another value differs
+
+    from augforge.configs import identity
+
+    made_by = run_record("attack", identity(asma.cfg))
+    out = tmp_path / "attacked"
+    out.mkdir()
+    (out / INFO).write_text(json.dumps({"made_by": {**made_by, "version": "0.0.9",
+                                                    "options": {**made_by["options"], "beta": 1e-06}}}))
+    assert open_output(out, made_by, overwrite=False, marker=INFO) is True  # continued
+    (out / INFO).write_text(json.dumps({"made_by": {**made_by, "options": {**made_by["options"], "tau": 1e-3}}}))
+    with pytest.raises(Exception, match=r"different run \(--tau differ\)"):
+        open_output(out, made_by, overwrite=False, marker=INFO)
+
+
+def test_an_attack_option_its_method_does_not_use_is_no_part_of_the_run(tmp_path):
+    """--beta does nothing for fgsm, --eps nothing for asma: a change there leaves the stage up to date."""
+    from augforge.configs import identity
+    from augforge.stages.pipeline import recorded_options
+
+    toml = _write(tmp_path, ATTACKS.format(run=tmp_path / "run"))
+    asma, fgsm = load_pipeline(toml)[0]
+    assert "beta" not in fgsm.options() and "image_model" not in fgsm.options() and "eps" in fgsm.options()
+    assert "eps" not in asma.options() and "beta" in asma.options()
+    assert "beta" not in identity(fgsm.cfg) and "target_file" not in identity(asma.cfg)
+    # a record of an older augforge held every option: the unused ones are dropped, the used ones compared
+    assert recorded_options(fgsm, {"options": {**fgsm.options(), "beta": "search", "tau": 1.0}}) == fgsm.options()
+    toml.write_text(toml.read_text().replace('method = "fgsm"', 'method = "fgsm"\nbeta = "search"\nsteps = 3'))
+    assert load_pipeline(toml)[0][1].options() == fgsm.options()
+
+
+def test_an_image_model_folder_from_before_prediction_continues_as_epsilon(tmp_path, cli, synthetic_dataset):
+    """config.json of an image model trained before --prediction existed (no prediction in made_by nor in
+    process: it predicted eps) continues with --prediction epsilon and is refused, in one line, with v."""
+    out = tmp_path / "image"
+    args = ("train-image-diffusion", synthetic_dataset, "--out", out, "--model-size", "tiny", "--batch-size", 4,
+            "--timesteps", 50, "--device", "cpu", "--cond-drop", 0)
+    assert cli(*args, "--steps", 2, "--prediction", "epsilon").exit_code == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["made_by"]["options"]["prediction"], config["process"]["prediction"]
+    config["made_by"]["version"] = "0.0.9"
+    (out / "config.json").write_text(json.dumps(config))
+    shutil.copytree(out, tmp_path / "copy")
+    r = cli(*args, "--steps", 3, "--prediction", "epsilon", "--json")
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["steps_done"] == 3 and config["process"]["prediction"] == "epsilon"
+    r = cli(*args[:3], tmp_path / "copy", *args[4:], "--steps", 3, "--prediction", "v")
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "different run (--prediction differ)" in r.output

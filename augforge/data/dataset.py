@@ -411,11 +411,105 @@ def run_record(command: str, options: dict) -> dict:
     return {"command": command, "options": options, "version": __version__}
 
 
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def _as_type(value, kind: str, current):
+    """A recorded value converted to an option's type today (``kind``: the config field's type string);
+    a value that does not convert is returned as it is (and then differs)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    try:
+        if kind == "str" and number:
+            if isinstance(current, str):  # the text today's run gives, when it names the same number
+                try:
+                    if float(current) == float(value):
+                        return current
+                except ValueError:
+                    pass
+            return str(value)
+        if kind == "float" and (number or isinstance(value, str)):
+            return float(value)
+        if kind == "int" and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if kind == "int" and isinstance(value, str):
+            return int(value)
+        if kind == "bool" and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if kind == "tuple[str, ...]" and isinstance(value, str):
+            return [value]
+    except ValueError:
+        pass
+    return value
+
+
+def options_as_today(command: str, recorded: dict, current: dict) -> dict:
+    """A run's recorded options (``made_by`` of a dataset or model folder, or a pipeline state record,
+    written by any augforge version) read as today's augforge writes them, to compare with ``current``,
+    today's options of the same ``command`` (the one normalisation behind continuing a run):
+
+    - only ``current``'s keys are kept: an option since removed, or no longer part of the run (an
+      attack option the method does not use), is dropped;
+    - an option the record lacks counts with the value that describes how the run behaved without it:
+      the command's fixed value, else the option's ``before`` (``--prediction``: epsilon), else the
+      command's default;
+    - a recorded value is converted to the option's type today (``--beta`` was a number: 1e-06 then
+      reads as today's text "1e-6"; an int recorded for a float option, a string for a list).
+
+    Keys that are not options (fingerprints of the models read) are compared as recorded.
+    """
+    from dataclasses import MISSING, fields
+
+    from augforge.commands import COMMANDS  # no torch; imported here to keep this module's imports plain
+
+    spec = COMMANDS.get(command)
+    if spec is None:
+        return dict(recorded)
+    by_name = {f.name: f for f in fields(spec.config)}
+    options = {}
+    for key, now in current.items():
+        f = by_name.get(key)
+        if key in recorded:
+            options[key] = _jsonable(_as_type(recorded[key], f.type, now)) if f is not None else recorded[key]
+        elif f is not None:
+            value = spec.fixed.get(key, f.metadata.get("before", MISSING))
+            value = spec.default(f) if value is MISSING else value
+            if value is not MISSING:
+                options[key] = _jsonable(value)
+    return options
+
+
+MISSING_VALUE = object()  # a key the record cannot supply: always a difference
+
+
+def run_differences(recorded: dict, made_by: dict) -> list[str]:
+    """The options in which a recorded ``made_by`` differs from today's ``made_by`` (read through
+    :func:`options_as_today`; the augforge version is not compared), ``["command"]`` for another command."""
+    if (recorded or {}).get("command") != made_by["command"]:
+        return ["command"]
+    current = _jsonable(made_by["options"])
+    previous = options_as_today(made_by["command"], recorded.get("options") or {}, current)
+    return [k for k in current if previous.get(k, MISSING_VALUE) != current[k]]
+
+
+def _spelled(command: str, keys: list[str]) -> str:
+    """Recorded keys as the user knows them: --option for an option of ``command``, else as recorded."""
+    from dataclasses import fields
+
+    from augforge.commands import COMMANDS
+
+    names = {f.name for f in fields(COMMANDS[command].config)} if command in COMMANDS else set()
+    return ", ".join("--" + k.replace("_", "-") if k in names else k for k in keys[:3]) + \
+        (" ..." if len(keys) > 3 else "")
+
+
 def open_output(out: Path, made_by: dict, *, overwrite: bool, marker: str) -> bool:
     """Prepare an output folder; returns True when resuming a same-config run.
 
     ``made_by`` is compared with the ``made_by`` stored in the folder's ``marker`` file
-    (dataset.json or config.json). A different run is refused unless ``overwrite``.
+    (dataset.json or config.json), read as today's options (:func:`run_differences`: an option added
+    since counts at the value that describes the old run, a changed type is converted), so an
+    upgrade of augforge continues an interrupted run. A different run is refused unless ``overwrite``.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -427,9 +521,10 @@ def open_output(out: Path, made_by: dict, *, overwrite: bool, marker: str) -> bo
         elif not marker_path.exists():
             raise AugforgeError(f"{out}: folder exists and is not an augforge output; choose another --out or pass --overwrite")
         else:
-            previous = read_json(marker_path).get("made_by")
-            if previous != made_by:
-                raise AugforgeError(f"{out}: holds the output of a different run; pass --overwrite to replace it")
+            differ = run_differences(read_json(marker_path).get("made_by") or {}, made_by)
+            if differ:
+                raise AugforgeError(f"{out}: holds the output of a different run ({_spelled(made_by['command'], differ)} "
+                                    "differ); pass --overwrite to replace it")
             return True
     out.mkdir(parents=True, exist_ok=True)
     return False

@@ -12,6 +12,7 @@ the PNGs are written by the writer's background thread.
 
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from augforge.attacks import ATTACKS, BETA_SEARCH, asma_beta_search, uncertainty_weights
-from augforge.configs import AttackConfig, identity
+from augforge.configs import ITERATIVE_ATTACKS, AttackConfig, applies, identity
 from augforge.data.dataset import (
     MANIFEST,
     DatasetWriter,
@@ -34,7 +35,7 @@ from augforge.diffusion.process import build_diffusion
 from augforge.errors import AugforgeError
 from augforge.models.folder import load_network
 from augforge.models.inference import inference_net
-from augforge.progress import progress_bar
+from augforge.progress import log, progress_bar
 from augforge.ranges import intensity_to_unit, to_uint8_images
 from augforge.rng import PairStreams
 from augforge.runtime import (
@@ -91,6 +92,10 @@ def _check(cfg: AttackConfig) -> None:
         raise AugforgeError(f"--target must be random-other, shift or file, got {cfg.target!r}")
     if cfg.target == "file" and not cfg.target_file:
         raise AugforgeError("--target file needs --target-file MASK.png")
+    if cfg.method == "asma" and cfg.target_file and cfg.target != "file":
+        raise AugforgeError(f"--target-file is the target of --target file, not of --target {cfg.target}")
+    if cfg.random_start and cfg.method not in ITERATIVE_ATTACKS:
+        raise AugforgeError(f"--random-start applies to {' and '.join(ITERATIVE_ATTACKS)}, not {cfg.method}")
     asma_betas(cfg)
     if cfg.sigma2 <= 0 or cfg.step_size < 0 or cfg.tau < 0 or cfg.max_iter < 1:
         raise AugforgeError("--sigma2 must be > 0, --step-size/--beta/--tau >= 0 and --max-iter >= 1")
@@ -99,6 +104,14 @@ def _check(cfg: AttackConfig) -> None:
                             f"got {cfg.sdedit_steps}")
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise AugforgeError("--steps and --batch-size must be at least 1")
+
+
+def unused_options(cfg: AttackConfig) -> list[str]:
+    """The options set away from their default that do nothing for this method (``when`` on the
+    config field): they are no part of the run (a change continues it) and a note says so."""
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    return ["--" + f.name.replace("_", "-") for f in fields(cfg)
+            if not applies(f, values) and f.default is not MISSING and values[f.name] != f.default]
 
 
 def asma_targets(cfg: AttackConfig, masks: torch.Tensor, all_masks: torch.Tensor, index: list[int]) -> torch.Tensor:
@@ -117,6 +130,10 @@ def asma_targets(cfg: AttackConfig, masks: torch.Tensor, all_masks: torch.Tensor
 
 def run(cfg: AttackConfig) -> dict:
     _check(cfg)
+    unused = unused_options(cfg)
+    if unused:
+        log(f"note: {', '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing for --method {cfg.method} "
+            "(not part of this run)")
     device = resolve_device(cfg.device)
     world = init_distributed(device)
     seed_everything(cfg.seed)
@@ -139,9 +156,10 @@ def run(cfg: AttackConfig) -> dict:
         # bf16 weights on CUDA (input cast inside; with --grad full the gradient reaches the float32 image)
         purifier = (inference_net(image_net, device), build_diffusion("image-diffusion", image_cfg["process"]))
 
-    # 2. output
+    # 2. output: the run's identity holds only the options this method uses (configs: when=)
     options = identity(cfg)
-    options["eps"] = eps255
+    if "eps" in options:
+        options["eps"] = eps255
     made_by = run_record("attack", options)
     writer = rank_zero_first(lambda: DatasetWriter(Path(cfg.out), made_by, ds.image_size,
                                                    overwrite=cfg.overwrite and world.is_main))

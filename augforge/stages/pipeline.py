@@ -37,13 +37,13 @@ import re
 import time
 import tomllib
 import uuid
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
 from importlib import import_module
 from pathlib import Path
 
 from augforge.commands import COMMANDS, required, stage_commands
-from augforge.configs import PipelineConfig
+from augforge.configs import PipelineConfig, applies
 from augforge.errors import AugforgeError
 from augforge.progress import log
 from augforge.runtime import (
@@ -77,8 +77,11 @@ class Stage:
         return COMMANDS[self.command].torchrun
 
     def options(self) -> dict:
-        """The options as the state file stores them (JSON: tuples become lists)."""
-        return json.loads(json.dumps({k: v for k, v in asdict(self.cfg).items() if k not in NOT_COMPARED}))
+        """The options as the state file stores them (JSON: tuples become lists): those that do something
+        with the others' values (an attack option its method does not use is left out: ``when=``)."""
+        values = asdict(self.cfg)
+        return json.loads(json.dumps({f.name: values[f.name] for f in fields(self.cfg)
+                                      if f.name not in NOT_COMPARED and applies(f, values)}))
 
 
 def _norm(path: str) -> str:
@@ -256,20 +259,15 @@ def rerun_upstream(stages: list[Stage], i: int, records: dict) -> list[str]:
 
 
 def recorded_options(stage: Stage, record: dict) -> dict:
-    """The options a state-file record holds, read as today's config: an option that a newer augforge
-    added counts with the value that describes how the stage ran without it (the option's ``before``,
-    else its default; a value the command fixes itself, as today), an option that was removed is
-    dropped; so upgrading augforge does not rerun stages whose settings did not change, and does rerun
-    those whose behaviour a new default changed."""
-    known = {f.name: f for f in fields(stage.cfg) if f.name not in NOT_COMPARED}
-    fixed = COMMANDS[stage.command].fixed
-    options = {k: v for k, v in record["options"].items() if k in known}
-    for name, f in known.items():
-        value = fixed.get(name, f.metadata.get("before", MISSING))
-        value = f.default if value is MISSING else value
-        if name not in options and value is not MISSING:
-            options[name] = json.loads(json.dumps(value))
-    return options
+    """The options a state-file record holds, read as today's config by the same normalisation that
+    judges an output folder's ``made_by`` (:func:`augforge.data.dataset.options_as_today`): an option a
+    newer augforge added counts with the value that describes how the stage ran without it, a removed
+    (or, for its method, unused) one is dropped, a value whose option changed type is converted; so
+    upgrading augforge does not rerun stages whose settings did not change, and does rerun those whose
+    behaviour a new default changed."""
+    from augforge.data.dataset import options_as_today
+
+    return options_as_today(stage.command, record["options"], stage.options())
 
 
 def up_to_date(stages: list[Stage], i: int, records: dict) -> tuple[bool, str]:
