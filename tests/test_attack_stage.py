@@ -126,6 +126,8 @@ def test_attacked_pair_does_not_depend_on_batch_size_or_shard(tmp_path, cli, syn
     (["--method", "asma", "--weighted"], "--weighted"),
     (["--method", "diff-pgd", "--image-model", "x", "--sdedit-steps", "50"], "--sdedit-steps"),
     (["--method", "asma", "--beta", "often"], "--beta"), (["--method", "asma", "--beta", "1e-6,-1"], "--beta"),
+    (["--method", "fgsm", "--random-start"], "--random-start applies to pgd and diff-pgd, not fgsm"),
+    (["--method", "asma", "--target", "shift", "--target-file", "m.png"], "--target-file is the target of --target file"),
 ])
 def test_attack_bad_options(tmp_path, cli, synthetic_dataset, folders, extra, expected):
     r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--out", tmp_path / "a", *extra)
@@ -135,3 +137,16 @@ def test_attack_bad_options(tmp_path, cli, synthetic_dataset, folders, extra, ex
 def test_wrong_kind_segmenter(tmp_path, cli, synthetic_dataset, folders):
     r = cli("attack", synthetic_dataset, "--segmenter", folders / "image", "--out", tmp_path / "a")
     assert r.exit_code == 2 and "expected a 'segmenter' model" in r.output
+
+
+def test_an_option_the_method_does_not_use_continues_the_run(tmp_path, cli, synthetic_dataset, folders):
+    """--beta, --image-model, --steps do nothing for fgsm: not part of its run (a rerun continues, with a note);
+    the budget is (the same rerun with another --eps is refused)."""
+    args = ("attack", synthetic_dataset, "--segmenter", folders / "seg", "--method", "fgsm", "--out", tmp_path / "a",
+            "--split", "val", "--device", "cpu")
+    assert cli(*args).exit_code == 0
+    r = cli(*args, "--beta", "search", "--image-model", folders / "image", "--steps", 3, "--json")
+    assert r.exit_code == 0 and '"written_now": 0' in r.stdout, r.output
+    assert "note: --steps, --image-model, --beta do nothing for --method fgsm" in r.stderr
+    r = cli(*args, "--eps", 4)
+    assert r.exit_code == 2 and "different run (--eps differ)" in r.output
