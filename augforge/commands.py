@@ -18,6 +18,7 @@ from augforge.configs import (
     AttackConfig,
     DemoConfig,
     EvaluateConfig,
+    FilterConfig,
     PipelineConfig,
     PrepareConfig,
     ReportConfig,
@@ -83,6 +84,9 @@ COMMANDS: dict[str, Command] = {
                       "(DASP).", torchrun=True),
     "attack": Command(AttackConfig, _stage("attack"), "Write an adversarially attacked copy of a dataset (FGSM, "
                       "Inverse-FGSM, PGD, Diff-PGD, ASMA).", torchrun=True),
+    "filter": Command(FilterConfig, _stage("filter"), "Keep the generated/attacked pairs a segmenter finds most "
+                      "consistent with their own masks (per-pair Dice; --keep-top, --min-score): a dataset of the "
+                      "kept pairs, each row with its score and rank, scores.csv of all pairs and a contact sheet."),
     "demo": Command(DemoConfig, _stage("demo"), "Run the whole DASP chain on synthetic polyps (a few minutes on a CPU) "
                     "and write a report.", stage=False),
     "pipeline": Command(PipelineConfig, _stage("pipeline"), "Run the stages a TOML file lists, in order; stages "

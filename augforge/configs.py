@@ -253,6 +253,26 @@ class AttackConfig:
     overwrite: bool = _overwrite()
 
 
+@dataclass(frozen=True)
+class FilterConfig:
+    """``augforge filter``: keep the generated/attacked pairs a segmenter finds most consistent with their masks."""
+
+    data: str = option(help="Dataset to filter (generated or attacked; any dataset works).", path=True, argument=True)
+    segmenter: str = option(help="Segmenter model folder (trained on real pairs) that scores each pair: Dice of its "
+                                 "prediction against the pair's own mask.")
+    out: str = _out("Filtered dataset folder to write (continued if it holds the same run).")
+    # FreeMask (NeurIPS 2023) and ControlPolypNet (CVPRW 2024) gain only once the least consistent synthetic
+    # pairs are left out; 0.5 keeps the better half
+    keep_top: str = option("0.5", "Keep the best-scoring pairs: a count (200) or a fraction in (0, 1] of the scored "
+                                  "pairs (0.5: the better half, dropping the least mask-consistent generated pairs as "
+                                  "FreeMask/ControlPolypNet do; 1.0: all); ties by id.")
+    min_score: float = option(0.0, "Also drop pairs scoring below this Dice in [0, 1] (0: no floor).")
+    split: str = option("all", "Pairs to score: all | train | val | test | unused.")
+    batch_size: int = option(16, "Images per prediction batch.", identity=False)
+    device: str = _device()
+    overwrite: bool = _overwrite()
+
+
 DEMO_RECIPE = RECIPES / "demo.toml"
 _DEMO = tomllib.loads(DEMO_RECIPE.read_text())["vars"]  # the recipe's [vars]: the demo options' defaults
 
