@@ -134,7 +134,7 @@ class TrainSegConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    segmenter: str = option(help="Segmenter model folder.")
+    segmenter: str = option(help="Segmenter model folder (with --attack: several, comma-separated, a row each).")
     data: str = option(help="Prepared dataset(s) to evaluate on; several give one cross-dataset table.", path=True,
                        argument=True, rest_into="also")
     also: tuple[str, ...] = option((), cli=False)  # the further DATA: one cross-dataset table
@@ -143,12 +143,25 @@ class EvaluateConfig:
     threshold: float = option(0.5, "Foreground where sigmoid(logit) > threshold.")
     out: str = option("", "Write the summary JSON to this file and per-image scores to it with .csv.", identity=False)
     csv: str = option("", "Write the per-dataset table (scores with 95% CIs) to this CSV file.", names=("--csv",))
-    attack: str = option("none", "Robustness table under none | fgsm | pgd.")
-    eps: str = option("0.3,3,30", "Attack budgets, comma-separated, in 0-255 units.")
-    attack_steps: int = option(10, "PGD steps (step size eps/4).")
+    attack: str = option("none", "Robustness table under none | fgsm | inverse-fgsm | pgd | diff-pgd | asma | noise "
+                                 "(random signs of the same budget).")
+    eps: str = option("0.3,3,30", "Attack budgets, comma-separated, in 0-255 units (0 allowed; not for asma).")
+    attack_steps: int = option(10, "PGD / Diff-PGD steps (step size eps/4).")
+    attack_segmenter: str = option("", "Compute the attack on this segmenter and score the --segmenter (transfer); "
+                                       "empty: white-box.")
+    weighted: bool = option(False, "DASP uncertainty weighting W of the attack loss (Eq. 10; not asma/noise).",
+                            flag=True)
+    image_model: str = option("", "Image-diffusion model: the diff-pgd purifier.")
+    max_iter: int = option(300, "asma: iteration cap per image.")
+    beta: str = option("search", "asma: β of the step multiplier β·IoU + τ, a comma list, or 'search' (1e-6,5e-6,1e-5); "
+                                 "per image the β of highest target IoU.")
+    tau: float = option(1e-7, "asma: τ of the step multiplier.")
+    ablation: bool = option(False, "asma: also the static-mask and constant-multiplier rows (Ozbulak et al. Table 1).",
+                            flag=True)
+    limit: int = option(0, "With --attack: score only the first N pairs of the split, in id order (0: all).")
     batch_size: int = option(16, "Images per batch (does not change results).")
     bootstrap: int = option(1000, "Bootstrap resamples for the 95% intervals of mIoU/mDice.")
-    seed: int = option(0, "Seed of the bootstrap.")
+    seed: int = option(0, "Seed of the bootstrap, the noise signs, the random asma targets and the SDEdit noise.")
     device: str = _device()
 
 

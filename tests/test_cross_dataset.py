@@ -123,8 +123,8 @@ def test_bad_cross_dataset_inputs(segmenter, synthetic_dataset, external, tmp_pa
                     "images are 64px, the segmenter works on 32px")
     _one_line_error(_invoke("evaluate", "--segmenter", segmenter, synthetic_dataset, synthetic_dataset),
                     "a dataset is given twice")
-    _one_line_error(_invoke("evaluate", "--segmenter", segmenter, synthetic_dataset, external, "--attack", "fgsm"),
-                    "--attack scores one dataset at a time")
+    _one_line_error(_invoke("evaluate", "--segmenter", segmenter, synthetic_dataset, external, "--attack-segmenter",
+                            segmenter), "give --attack too")
     _one_line_error(_invoke("evaluate", "--segmenter", segmenter, synthetic_dataset, tmp_path / "nope"), "nope")
     _one_line_error(_invoke("evaluate", "--segmenter", segmenter, synthetic_dataset, external, "--split", "train"),
                     "no pairs in split 'train'")

@@ -209,7 +209,7 @@ def test_evaluate_robustness_table(trained, synthetic_dataset):
     assert rows[0]["mDice"] == result["mDice"] and rows[0]["mIoU"] == result["mIoU"]
     assert all(0.0 <= row["mIoU"] <= row["mDice"] <= 1.0 for row in rows)
     _one_line_error(_invoke("evaluate", synthetic_dataset, "--segmenter", out, "--attack", "fgsm", "--eps", "0,x"), "--eps")
-    _one_line_error(_invoke("evaluate", synthetic_dataset, "--segmenter", out, "--attack", "asma"), "--attack")
+    _one_line_error(_invoke("evaluate", synthetic_dataset, "--segmenter", out, "--attack", "asma", "--eps", "3"), "--attack")
 
 
 def test_evaluate_refuses_a_wrong_kind_or_image_size(tmp_path, trained, synthetic_dataset):

@@ -36,19 +36,22 @@ from augforge.data.dataset import SPLITS, UNUSED, PairSet, load_pairset, read_da
 from augforge.errors import AugforgeError
 from augforge.progress import progress_bar
 from augforge.ranges import intensity_to_unit
-from augforge.runtime import atomic_write_bytes, autocast, generator_for, resolve_device
+from augforge.runtime import atomic_write_bytes, autocast, resolve_device
 
-EVAL_ATTACKS = ("none", "fgsm", "pgd")
+EVAL_ATTACKS = ("none", "fgsm", "inverse-fgsm", "pgd", "diff-pgd", "asma", "noise")  # "none" and the registry
 
 
-def parse_budgets(text: str) -> list[float]:
-    """``"0.3,3,30"`` -> [0.3, 3.0, 30.0] (0-255 units, each > 0)."""
+def parse_budgets(text: str, allow_zero: bool = False) -> list[float]:
+    """``"0.3,3,30"`` -> [0.3, 3.0, 30.0] (0-255 units, each > 0, or >= 0 with ``allow_zero``; no repeats)."""
     try:
         budgets = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise AugforgeError(f"--eps must be comma-separated numbers in 0-255 units, got {text!r}") from None
-    if not budgets or any(not 0 < b <= 255 for b in budgets):
-        raise AugforgeError(f"--eps budgets must be in (0, 255], got {text!r}")
+    low = 0 if allow_zero else 1e-300
+    if not budgets or any(not low <= b <= 255 for b in budgets):
+        raise AugforgeError(f"--eps budgets must be in [0, 255]{'' if allow_zero else ' and > 0'}, got {text!r}")
+    if len(set(budgets)) < len(budgets):
+        raise AugforgeError(f"--eps gives a budget twice: {text!r}")
     return budgets
 
 
@@ -61,23 +64,6 @@ def score(logits: torch.Tensor, masks: torch.Tensor, threshold: float) -> tuple[
     tp, fp, fn, _ = confusion_counts(pred, masks)
     scores = {k: v.cpu() for k, v in {**scores, "tp": tp, "fp": fp, "fn": fn}.items()}
     return scores, (int(scores["tp"].sum()), int(scores["fp"].sum()), int(scores["fn"].sum()))
-
-
-def _attacked_logits(model, pairs: PairSet, name: str, eps: float, cfg: EvaluateConfig,
-                     device: torch.device, advance) -> torch.Tensor:
-    """Logits (N, 1, H, W) on the attacked images; eps in [0, 1] units."""
-    from augforge.attacks import ATTACKS
-
-    kwargs = {"step_size": eps / 4, "steps": cfg.attack_steps, "random_start": False} if name == "pgd" else {}
-    generator = generator_for(cfg.seed, device=device)
-    out = []
-    for start in range(0, len(pairs), cfg.batch_size):
-        x, y, _ = pairs.batch(torch.arange(start, min(start + cfg.batch_size, len(pairs)), device=device))
-        x_adv = ATTACKS[name](model, x, y, eps=eps, generator=generator, **kwargs)
-        with torch.no_grad(), autocast(device):
-            out.append(model(x_adv).float())
-        advance(1)
-    return torch.cat(out)
 
 
 def pooled_ci(scores: dict, n_boot: int, seed: int, level: float = 0.95) -> dict:
@@ -158,8 +144,6 @@ def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, devi
     from augforge.seg.metrics import summarize
     from augforge.seg.train import predict
 
-    if cfg.attack != "none":
-        raise AugforgeError("--attack scores one dataset at a time; give a single DATA for a robustness table")
     datasets = [read_dataset(Path(p)) for p in paths]  # every folder checked before the model is loaded
     model, config = load_network(Path(cfg.segmenter), kind="segmenter", device=device)
     size = int(config["image_size"])
@@ -192,6 +176,298 @@ def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, devi
     return result
 
 
+# --------------------------------------------------------------------------- robustness (--attack)
+
+WEIGHTABLE = ("fgsm", "inverse-fgsm", "pgd", "diff-pgd")
+NOISE_STREAM = 17  # key of the per-pair sign streams of --attack noise (attack.py uses 7, 11, 13)
+ASMA_VARIANTS = (  # Ozbulak et al. Table 1: (row, adaptive mask, dynamic multiplier)
+    ("static mask", False, False), ("adaptive mask", True, False), ("adaptive mask + dynamic multiplier", True, True))
+ROBUST_CSV = ("segmenter", "attack_segmenter", "dataset", "method", "variant", "eps_255", "eps_01", "n_images", "mDice",
+              "mIoU", "micro_dice", "micro_iou")
+ASMA_STATS = ("l2", "linf", "iou_target", "pixel_acc_target", "coverage_target", "iterations")
+
+
+def _names(paths: list[str]) -> list[str]:
+    return dataset_names(paths) if paths else []
+
+
+def _check_attack_options(cfg: EvaluateConfig, segmenters: list[str]) -> list[float]:
+    """One line per bad combination; returns the budgets (0-255 units; [] for asma)."""
+    from dataclasses import fields
+
+    default_eps = next(f.default for f in fields(EvaluateConfig) if f.name == "eps")
+    if cfg.attack == "asma":
+        if cfg.eps != default_eps:
+            raise AugforgeError("--attack asma takes no --eps grid: it runs until the prediction is the target "
+                                "(cap: --max-iter); drop --eps")
+        if cfg.max_iter < 1 or cfg.tau < 0:
+            raise AugforgeError("--max-iter must be >= 1 and --tau >= 0")
+        _asma_config(cfg)  # --beta checked
+    elif cfg.ablation:
+        raise AugforgeError("--ablation gives ASMA's ablation rows; use it with --attack asma")
+    if cfg.weighted and cfg.attack not in WEIGHTABLE:
+        raise AugforgeError(f"--weighted applies to {', '.join(WEIGHTABLE)}, not {cfg.attack}")
+    if cfg.attack == "diff-pgd" and not cfg.image_model:
+        raise AugforgeError("--attack diff-pgd needs --image-model (the image-diffusion purifier)")
+    if cfg.image_model and cfg.attack != "diff-pgd":
+        raise AugforgeError(f"--image-model is the diff-pgd purifier; --attack {cfg.attack} does not use it")
+    return [] if cfg.attack == "asma" else parse_budgets(cfg.eps, allow_zero=True)
+
+
+def _asma_config(cfg: EvaluateConfig):
+    """The attack command's config for the ASMA helpers it shares (targets: another sample's mask; --beta)."""
+    from augforge.configs import AttackConfig
+    from augforge.stages.attack import asma_betas
+
+    acfg = AttackConfig(data=cfg.data, segmenter=cfg.segmenter, out="", method="asma", target="random-other",
+                        max_iter=cfg.max_iter, beta=cfg.beta, tau=cfg.tau, seed=cfg.seed)
+    return acfg, asma_betas(acfg)
+
+
+def _purifier(cfg: EvaluateConfig, image_size: int, device: torch.device):
+    """(network, diffusion) of the diff-pgd purifier, as `augforge attack` builds it."""
+    from augforge.diffusion.process import build_diffusion
+    from augforge.models.folder import load_network
+    from augforge.models.inference import inference_net
+
+    net, image_cfg = load_network(Path(cfg.image_model), kind="image-diffusion", image_size=image_size, device=device)
+    net.requires_grad_(False)
+    return inference_net(net, device), build_diffusion("image-diffusion", image_cfg["process"])
+
+
+def _attack_batch(cfg: EvaluateConfig, attacker, x, y, index: list[int], eps: float, purifier,
+                  device: torch.device) -> torch.Tensor:
+    """x_adv for one batch (eps in [0, 1] units), computed on ``attacker``; randomness from per-pair streams."""
+    from augforge.attacks import ATTACKS, uncertainty_weights
+    from augforge.configs import AttackConfig
+    from augforge.rng import PairStreams
+    from augforge.stages.attack import SDEDIT_STREAM
+
+    kwargs: dict = {"eps": eps}
+    if cfg.weighted:
+        with torch.no_grad():
+            kwargs["weights"] = uncertainty_weights(attacker(x), AttackConfig.sigma2)
+    if cfg.attack in ("pgd", "diff-pgd"):
+        kwargs.update(step_size=eps / 4, steps=cfg.attack_steps, random_start=False)
+    if cfg.attack == "noise":
+        kwargs["generator"] = PairStreams.for_pairs(cfg.seed, index, NOISE_STREAM, device)
+    if cfg.attack == "diff-pgd":
+        net, diffusion = purifier
+        gens = PairStreams.for_pairs(cfg.seed, index, SDEDIT_STREAM, device)
+
+        def purify(images01: torch.Tensor) -> torch.Tensor:
+            return diffusion.sdedit(net, images01, mask01=y, sdedit_steps=AttackConfig.sdedit_steps,
+                                    grid_steps=AttackConfig.grid_steps, generator=gens)
+
+        kwargs.update(purify=purify, grad="bpda")
+    return ATTACKS[cfg.attack](attacker, x, y, **kwargs)
+
+
+def _asma_batch(cfg: EvaluateConfig, attacker, x, y, index: list[int], all_masks, adaptive: bool, dynamic: bool):
+    """(x_adv, target, iterations, beta chosen) of one ASMA variant on one batch; targets: another sample's mask."""
+    from augforge.attacks import asma_beta_search
+    from augforge.stages.attack import asma_targets
+
+    acfg, betas = _asma_config(cfg)
+    target = asma_targets(acfg, y, all_masks, index)
+    if not dynamic:
+        betas = betas[:1]  # alpha = tau whatever beta: one run
+    result, chosen = asma_beta_search(attacker, x, y, target=target, betas=betas, max_iter=cfg.max_iter, tau=cfg.tau,
+                                      adaptive_mask=adaptive, dynamic_multiplier=dynamic)
+    return result.x_adv, target, result.iterations, chosen
+
+
+def _row(cfg: EvaluateConfig, names: tuple[str, str, str], method: str, variant: str, eps255, scores: dict,
+         totals: tuple) -> dict:
+    from augforge.seg.metrics import summarize
+
+    segmenter, attacker, dataset = names
+    return {"segmenter": segmenter, "attack_segmenter": attacker, "dataset": dataset, "method": method,
+            "variant": variant, "eps_255": eps255, "eps_01": None if eps255 is None else intensity_to_unit(eps255),
+            **summarize(scores, totals, n_boot=cfg.bootstrap, seed=cfg.seed), **pooled_ci(scores, cfg.bootstrap, cfg.seed)}
+
+
+def _mean_std(values: torch.Tensor) -> dict:
+    v = values.double()
+    return {"mean": float(v.mean()), "std": float(v.std(unbiased=False))}
+
+
+def robustness_table(rows: list[dict]) -> list[dict]:
+    """The printed table: a row per (segmenter, dataset, method, eps), mDice/mIoU with their 95% intervals (the pooled
+    scores and their intervals are in the result's ``rows`` and in the CSV)."""
+    ci = "[{:.3f}, {:.3f}]".format
+    out = []
+    for r in rows:
+        label = r["method"] + (f" ({r['variant']})" if r["variant"] else "")
+        out.append({"segmenter": r["segmenter"], **({"attacked on": r["attack_segmenter"]} if r["attack_segmenter"] else {}),
+                    "dataset": r["dataset"], "method": label,
+                    "eps (0-255)": r["eps_255"] if r["eps_255"] is not None else "—", "n": r["n_images"],
+                    "mDice": r["mDice"], "mDice CI": ci(*r["mDice_ci95"]), "mIoU": r["mIoU"],
+                    "mIoU CI": ci(*r["mIoU_ci95"])})
+    return out
+
+
+def asma_table(rows: list[dict]) -> list[dict]:
+    """Ozbulak et al.'s Table 1 as printed: mean ± std of each statistic of the adversarial examples."""
+    pm = lambda s: "{:.4g} ± {:.3g}".format(s["mean"], s["std"])  # noqa: E731
+    return [{"segmenter": r["segmenter"], "dataset": r["dataset"], "variant": r["variant"], "n": r["n_images"],
+             "L2 [0,1]": pm(r["asma"]["l2"]), "L∞ [0,1]": pm(r["asma"]["linf"]),
+             "IoU(pred, target)": pm(r["asma"]["iou_target"]), "PA(pred, target)": pm(r["asma"]["pixel_acc_target"]),
+             "|pred∩target|/|target|": pm(r["asma"]["coverage_target"]), "iterations": pm(r["asma"]["iterations"]),
+             "β (images)": ", ".join(f"{b:g} ({n})" for b, n in r["asma"]["beta_counts"].items()) or "— (α = τ)"}
+            for r in rows if "asma" in r]
+
+
+def robust_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    intervals = ("mDice", "mIoU", "micro_dice", "micro_iou")
+    asma = [f"{k}_{m}" for k in ASMA_STATS for m in ("mean", "std")]
+    writer.writerow([*ROBUST_CSV, *(f"{k}_ci95_{e}" for k in intervals for e in ("low", "high")), *asma])
+    fmt = lambda v: "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)  # noqa: E731
+    for r in rows:
+        writer.writerow([*(fmt(r[k]) for k in ROBUST_CSV), *(f"{v:.6f}" for k in intervals for v in r[f"{k}_ci95"]),
+                         *((fmt(r["asma"][k][m]) for k in ASMA_STATS for m in ("mean", "std")) if "asma" in r
+                           else [""] * len(asma))])
+    return buf.getvalue().encode()
+
+
+def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], budgets: list[float],
+                out: Path | None, device: torch.device) -> dict:
+    """Scores under attack: a row per (segmenter, dataset, method, eps), the clean row (method "none", eps 0) first."""
+    from augforge.models.folder import load_network
+    from augforge.seg.train import predict
+
+    # 1. every folder and image size checked before anything runs
+    datasets = [read_dataset(Path(p)) for p in paths]
+    models = [load_network(Path(s), kind="segmenter", device=device) for s in segmenters]
+    attacker = load_network(Path(cfg.attack_segmenter), kind="segmenter", device=device) if cfg.attack_segmenter else None
+    for s, (_, config) in zip(segmenters, models):
+        size = int(config["image_size"])
+        if attacker is not None and int(attacker[1]["image_size"]) != size:
+            raise AugforgeError(f"--attack-segmenter {cfg.attack_segmenter} works on {attacker[1]['image_size']}px, "
+                                f"--segmenter {s} on {size}px: a transfer attack needs the same image size")
+        for p, ds in zip(paths, datasets):
+            if ds.image_size != size:
+                raise AugforgeError(f"{p}: images are {ds.image_size}px, the segmenter {s} works on {size}px; "
+                                    f"prepare it with --size {size}")
+    for net, _ in models + ([attacker] if attacker else []):
+        net.requires_grad_(False)
+    purifier = _purifier(cfg, datasets[0].image_size, device) if cfg.attack == "diff-pgd" else None
+    seg_names, data_names = _names(segmenters), _names(paths)
+    attack_name = _names([cfg.attack_segmenter])[0] if cfg.attack_segmenter else ""
+    variants = ([v for v in ASMA_VARIANTS if cfg.ablation or v[1] and v[2]] if cfg.attack == "asma"
+                else [("", True, True)])
+    settings = [(v, None) for v in variants] if cfg.attack == "asma" else [(variants[0], e) for e in budgets]
+
+    # 2. the attacks: computed once per (attack network, dataset, setting), scored on every segmenter
+    rows, image_rows = [], []
+    n_batches = sum(-(-min(len(ds.split(cfg.split)), cfg.limit or 1 << 62) // cfg.batch_size) for ds in datasets)
+    groups = [(None, list(range(len(models))))] if attacker else [(i, [i]) for i in range(len(models))]
+    with progress_bar(f"evaluate --attack {cfg.attack}", total=n_batches * len(settings) * len(groups)) as advance:
+        for d_name, p in zip(data_names, paths):
+            pairs = load_pairset([Path(p)], cfg.split)
+            if cfg.limit:
+                pairs = PairSet(pairs.images[:cfg.limit], pairs.masks[:cfg.limit], pairs.is_extra[:cfg.limit],
+                                pairs.ids[:cfg.limit])
+            pairs = pairs.to(device)
+            all_masks = pairs.masks.float() if cfg.attack == "asma" else None
+            clean = [predict(net, pairs.images, cfg.batch_size, device) for net, _ in models]
+            for k, s_name in enumerate(seg_names):
+                scores, totals = score(clean[k], pairs.masks, cfg.threshold)
+                rows.append(_row(cfg, (s_name, attack_name, d_name), "none", "", 0.0, scores, totals))
+                image_rows.append((rows[-1], scores, pairs.ids))
+            for g, scored in groups:
+                net = attacker[0] if g is None else models[g][0]
+                for (variant, adaptive, dynamic), eps255 in settings:
+                    logits = [[] for _ in scored]
+                    stats: dict[str, list] = {k: [] for k in (*ASMA_STATS, "target", "beta")}
+                    for start in range(0, len(pairs), cfg.batch_size):
+                        index = list(range(start, min(start + cfg.batch_size, len(pairs))))
+                        x, y, _ = pairs.batch(torch.tensor(index, device=device))
+                        if cfg.attack == "asma":
+                            x_adv, target, iterations, beta = _asma_batch(cfg, net, x, y, index, all_masks, adaptive,
+                                                                          dynamic)
+                            delta = (x_adv - x).flatten(1)
+                            stats["l2"].append(delta.norm(dim=1).cpu())
+                            stats["linf"].append(delta.abs().amax(1).cpu())
+                            stats["iterations"].append(iterations.cpu())
+                            stats["target"].append(target.cpu())
+                            if dynamic:  # beta plays no part with the constant multiplier
+                                stats["beta"].append(beta.cpu())
+                        else:
+                            x_adv = _attack_batch(cfg, net, x, y, index, intensity_to_unit(eps255), purifier, device)
+                        with torch.no_grad(), autocast(device):
+                            for j, k in enumerate(scored):
+                                logits[j].append(models[k][0](x_adv).float())
+                        advance(1)
+                    for j, k in enumerate(scored):
+                        adv = torch.cat(logits[j])
+                        scores, totals = score(adv, pairs.masks, cfg.threshold)
+                        row = _row(cfg, (seg_names[k], attack_name, d_name), cfg.attack, variant, eps255, scores, totals)
+                        if cfg.attack == "asma":
+                            row["asma"] = _asma_stats(stats, torch.sigmoid(adv).cpu() > cfg.threshold)
+                        rows.append(row)
+                        image_rows.append((row, scores, pairs.ids))
+            del pairs, clean
+
+    order = {(d, s): i for i, (d, s) in enumerate((d, s) for d in data_names for s in seg_names)}
+    rows.sort(key=lambda r: order[r["dataset"], r["segmenter"]])  # stable: each segmenter's clean row, then its attacks
+
+    # 3. result: the clean summary's keys for one segmenter on one dataset, the table, files
+    mode = f"transfer (attack computed on {cfg.attack_segmenter})" if cfg.attack_segmenter else "white-box"
+    title = f"robustness under {cfg.attack}" + (f", transferred from {attack_name}" if attack_name else "")
+    result: dict = {"segmenter": cfg.segmenter, "attack": cfg.attack, "attack_mode": mode, "split": cfg.split,
+                    "threshold": cfg.threshold}
+    if len(paths) == 1 and len(segmenters) == 1:
+        clean_row = rows[0]
+        result.update(data=cfg.data, **{k: v for k, v in clean_row.items() if k not in (
+            "segmenter", "attack_segmenter", "dataset", "method", "variant", "eps_255", "eps_01")})
+    result.update(rows=rows, tables={title: robustness_table(rows)})
+    if cfg.attack == "asma":
+        result["tables"]["ASMA (Ozbulak et al. Table 1): targets are another sample's mask"] = asma_table(rows)
+    if cfg.csv:
+        Path(cfg.csv).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(cfg.csv), robust_csv(rows))
+        result["csv"] = cfg.csv
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.update(out=str(out), per_image=str(out.with_suffix(".csv")))
+        atomic_write_bytes(out.with_suffix(".csv"), _robust_per_image_csv(image_rows))
+        atomic_write_bytes(out, (json.dumps(result, indent=2) + "\n").encode())
+    return result
+
+
+def _asma_stats(stats: dict, pred: torch.Tensor) -> dict:
+    """mean ± std over images of the perturbation's L2 / L∞ ([0, 1] units), IoU and pixel accuracy of the scored
+    segmenter's prediction against the target (Ozbulak et al.'s reference code: |P∩T| / |P∪T|, 1 when both are
+    empty), |P∩T| / |T| (the target's share reached), and the iterations used."""
+    target = torch.cat(stats["target"]) > 0.5
+    inter = (pred & target).flatten(1).sum(1).double()
+    union = (pred | target).flatten(1).sum(1).double()
+    area = target.flatten(1).sum(1).double()
+    per_image = {"l2": torch.cat(stats["l2"]), "linf": torch.cat(stats["linf"]),
+                 "iou_target": torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)),
+                 "pixel_acc_target": (pred == target).flatten(1).double().mean(1),
+                 "coverage_target": torch.where(area > 0, inter / area.clamp_min(1), torch.ones_like(area)),
+                 "iterations": torch.cat(stats["iterations"])}
+    betas = torch.cat(stats["beta"]).tolist() if stats["beta"] else []
+    return {**{k: _mean_std(v) for k, v in per_image.items()},
+            "beta_counts": {b: betas.count(b) for b in sorted(set(betas))}}
+
+
+def _robust_per_image_csv(image_rows: list[tuple[dict, dict, list[str]]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["segmenter", "dataset", "method", "variant", "eps_255", "id", *PER_IMAGE])
+    for row, scores, ids in image_rows:
+        for _, pair_id, values in _image_rows("", scores, ids):
+            writer.writerow([row["segmenter"], row["dataset"], row["method"], row["variant"],
+                             "" if row["eps_255"] is None else row["eps_255"], pair_id,
+                             *(f"{v:.6f}" for v in values[:4]), *(int(v) for v in values[4:])])
+    return buf.getvalue().encode()
+
+
 def run(cfg: EvaluateConfig) -> dict:
     from augforge.models.folder import load_network
     from augforge.seg.metrics import summarize
@@ -205,9 +481,23 @@ def run(cfg: EvaluateConfig) -> dict:
     if cfg.batch_size < 1 or cfg.bootstrap < 1 or cfg.attack_steps < 1:
         raise AugforgeError("--batch-size, --bootstrap and --attack-steps must be >= 1")
     if cfg.attack not in EVAL_ATTACKS:
-        raise AugforgeError(f"--attack must be one of {', '.join(EVAL_ATTACKS)} (diff-pgd and asma datasets are made "
-                            f"with `augforge attack`), got {cfg.attack!r}")
-    budgets = parse_budgets(cfg.eps) if cfg.attack != "none" else []
+        raise AugforgeError(f"--attack must be one of {', '.join(EVAL_ATTACKS)}, got {cfg.attack!r}")
+    segmenters = [s.strip() for s in cfg.segmenter.split(",") if s.strip()]
+    if not segmenters:
+        raise AugforgeError("--segmenter: give a segmenter model folder")
+    if len(set(str(Path(s).resolve()) for s in segmenters)) < len(segmenters):
+        raise AugforgeError("a segmenter is given twice: " + cfg.segmenter)
+    if cfg.attack == "none":
+        if len(segmenters) > 1:
+            raise AugforgeError("several --segmenter folders make a robustness table: give --attack (one segmenter "
+                                "without it)")
+        for name, given in (("--attack-segmenter", cfg.attack_segmenter), ("--image-model", cfg.image_model),
+                            ("--weighted", cfg.weighted), ("--ablation", cfg.ablation)):
+            if given:
+                raise AugforgeError(f"{name} applies to a robustness table: give --attack too")
+    if cfg.limit < 0 or (cfg.limit and cfg.attack == "none"):
+        raise AugforgeError(f"--limit must be >= 0 and applies to a robustness table (--attack), got {cfg.limit}")
+    budgets = _check_attack_options(cfg, segmenters) if cfg.attack != "none" else []
     out = Path(cfg.out) if cfg.out else None
     if out is not None and out.suffix == ".csv":
         raise AugforgeError(f"--out {out}: give the summary JSON path; the per-image CSV goes next to it")
@@ -217,6 +507,8 @@ def run(cfg: EvaluateConfig) -> dict:
     if len(set(map(lambda p: str(Path(p).resolve()), paths))) < len(paths):
         raise AugforgeError("a dataset is given twice: " + ", ".join(paths))
     device = resolve_device(cfg.device)
+    if cfg.attack != "none":
+        return _robustness(cfg, paths, segmenters, budgets, out, device)
     if cfg.also:
         return _evaluate_many(cfg, paths, out, device)
 
@@ -234,19 +526,7 @@ def run(cfg: EvaluateConfig) -> dict:
         atomic_write_bytes(Path(cfg.csv), table_csv([summary]))
         result["csv"] = cfg.csv
 
-    # 3. robustness under each attack budget
-    if budgets:
-        rows = [{"eps (0-255)": 0.0, "mIoU": result["mIoU"], "mDice": result["mDice"]}]
-        n_batches = -(-len(pairs) // cfg.batch_size)
-        with progress_bar(f"evaluate --attack {cfg.attack}", total=n_batches * len(budgets)) as advance:
-            for eps in budgets:
-                adv_logits = _attacked_logits(model, pairs, cfg.attack, intensity_to_unit(eps), cfg, device, advance)
-                adv_scores, _ = score(adv_logits, pairs.masks, cfg.threshold)
-                rows.append({"eps (0-255)": eps, "mIoU": float(adv_scores["iou"].mean()),
-                             "mDice": float(adv_scores["dice"].mean())})
-        result["tables"] = {f"robustness under {cfg.attack}": rows}
-
-    # 4. files
+    # 3. files
     if out is not None:
         result.update(out=str(out), per_image=str(out.with_suffix(".csv")))
         _write_outputs(out, result, scores, pairs.ids)
