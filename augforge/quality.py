@@ -154,6 +154,51 @@ def frechet_distance(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross)
 
 
+def _float64(feats: ArrayLike) -> torch.Tensor:
+    return feats.detach().double().cpu() if isinstance(feats, torch.Tensor) else torch.as_tensor(np.asarray(feats, np.float64))
+
+
+def subsample_to_equal_n(*feature_sets: ArrayLike, generator: torch.Generator) -> list[torch.Tensor]:
+    """Each (N_i, C) set reduced to N = min N_i rows drawn without replacement (float64, CPU; a set of N
+    rows is kept whole, in order). The Fréchet distance of Gaussians fitted to N samples is biased by
+    about tr(Σ)/N per set, so two distances are comparable only at the same N."""
+    sets = [_float64(f) for f in feature_sets]
+    n = min(len(f) for f in sets)
+    return [f if len(f) == n else f[torch.randperm(len(f), generator=generator)[:n]] for f in sets]
+
+
+def kernel_inception_distance(feats_a: ArrayLike, feats_b: ArrayLike, *, subsets: int = 100, subset_size: int = 1000,
+                              generator: torch.Generator | None = None) -> dict[str, float]:
+    """KID (Bińkowski et al. 2018, "Demystifying MMD GANs", Eq. 4 with the kernel of §5): the unbiased
+    estimate of MMD² between two feature sets (N_a, C) and (N_b, C) under the cubic polynomial kernel
+    k(x, y) = (x·y / C + 1)³, averaged over ``subsets`` random subsets of m = min(``subset_size``, N_a, N_b)
+    rows of each set:
+
+        MMD²_u = Σ_{i≠j} k(x_i, x_j) / m(m-1) + Σ_{i≠j} k(y_i, y_j) / m(m-1) - 2 Σ_{i,j} k(x_i, y_j) / m².
+
+    Unbiased: its expectation is 0 for two samples of one distribution whatever N (so a value can be
+    negative), unlike the Fréchet distance. Returns {mean, std (over subsets), subsets, subset_size}.
+    """
+    a, b = _float64(feats_a), _float64(feats_b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets must be (N, C) with the same C, got {tuple(a.shape)} and {tuple(b.shape)}")
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples in each set, got {len(a)} and {len(b)}")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    c = a.shape[1]
+    values = []
+    for _ in range(subsets):
+        x = a[torch.randperm(len(a), generator=generator)[:m]]
+        y = b[torch.randperm(len(b), generator=generator)[:m]]
+        k_xx, k_yy, k_xy = ((u @ v.T / c + 1) ** 3 for u, v in ((x, x), (y, y), (x, y)))
+        within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
+        values.append(within - 2 * k_xy.mean())
+    values = torch.stack(values)
+    return {"mean": float(values.mean()), "std": float(values.std(unbiased=False)), "subsets": subsets,
+            "subset_size": m}
+
+
 def nearest_distance(gen: torch.Tensor, real: torch.Tensor, chunk: int = 256) -> np.ndarray:
     """For each generated image (N, C, H, W) in [0,1], the RMSE to its nearest real image (M, C, H, W).
 

@@ -153,3 +153,56 @@ def test_nearest_distance_zero_for_copies():
     real = torch.rand(10, 3, 8, 8)
     d = nearest_distance(torch.cat([real[:3], torch.rand(2, 3, 8, 8)]), real)
     assert np.allclose(d[:3], 0.0) and (d[3:] > 0.1).all()
+
+
+def test_kid_is_the_unbiased_mmd2_of_the_cubic_kernel():
+    """KID (Bińkowski et al. 2018): exact on one subset, 0 in expectation for one distribution (so it can
+    be negative), the closed form of a mean shift in 1-D, growing with the shift."""
+    from augforge.quality import kernel_inception_distance
+
+    g = torch.Generator().manual_seed(0)
+    # one subset holding both whole sets: the estimator itself, against the sums written out
+    a, b = torch.randn(7, 4, generator=g, dtype=torch.float64), torch.randn(7, 4, generator=g, dtype=torch.float64)
+    k = lambda x, y: (float(x @ y) / 4 + 1) ** 3  # noqa: E731
+    m = 7
+    expected = (sum(k(a[i], a[j]) + k(b[i], b[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+                - 2 * sum(k(a[i], b[j]) for i in range(m) for j in range(m)) / m ** 2)
+    result = kernel_inception_distance(a, b, subsets=3, subset_size=100)
+    assert result["subset_size"] == 7 and result["mean"] == pytest.approx(expected, rel=1e-12)
+    assert result["std"] == pytest.approx(0.0, abs=1e-12)  # every subset is the whole set
+    # two samples of one distribution: near 0, negative about half the time (unbiased)
+    same = [kernel_inception_distance(torch.randn(50, 8, generator=g), torch.randn(50, 8, generator=g),
+                                      subsets=10)["mean"] for _ in range(8)]
+    assert min(same) < 0 < max(same) or all(abs(v) < 0.05 for v in same)
+    assert any(v < 0 for v in same) and all(abs(v) < 0.3 for v in same)
+    # 1-D, x = ±1 (Rademacher: the moments of N(0, 1) up to the third, and no heavy tails), y = x' + mu,
+    # k = (xy + 1)^3: MMD^2 = E k(x,x') + E k(y,y') - 2 E k(x,y) = 4 + (mu^3 + 3mu)^2 + 3(1 + mu^2)^2 + 3mu^2 + 1
+    # - 2(3(1 + mu^2) + 1): 0 at mu = 0, 3.578 at 0.5, 22 at 1
+    sign = lambda: torch.randint(0, 2, (2000, 1), generator=g).double() * 2 - 1  # noqa: E731
+    kid = {mu: kernel_inception_distance(sign(), sign() + mu, subsets=10, subset_size=1000)["mean"]
+           for mu in (0.0, 0.5, 1.0)}
+    assert abs(kid[0.0]) < 0.05
+    assert kid[0.5] == pytest.approx(3.578125, rel=0.25) and kid[1.0] == pytest.approx(22.0, rel=0.1)
+
+
+def test_frechet_is_compared_at_equal_n():
+    """The Fréchet distance grows as N shrinks: in 16 dimensions, 40 held-out real against 400 train reads
+    ~5x worse than 400 generated from the same distribution against them; the quality
+    report subsamples all sets to the smallest N, so the rows compare."""
+    from augforge.quality import frechet_distance, subsample_to_equal_n
+    from augforge.stages.quality_report import realism
+
+    g = torch.Generator().manual_seed(0)
+    train, gen, held = (torch.randn(n, 16, generator=g) for n in (400, 400, 40))
+    unequal = frechet_distance(held, train) / frechet_distance(gen, train)
+    assert unequal > 3
+    sets = subsample_to_equal_n(gen, held, train, generator=torch.Generator().manual_seed(0))
+    assert [len(s) for s in sets] == [40, 40, 40] and torch.equal(sets[1], held.double())
+    assert all(any(torch.equal(row, r) for r in full.double()) for s, full in ((sets[0], gen), (sets[2], train))
+               for row in s[:5])  # rows drawn from the set itself
+    report = realism(gen, held, train)
+    assert report["encoder_frechet"]["n"] == 40 and "equal N = 40" in report["realism_note"]
+    assert 0.5 < report["encoder_frechet"]["held_out_real"] / report["encoder_frechet"]["generated"] < 2
+    for row in ("generated", "held_out_real"):  # one distribution: KID near 0 whatever N
+        assert abs(report["encoder_kid"][row]["mean"]) < 0.05
+    assert report == realism(gen, held, train)  # seeded

@@ -4,7 +4,8 @@
 - mask-image consistency: a real-trained segmenter's mDice between its prediction on each generated
   image and the generated mask (floor: the same with shuffled pairs; ceiling: held-out real pairs);
 - realism: Fréchet distance in the feature space of that segmenter's encoder (NOT FID: no
-  Inception network, nothing downloaded);
+  Inception network, nothing downloaded), at equal N (every set subsampled to the smallest, seeded: the
+  distance is biased by N), and beside it KID, the unbiased kernel distance on the same features;
 - memorisation: RMSE from each image to its nearest real training image.
 """
 
@@ -20,11 +21,18 @@ from augforge.configs import SampleConfig
 from augforge.data.dataset import load_pairs, read_dataset
 from augforge.errors import AugforgeError
 from augforge.models.folder import load_network, read_config
-from augforge.quality import frechet_distance, mask_quality_report, nearest_distance
+from augforge.quality import (
+    frechet_distance,
+    kernel_inception_distance,
+    mask_quality_report,
+    nearest_distance,
+    subsample_to_equal_n,
+)
 from augforge.seg.metrics import per_image_scores
 from augforge.seg.train import predict
 
 MEMO_SIZE = 32  # images are compared at 32x32 for the nearest-neighbour distance
+REALISM_SEED = 0  # the subsets of the equal-N Fréchet distance and of KID
 
 
 def _real_data_path(cfg: SampleConfig) -> Path:
@@ -72,7 +80,22 @@ def sample_report(gen_root: Path, cfg: SampleConfig, device: torch.device) -> di
             "generated": _consistency(seg, gen_images, gen_masks, device),
             "generated_shuffled": _consistency(seg, gen_images, gen_masks.roll(1, 0), device),
             "held_out_real": _consistency(seg, held_images, held_masks, device)}
-        train_feats = _features(seg, train_images, device)
-        report["encoder_frechet"] = {"generated": frechet_distance(_features(seg, gen_images, device), train_feats),
-                                     "held_out_real": frechet_distance(_features(seg, held_images, device), train_feats)}
+        report.update(realism(_features(seg, gen_images, device), _features(seg, held_images, device),
+                              _features(seg, train_images, device)))
     return report
+
+
+def realism(gen_feats: torch.Tensor, held_feats: torch.Tensor, train_feats: torch.Tensor) -> dict:
+    """Encoder-feature distances of the generated and the held-out real images to the train images.
+
+    ``encoder_frechet``: the Fréchet distance with all three sets subsampled to the same N (the smallest;
+    seeded), so the generated and held-out rows are comparable (the distance grows as N shrinks);
+    ``encoder_kid``: KID on all the features (unbiased whatever N; mean and std over subsets)."""
+    generator = torch.Generator().manual_seed(REALISM_SEED)
+    gen_n, held_n, train_n = subsample_to_equal_n(gen_feats, held_feats, train_feats, generator=generator)
+    return {"encoder_frechet": {"generated": frechet_distance(gen_n, train_n),
+                                "held_out_real": frechet_distance(held_n, train_n), "n": len(gen_n)},
+            "encoder_kid": {"generated": kernel_inception_distance(gen_feats, train_feats, generator=generator),
+                            "held_out_real": kernel_inception_distance(held_feats, train_feats, generator=generator)},
+            "realism_note": f"encoder Fréchet at equal N = {len(gen_n)} (each set subsampled, seed {REALISM_SEED}); "
+                            "encoder KID unbiased, on all pairs"}
