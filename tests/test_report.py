@@ -93,3 +93,32 @@ def test_contact_sheet_titles_and_cell_size(size):
 def test_contact_sheet_without_titles_has_no_band():
     rows = [[np.zeros((32, 32, 3), np.uint8)] * 2] * 3
     assert contact_sheet(rows).shape == (3 * (128 + 2) + 2, 2 * (128 + 2) + 2, 3)
+
+
+def test_each_curve_names_the_loss_its_model_was_trained_with(tmp_path, monkeypatch):
+    """The y label says which loss: v-MSE for a v-prediction image model, ε-MSE for an eps one and for a
+    folder from before --prediction, the flip BCE for masks, the segmenter's own --loss."""
+    import augforge.stages.report as report
+
+    labels = {}
+    monkeypatch.setattr(report, "plot_diffusion_curve", lambda rows, title, ylabel: labels.update({title: ylabel}))
+    monkeypatch.setattr(report, "plot_segmenter_curve", lambda rows, title, ylabel: labels.update({title: ylabel}))
+    steps = [{"step": 10 * (i + 1), "loss": 1.0 / (i + 1)} for i in range(3)]
+    epochs = [{"epoch": e, "loss": 1.0 / e, "val_mDice": 0.1 * e} for e in (1, 2)]
+    for name, kind, process, rows, options in (
+            ("img-v", "image-diffusion", {"prediction": "v"}, steps, {}),
+            ("img-eps", "image-diffusion", {"prediction": "epsilon"}, steps, {}),
+            ("img-old", "image-diffusion", {}, steps, {}),
+            ("mask", "mask-diffusion", {}, steps, {}),
+            ("seg-dice", "segmenter", {}, epochs, {"loss": "dice"}),
+            ("seg-bce", "segmenter", {}, epochs, {"loss": "dice+bce"})):
+        folder = _model_folder(tmp_path, name, kind, rows, options=options)
+        config = json.loads((folder / CONFIG).read_text())
+        (folder / CONFIG).write_text(json.dumps({**config, "process": process}))
+    run_report(tmp_path)
+    assert labels == {"img-v (image-diffusion)": r"loss ($v$-MSE)",
+                      "img-eps (image-diffusion)": r"loss ($\epsilon$-MSE)",
+                      "img-old (image-diffusion)": r"loss ($\epsilon$-MSE)",
+                      "mask (mask-diffusion)": r"loss (BCE of the flips $y_t \oplus y_0$)",
+                      "seg-dice (segmenter)": "train loss (soft Dice)",
+                      "seg-bce (segmenter)": "train loss (soft Dice + BCE)"}
