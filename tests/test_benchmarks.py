@@ -18,6 +18,13 @@ from augforge.stages.prepare import run_synthesize
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def kvasir_slug(row: str) -> str:
+    """A row's name in the protocol's stage and folder names (benchmarks/kvasir_protocol.slug)."""
+    import re
+
+    return re.sub("-+", "-", "".join(c if c.isalnum() else "-" for c in row.lower())).strip("-")
+
+
 def script(name: str, *args) -> subprocess.CompletedProcess:
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *map(str, args)], capture_output=True,
                        text=True, timeout=900, cwd=ROOT)
@@ -136,3 +143,26 @@ def test_express_preset_runs_end_to_end_at_toy_size(tmp_path):
     stages = tomllib.loads((out / "protocol.toml").read_text())["stage"]
     inverse = next(s for s in stages if s["command"] == "attack" and s["method"] == "inverse-fgsm")
     assert inverse["eps"] == 25.5  # Pervin et al.'s ε = 0.1 on [0, 1]
+    # each row trained with the preset's budget (as overridden) and exactly its own extra set, made as it says
+    extra_sets = {"Basic": None, "Inverse-FGSM": ("inverse-fgsm-unet-s0", "inverse-fgsm", False),
+                  "Generated masks": ("generated", None, False), "+ PGD(W)": ("pgd-w-unet-s0", "pgd", True),
+                  "+ Diff-PGD": ("diff-pgd-unet-s0", "diff-pgd", False),
+                  "+ Diff-PGD(W) (DASP)": ("diff-pgd-w-unet-s0", "diff-pgd", True)}
+    by_name = {s["name"]: s for s in stages}
+    for row, made in extra_sets.items():
+        expected = [str(out / "extra" / made[0])] if made else []
+        for seed in (0, 1):
+            stage = by_name[f"seg-{kvasir_slug(row)}-unet-s{seed}"]
+            assert (stage["epochs"], stage["minutes"], stage["batch-size"], stage["aug"], stage["seed"]) == \
+                (1, 0.05, 4, "basic", seed), (row, stage)
+            assert stage.get("extra", []) == expected, row
+            options = json.loads((out / "seg" / f"{kvasir_slug(row)}-unet-s{seed}" / "config.json").read_text())[
+                "made_by"]["options"]
+            assert options["extra"] == [str(Path(p).resolve()) for p in expected] and options["epochs"] == 1
+        if made:
+            made_by = json.loads((out / "extra" / made[0] / "dataset.json").read_text())["made_by"]
+            if made[1] is None:
+                assert made_by["command"] == "sample"
+            else:
+                assert made_by["command"] == "attack" and made_by["options"]["method"] == made[1]
+                assert made_by["options"]["weighted"] is made[2], row
