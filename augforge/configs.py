@@ -297,7 +297,10 @@ class DemoConfig:
     out: str = option(_DEMO["out"], "Folder for the whole run.", path=True, names=("--out",))
     n: int = option(_DEMO["n"], "Synthetic pairs.")
     size: int = option(_DEMO["size"], "Image side length.")
-    seg_epochs: int = option(_DEMO["seg_epochs"], "Epochs of each segmenter.")
+    seg_steps: int = option(_DEMO["seg_steps"], "Optimizer steps of each segmenter (real-only and augmented alike).")
+    extra_ratio: float = option(_DEMO["extra_ratio"], "Share of filtered/attacked pairs in each batch of the augmented "
+                                                      "segmenter.")
+    keep_top: str = option(_DEMO["keep_top"], "Generated pairs the filter keeps: a count or a fraction.")
     mask_steps: int = option(_DEMO["mask_steps"], "Steps of the mask diffusion model.")
     image_steps: int = option(_DEMO["image_steps"], "Steps of the image diffusion model.")
     guidance: float = option(_DEMO["guidance"], "Classifier-free guidance scale of the generated images (1: none).")

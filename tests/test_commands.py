@@ -81,6 +81,7 @@ def test_a_registered_command_appears_in_help_pipeline_and_docs_check(app, tmp_p
     ("sample", {"out", "n", "batch_size", "shard", "device", "overwrite", "report", "segmenter", "compile"}),
     ("attack", {"out", "batch_size", "shard", "device", "overwrite"}),
     ("evaluate", {"out", "device"}),
+    ("filter", {"out", "batch_size", "device", "overwrite"}),
 ])
 def test_run_identity_is_marked_on_the_config_fields(command, not_identity):
     config = COMMANDS[command].config
@@ -116,7 +117,12 @@ def test_the_demo_is_the_shipped_recipe_with_its_options_as_vars():
     assert {f.name: f.default for f in fields(DemoConfig) if f.name != "overwrite"} == recipe["vars"]
     stages, settings = load_pipeline(str(DEMO_RECIPE), ("out=/tmp/demo", "n=40"))
     assert [s.command for s in stages] == ["synthesize", "train-seg", "train-mask-diffusion", "train-image-diffusion",
-                                           "sample", "attack", "train-seg", "evaluate", "evaluate", "evaluate"]
+                                           "sample", "filter", "attack", "train-seg", "evaluate", "evaluate",
+                                           "evaluate"]
+    augmented = next(s.cfg for s in stages if s.command == "train-seg" and s.cfg.extra)
+    real = next(s.cfg for s in stages if s.command == "train-seg" and not s.cfg.extra)
+    assert augmented.steps == real.steps == DemoConfig.seg_steps  # compared at equal optimizer steps
+    assert augmented.extra_ratio == DemoConfig.extra_ratio and augmented.extra[0].endswith("filtered")
     assert stages[0].cfg.n == 40 and settings["report"] == "/tmp/demo"
     assert all(upstream(stages, i) for i in range(1, len(stages)))
     attack = next(s.cfg for s in stages if s.command == "attack")

@@ -1,9 +1,12 @@
 """``augforge demo``: the pipeline file ``augforge/recipes/demo.toml`` with the demo's options as its [vars].
 
-synthesize → train-seg (real only) → train-mask-diffusion → train-image-diffusion → sample →
-attack diff-pgd --weighted → train-seg (real + generated + attacked) → evaluate both → the real-only
-segmenter on the generated pairs (their mask-image consistency) → report. The result says whether
-augmentation helped on this run: a paired bootstrap interval of the per-image Dice difference.
+synthesize → train-seg (real only) → train-mask-diffusion → train-image-diffusion → sample → filter
+(the real-only segmenter keeps the better half by mask-image consistency) → attack diff-pgd --weighted →
+train-seg (real + filtered + attacked, the same number of optimizer steps as the real-only one, half of
+each batch extra) → evaluate both → the real-only segmenter on the generated pairs (their mask-image
+consistency) → report. The result says whether augmentation helped on this run, at equal steps: a
+paired bootstrap interval of the per-image Dice difference over the test images (one seed: it holds
+the two trained models fixed; docs/evidence-cpu.md compares over seeds and data subsets).
 Each stage runs through the pipeline, so a rerun continues where it stopped and skips what is done.
 """
 
@@ -41,7 +44,8 @@ def run(cfg: DemoConfig) -> dict:
                                   str(out / "attacked" / "contact_sheet.png")],
                "seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
                "consistency_mDice": {"generated": consistency["mDice"], "real_test": rows[0]["mDice"]},
-               "augmentation": augmentation_effect(out / "eval-seg-real.csv", out / "eval-seg-augmented.csv", cfg.seed),
+               "augmentation": augmentation_effect(out / "eval-seg-real.csv", out / "eval-seg-augmented.csv", cfg.seed,
+                                                   compared=budgets(out)),
                "tables": {"real-only vs augmented": rows}}
     add_summary_to_report(Path(summary["report"]), summary, consistency.get("mDice_ci95"))
     return summary
@@ -70,9 +74,20 @@ def add_summary_to_report(report: Path, summary: dict, consistency_ci: list[floa
     atomic_write_bytes(report, "\n".join(lines[:head] + section + lines[head:]).encode())
 
 
-def augmentation_effect(real_csv: Path, augmented_csv: Path, seed: int) -> dict:
+def budgets(out: Path) -> str:
+    """What the verdict compares: each segmenter's optimizer steps and real/extra presentations, as recorded."""
+    parts = []
+    for name in ("seg-real", "seg-augmented"):
+        t = json.loads((out / name / "config.json").read_text()).get("training", {})
+        parts.append(f"{name} {t.get('steps', '?')} steps, {t.get('real_seen', '?')} real + "
+                     f"{t.get('extra_seen', 0)} extra images seen")
+    return "; ".join(parts)
+
+
+def augmentation_effect(real_csv: Path, augmented_csv: Path, seed: int, compared: str = "") -> dict:
     """The augmented minus the real-only segmenter's per-image Dice on the same test images: mean, paired
-    bootstrap 95 % interval, and a plain verdict (helped / hurt / no difference beyond the interval)."""
+    bootstrap 95 % interval, and a plain verdict (helped / hurt / no difference beyond the interval) that
+    says what was compared (``compared``: the two training budgets)."""
     def dice(path: Path) -> dict[str, float]:
         with open(path, newline="") as f:
             return {r["id"]: float(r["dice"]) for r in csv.DictReader(f)}
@@ -83,5 +98,6 @@ def augmentation_effect(real_csv: Path, augmented_csv: Path, seed: int) -> dict:
     lo, hi = bootstrap_ci(diffs, 1000, seed)
     verdict = ("helped" if lo > 0 else "hurt" if hi < 0 else "made no difference beyond the 95 % interval")
     return {"delta_mDice": float(diffs.mean()), "ci95": [lo, hi], "test_images": len(ids),
+            "compared": compared,
             "verdict": f"augmentation {verdict} on this run ({diffs.mean():+.3f} mDice, 95 % CI "
-                       f"[{lo:+.3f}, {hi:+.3f}], {len(ids)} test images)"}
+                       f"[{lo:+.3f}, {hi:+.3f}], {len(ids)} test images" + (f"; {compared}" if compared else "") + ")"}
