@@ -51,7 +51,8 @@ def identity(cfg) -> dict:
 OUT_EXISTS = "Replace OUT if it holds a different run."
 SEED = "Seed of every random source."
 DEVICE = "auto | cpu | cuda."
-RESUME = "Continue from train_state.pt (also automatic for the same run)."
+RESUME = ("Insist on continuing: an error unless OUT holds this run's train_state.pt (a rerun of the same run "
+          "continues without it).")
 
 
 def _out(help: str, argument: bool = False):
@@ -189,6 +190,8 @@ class TrainDiffusionConfig:
     cond_drop: float = option(0.0, "Probability of dropping the mask for classifier-free guidance (0: DASP Eq. 8; "
                                    "0.1 to sample with --guidance > 1).")
     save_every: int = option(1000, "Checkpoint every N steps.", identity=False)
+    save_minutes: float = option(5.0, "Also checkpoint when this many minutes have passed since the last one (0: "
+                                      "--save-every alone), so a kill loses at most that much work.", identity=False)
     log_every: int = option(50, "Log (metrics.jsonl, one host sync) every N steps.", identity=False)
     seed: int = option(0, SEED)
     device: str = _device()

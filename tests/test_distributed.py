@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +120,79 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path, synthet
                         "augforge", "train-seg", str(synthetic_dataset), "--out", str(tmp_path / "s"), *SEG[:-4],
                         "--batch-size", batch, "--device", "cpu"], env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "must split into >= 2 pairs on each of the 2 ranks" in r.stderr
+
+
+# a launcher whose rank 1 sees its clock run 1000 s ahead at every reading (in the training loops only)
+FAST_CLOCK_RANK_1 = """
+import os, sys, types, time
+import augforge.diffusion.train, augforge.seg.train
+if os.environ.get("RANK") == "1":
+    ahead = [0.0]
+    def perf_counter():
+        ahead[0] += 1000.0
+        return time.perf_counter() + ahead[0]
+    for module in (augforge.diffusion.train, augforge.seg.train):
+        module.time = types.SimpleNamespace(perf_counter=perf_counter)
+from augforge.cli import main
+sys.argv[0] = "augforge"
+main()
+"""
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun starts each rank in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _torchrun_fast_clock_on_rank_1(tmp_path, *args) -> dict:
+    script = tmp_path / "fast_clock.py"
+    script.write_text(FAST_CLOCK_RANK_1)
+    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(script), *map(str, args), "--json"], env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = launch.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        _kill_tree(launch.pid)  # torchrun and both ranks
+        launch.communicate()
+        pytest.fail("the ranks did not return: one stopped on its clock while the other waited in a collective")
+    assert launch.returncode == 0, stderr[-3000:]
+    return json.loads(stdout)
+
+
+def test_train_seg_time_budget_is_one_decision_for_all_ranks(tmp_path, synthetic_dataset):
+    """Rank 1's clock says the 1-minute budget is spent after epoch 1; rank 0's says it is not. Both stop
+    after epoch 1 (before: rank 1 stopped and rank 0 waited for it in its next all-reduce)."""
+    out = tmp_path / "seg"
+    result = _torchrun_fast_clock_on_rank_1(tmp_path, "train-seg", synthetic_dataset, "--out", out, *SEG[:4],
+                                            "--epochs", "20", "--batch-size", "8", "--aug", "none", "--device",
+                                            "cpu", "--minutes", "1")
+    assert (result["epochs"], result["steps"]) == (1, 48 // 8)
+    assert [r["epoch"] for r in read_metrics(out)] == [1]
+
+
+def test_diffusion_time_budget_is_one_decision_for_all_ranks(tmp_path, synthetic_dataset):
+    """Rank 1 is out of time at its first reading of the clock; the ranks decide together at the first
+    log step (--log-every 3) and both stop there (before: rank 1 stopped after step 1, rank 0 hung)."""
+    out = tmp_path / "mask"
+    result = _torchrun_fast_clock_on_rank_1(tmp_path, "train-mask-diffusion", synthetic_dataset, "--out", out,
+                                            "--model-size", "tiny", "--batch-size", "4", "--steps", "50",
+                                            "--log-every", "3", "--save-every", "100", "--minutes", "10",
+                                            "--device", "cpu")
+    assert result["steps_done"] == 3
+    assert [r["step"] for r in read_metrics(out)] == [3]

@@ -144,3 +144,52 @@ def test_time_budget_stops_cleanly_and_a_larger_budget_continues(tmp_path, cli, 
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["steps_done"] == 5
     assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4, 5]
+
+
+def test_resume_truncates_the_log_to_the_checkpoint(tmp_path, cli, synthetic_dataset):
+    """A kill after steps 5 and 6 were logged but before their checkpoint: the rerun trains them again from
+    step 4 and the log holds each step once (before, steps 5 and 6 appeared twice)."""
+    out = tmp_path / "m"
+    r = _train(cli, synthetic_dataset, out, "mask", "--steps", 4, "--save-every", 2)
+    assert r.exit_code == 0, r.output
+    with open(out / "metrics.jsonl", "a") as f:  # logged by the killed run, then a torn line
+        f.write('{"step": 5, "loss": 9.0}\n{"step": 6, "loss": 9.0}\n{"step": 7, "lo')
+    r = _train(cli, synthetic_dataset, out, "mask", "--steps", 6, "--save-every", 2, "--resume")
+    assert r.exit_code == 0, r.output
+    rows = read_metrics(out)
+    assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6] and all(m["loss"] != 9.0 for m in rows)
+
+
+def test_resume_without_a_saved_state_is_an_error(tmp_path, cli, synthetic_dataset):
+    r = _train(cli, synthetic_dataset, tmp_path / "m", "mask", "--steps", 2, "--resume")
+    assert r.exit_code == 2 and "--resume" in r.output and "Traceback" not in r.output
+
+
+def test_checkpoints_also_follow_the_clock(tmp_path, cli, synthetic_dataset, monkeypatch):
+    """--save-minutes 0.5 with a fake clock of 10 s per step: checkpoints at steps 3 and 6 besides the last
+    (--save-every 1000 alone would save at step 7 only), so a kill loses at most 30 s of training."""
+    from augforge.diffusion import train as train_mod
+    from augforge.stages import train_diffusion as stage
+
+    clock = {"now": 0.0}
+    real_loss = train_mod.DiffusionTrainLoop.loss
+
+    def slow(self, index):
+        clock["now"] += 10.0
+        return real_loss(self, index)
+
+    saved = []
+    real_save = stage.save_train_state
+    monkeypatch.setattr(train_mod.DiffusionTrainLoop, "loss", slow)
+    monkeypatch.setattr(train_mod, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock["now"])}))
+    monkeypatch.setattr(stage, "save_train_state", lambda out, state: (saved.append(state["step"]),
+                                                                          real_save(out, state)))
+    r = _train(cli, synthetic_dataset, tmp_path / "m", "mask", "--steps", 7, "--save-every", 1000,
+               "--save-minutes", 0.5)
+    assert r.exit_code == 0, r.output
+    assert saved == [3, 6, 7]
+    saved.clear()
+    r = _train(cli, synthetic_dataset, tmp_path / "n", "mask", "--steps", 7, "--save-every", 1000,
+               "--save-minutes", 0)
+    assert r.exit_code == 0, r.output
+    assert saved == [7]

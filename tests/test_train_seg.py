@@ -266,6 +266,12 @@ def test_time_budget_stops_after_the_epoch_that_reaches_it(tmp_path, monkeypatch
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["epochs"] == 3
     assert [row["epoch"] for row in read_metrics(out)] == [1, 2, 3]
+    # a smaller budget than the time already trained: nothing to do, said so (as train-*-diffusion says)
+    r = _invoke(*args, "--minutes", "0.2")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["epochs"] == 3 and "nothing to do" in doc["note"] and "--minutes 0.2" in doc["note"]
+    assert [row["epoch"] for row in read_metrics(out)] == [1, 2, 3]
 
 
 # --------------------------------------------------------------------------- budgets in steps, stratified batches

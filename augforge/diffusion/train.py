@@ -16,7 +16,7 @@ from torch import nn
 
 from augforge.data.dataset import PairSet
 from augforge.ranges import to_model_range
-from augforge.runtime import all_reduce_mean, autocast
+from augforge.runtime import all_reduce_mean, any_rank, autocast
 
 
 class EMA:
@@ -117,11 +117,16 @@ class DiffusionTrainLoop:
     def run(self, start_step: int, end_step: int, *, log_every: int = 50,
             on_log: Callable[[dict], None] | None = None, save_every: int = 0,
             on_save: Callable[[int], None] | None = None, progress: Callable[..., None] | None = None,
-            time_budget_s: float | None = None) -> list[dict]:
+            time_budget_s: float | None = None, decide_every: int = 1, save_seconds: float = 0.0) -> list[dict]:
         """Steps ``start_step`` .. ``end_step``-1. The loss is read on the host only every ``log_every`` steps.
 
         ``time_budget_s``: stop after the first step that ends this many wall-clock seconds after the
         call (then log and save that step as the last one); ``self.steps_done`` tells where it stopped.
+        Under torchrun the decision is one for all ranks (:func:`~augforge.runtime.any_rank`), taken
+        every ``decide_every`` steps (the stage passes ``log_every``: a collective every step would be a
+        host sync per step), so no rank takes a step the others do not take.
+        ``save_seconds``: also checkpoint after the first step that ends this many seconds after the
+        last checkpoint (or the call), decided like the time budget; 0: the step cadence alone.
         A non-finite loss raises FloatingPointError before the next save, so the last checkpoint stays good.
         """
         device = self.data.images.device
@@ -129,6 +134,7 @@ class DiffusionTrainLoop:
         loss_sum = torch.zeros((), device=device)
         window, t0 = 0, time.perf_counter()
         deadline = None if time_budget_s is None else t0 + time_budget_s
+        saved_at = t0  # the clock at the last checkpoint
         self.steps_done = start_step
         for step in range(start_step, end_step):
             # 1. a random batch of resident pairs (with replacement across steps)
@@ -143,9 +149,15 @@ class DiffusionTrainLoop:
             loss_sum += loss.detach()
             window += 1
             done = self.steps_done = step + 1
-            out_of_time = deadline is not None and time.perf_counter() >= deadline
+            out_of_time = save_due = False
+            if (deadline is not None or save_seconds > 0) and done % decide_every == 0:
+                now = time.perf_counter()
+                if deadline is not None:
+                    out_of_time = any_rank(now >= deadline)
+                if save_seconds > 0:
+                    save_due = any_rank(now - saved_at >= save_seconds)
             last = done == end_step or out_of_time
-            saving = bool(on_save and save_every and (done % save_every == 0 or last))
+            saving = bool(on_save and save_every and (done % save_every == 0 or last or save_due))
             # 3. logging: the one host sync of the window (also before every save, so no NaN is saved)
             if done % log_every == 0 or last or saving:
                 mean_loss = all_reduce_mean(loss_sum / window)
@@ -164,6 +176,7 @@ class DiffusionTrainLoop:
             # 4. checkpoint (weights from the EMA, state for --resume)
             if saving:
                 on_save(done)
+                saved_at = time.perf_counter()
             if out_of_time:
                 break
         return self.history

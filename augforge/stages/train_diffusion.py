@@ -3,6 +3,10 @@
 Mask model (DASP §3.1): Bernoulli diffusion on the train-split masks, 1 channel in, 1 flip logit out.
 Image model (DASP §3.2): Gaussian DDPM on the train-split images conditioned on their masks,
 4 channels in (image + mask), 3 out (ε). Both save a model folder (docs/artifacts.md) with EMA weights.
+
+Checkpoints (weights + train_state.pt) follow ``--save-every`` steps and ``--save-minutes`` of wall
+time, whichever comes first; a rerun continues from the last one and first drops the metrics.jsonl
+rows logged after it, so the log holds each step once.
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ from augforge.diffusion.gaussian import PREDICTIONS
 from augforge.diffusion.process import build_diffusion
 from augforge.diffusion.train import EMA, DiffusionTrainLoop
 from augforge.errors import AugforgeError
-from augforge.models.folder import CONFIG, append_metrics, load_train_state, make_config, save_model, save_train_state
+from augforge.models.folder import (
+    CONFIG,
+    STATE,
+    append_metrics,
+    load_train_state,
+    make_config,
+    save_model,
+    save_train_state,
+)
 from augforge.models.unet import MODEL_SIZES, build_denoiser
 from augforge.progress import log, progress_bar
 from augforge.runtime import (
@@ -32,6 +44,7 @@ from augforge.runtime import (
     resolve_device,
     seed_everything,
 )
+from augforge.stages.train_seg import drop_rows_after
 
 KINDS = ("mask-diffusion", "image-diffusion")
 CHANNELS = {"mask-diffusion": (1, 1), "image-diffusion": (4, 3)}
@@ -56,6 +69,8 @@ def _check(cfg: TrainDiffusionConfig) -> None:
             raise AugforgeError(f"--{name.replace('_', '-')} must be at least 1")
     if not cfg.minutes >= 0:
         raise AugforgeError(f"--minutes must be >= 0 (0: no time budget), got {cfg.minutes}")
+    if not cfg.save_minutes >= 0:
+        raise AugforgeError(f"--save-minutes must be >= 0 (0: --save-every alone), got {cfg.save_minutes}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise AugforgeError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay}")
     if not 0.0 <= cfg.cond_drop <= 1.0:
@@ -115,6 +130,8 @@ def run(cfg: TrainDiffusionConfig) -> dict:
                                   fused=device.type == "cuda")
     start, seconds_before = 0, 0.0
     state = load_train_state(out) if resumed else None
+    if cfg.resume and state is None:
+        raise AugforgeError(f"--resume: {out} holds no training state ({STATE}) of this run to continue")
     if state is not None:
         model.load_state_dict(state["model"])
         start = int(state["step"])
@@ -122,12 +139,16 @@ def run(cfg: TrainDiffusionConfig) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         seconds_before = float(state.get("train_seconds", 0.0))
         log(f"continuing {out} from step {start}")
-    if start >= cfg.steps:
-        return {"out": str(out), "steps_done": start, "note": "already trained to --steps; nothing to do"}
+    if world.is_main:  # rows logged after the checkpoint (a kill before the next one) are trained again
+        drop_rows_after(out, "step", start)
     budget = cfg.minutes * 60.0 - seconds_before if cfg.minutes else None
-    if budget is not None and budget <= 0:
-        return {"out": str(out), "steps_done": start,
-                "note": f"already trained for --minutes {cfg.minutes:g} ({seconds_before:.0f} s); nothing to do"}
+    note = ("" if start < cfg.steps and (budget is None or budget > 0) else
+            f"already trained to --steps {cfg.steps} ({start} steps done); nothing to do" if start >= cfg.steps else
+            f"already trained for --minutes {cfg.minutes:g} ({seconds_before:.0f} s); nothing to do")
+    if note:  # the model stays as it is (train-seg does the same)
+        log(f"train-{cfg.kind}: {out}: {note}")
+        return {"out": str(out), "kind": cfg.kind, "steps_done": start, "image_size": size,
+                "train_seconds": round(seconds_before, 1), "note": note}
     net = torch.compile(model) if cfg.compile else model
     if world.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -162,7 +183,8 @@ def run(cfg: TrainDiffusionConfig) -> dict:
         try:
             history = loop.run(start, cfg.steps, log_every=cfg.log_every, on_log=on_log,
                                save_every=cfg.save_every, on_save=on_save, progress=track,
-                               time_budget_s=budget)
+                               time_budget_s=budget, decide_every=cfg.log_every if world.world_size > 1 else 1,
+                               save_seconds=cfg.save_minutes * 60.0)
         except FloatingPointError as e:
             raise AugforgeError(f"{e}; stopped. {out} keeps the last good checkpoint "
                                 f"(lower --lr or check the data)") from None

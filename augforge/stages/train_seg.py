@@ -126,16 +126,17 @@ def _load_init(model: torch.nn.Module, weights: Path) -> None:
         raise AugforgeError(f"--init-from {weights}: weights do not load into this network ({str(e).splitlines()[0]})") from None
 
 
-def _drop_rows_after(out: Path, epoch: int) -> None:
-    """Keep the metrics lines of epochs <= ``epoch``, dropping those of a run killed after its log
-    but before its state (and a torn last line)."""
+def drop_rows_after(out: Path, key: str, last: int) -> None:
+    """Keep the metrics.jsonl lines whose ``key`` (epoch, step) is <= ``last``, the checkpoint a run
+    continues from: rows logged after it by a run killed before its next checkpoint are dropped (and a
+    torn last line), so the continued run logs each epoch or step once."""
     path = out / METRICS
     lines = path.read_text().splitlines(keepends=True) if path.exists() else []
 
     def kept(line: str) -> bool:
         try:
-            return json.loads(line)["epoch"] <= epoch
-        except (json.JSONDecodeError, KeyError):
+            return json.loads(line)[key] <= last
+        except (json.JSONDecodeError, KeyError, TypeError):
             return False
 
     if not all(kept(line) for line in lines):
@@ -239,9 +240,14 @@ def run(cfg: TrainSegConfig) -> dict:
     elif world.is_main:
         save_model(out, record(loop), model.state_dict())  # a valid folder from the start (untrained weights)
     if world.is_main:
-        _drop_rows_after(out, loop.epoch)
+        drop_rows_after(out, "epoch", loop.epoch)
 
-    # 4. train
+    # 4. train (nothing when the budget is spent: the model stays as it is, as train-*-diffusion does)
+    note = ("" if loop.step < plan.total_steps and not (cfg.minutes and loop.train_seconds >= cfg.minutes * 60) else
+            f"already trained to {plan.total_steps} steps; nothing to do" if loop.step >= plan.total_steps else
+            f"already trained for --minutes {cfg.minutes:g} ({loop.train_seconds:.0f} s); nothing to do")
+    if note:
+        log(f"train-seg: {out}: {note}")
     with progress_bar("train-seg", total=plan.total_steps, completed=loop.step) as advance:
         try:
             loop.run()
@@ -268,4 +274,5 @@ def run(cfg: TrainSegConfig) -> dict:
         "last_loss": rows[-1]["loss"] if rows else None,
         "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows) if rows else None,
         "train_seconds_per_epoch": sum(r["train_seconds"] for r in rows) / len(rows) if rows else None,
+        **({"note": note} if note else {}),
     }
