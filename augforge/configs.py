@@ -187,8 +187,9 @@ class TrainDiffusionConfig:
     prediction: str = option("v", "What the image UNet predicts: v (Salimans & Ho 2022; learns mask-consistent images "
                                   "several times faster) or epsilon (DASP Eq. 8 as written).", before="epsilon")
     # image diffusion: probability of dropping the mask for classifier-free guidance (Ho & Salimans 2022)
-    cond_drop: float = option(0.0, "Probability of dropping the mask for classifier-free guidance (0: DASP Eq. 8; "
-                                   "0.1 to sample with --guidance > 1).")
+    cond_drop: float = option(0.1, "Probability of dropping the mask, so the model also learns the unconditional "
+                                   "branch that classifier-free guidance needs (sample --guidance auto then uses 3; "
+                                   "0: no guidance possible).", before=0.0)
     save_every: int = option(1000, "Checkpoint every N steps.", identity=False)
     save_minutes: float = option(5.0, "Also checkpoint when this many minutes have passed since the last one (0: "
                                       "--save-every alone), so a kill loses at most that much work.", identity=False)
@@ -212,14 +213,17 @@ class SampleConfig:
     sampler: str = option("ddim", "ddpm | ddim | dpm-solver.")
     sample_steps: int = option(50, "Image sampler steps.")
     mask_sample_steps: int = option(100, "Bernoulli reverse steps (strided from T).")
-    guidance: float = option(1.0, "Classifier-free guidance scale (1: none).")
-    batch_size: int = option(16, "Pairs per batch (does not change results).", identity=False)
+    guidance: str = option("auto", "Classifier-free guidance scale, or auto: the model's own (3 if trained with "
+                                   "--cond-drop > 0, else 1). 1: none.", before=1.0)
+    batch_size: int = option(16, "Pairs per batch (padded to it): pairs are bit-identical across shards and ranks at "
+                                 "a given batch size, and differ only by floating-point rounding at another.",
+                             identity=False)
     seed: int = option(0, "Seed; pair i depends only on (seed, i).")
     shard: str = option("0/1", "Do only shard i of n (e.g. 0/4).", identity=False)
     device: str = _device()
     report: bool = option(False, "Also compute the quality report (needs --segmenter).", identity=False, flag=True)
     segmenter: str = option("", "Segmenter for the quality report.", identity=False)
-    # a pair's result stays the same up to float noise
+    # a pair's result stays the same up to floating-point rounding
     compile: bool = option(False, "torch.compile both UNets (pays off on long runs).", identity=False, flag=True)
     overwrite: bool = _overwrite()
 

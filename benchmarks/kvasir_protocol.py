@@ -122,16 +122,17 @@ def protocol_stages(a: argparse.Namespace) -> list[dict]:
                            steps=a.mask_steps, minutes=a.mask_minutes, **diffusion))
     if new_masks or "given" in needs:
         stages.append(dict(name="image-model", command="train-image-diffusion", out=f"{run}/image-model",
-                           steps=a.image_steps, minutes=a.image_minutes, prediction=a.prediction, **diffusion))
+                           steps=a.image_steps, minutes=a.image_minutes, prediction=a.prediction,
+                           cond_drop=a.cond_drop, **diffusion))
     if new_masks:
         stages.append(dict(name="generated", command="sample", mask_model=f"{run}/mask-model",
                            image_model=f"{run}/image-model", out=f"{run}/extra/generated", n=a.generated,
                            sample_steps=a.sample_steps, mask_sample_steps=a.mask_sample_steps,
-                           batch_size=a.batch, device=a.device))
+                           guidance=a.guidance, batch_size=a.batch, device=a.device))
     if "given" in needs:
         stages.append(dict(name="given", command="sample", masks_from=data, image_model=f"{run}/image-model",
-                           out=f"{run}/extra/given", n=a.given, sample_steps=a.sample_steps, batch_size=a.batch,
-                           device=a.device))
+                           out=f"{run}/extra/given", n=a.given, sample_steps=a.sample_steps, guidance=a.guidance,
+                           batch_size=a.batch, device=a.device))
     # 3. attacked sets against the Basic segmenter of the first seed (or of each seed)
     attack = dict(steps=a.attack_steps, step_size=1.0, batch_size=a.batch, device=a.device)
     attacks = {"fgsm": dict(data=data, split="train", method="fgsm", eps=PERVIN_EPS, batch_size=a.batch,
@@ -351,6 +352,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--diffusion-lr", type=float, default=1e-3)
     ap.add_argument("--prediction", default="epsilon", choices=["epsilon", "v"],
                     help="image model's parametrisation (DASP Eq. 8: epsilon; augforge's default v learns faster)")
+    ap.add_argument("--cond-drop", type=float, default=0.0,
+                    help="image model's mask dropout (DASP: 0, always conditioned; augforge's default 0.1)")
+    ap.add_argument("--guidance", default="1",
+                    help="sample --guidance (DASP: 1, none; auto: the image model's own)")
     ap.add_argument("--diffusion-batch", type=int, default=16)
     ap.add_argument("--ema-decay", type=float, default=0.995)
     ap.add_argument("--generated", type=int, default=1600, help="N' generated pairs (the paper: 2N = 1600)")

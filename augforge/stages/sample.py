@@ -1,14 +1,21 @@
 """``augforge sample``: masks from the Bernoulli mask model, then images from the mask-conditioned image model.
 
 Pair i is drawn from its own counter-based random streams (keyed by ``(seed, i, stream)``,
-:class:`augforge.rng.PairStreams`), so it does not depend on the batch size, the shard or the
-number of torchrun ranks. On CUDA both UNets run as bf16 copies (:func:`augforge.models.inference.inference_net`);
-PNG encoding and disk writes happen in the writer's background thread while the next batch runs. Rerunning the same command writes only the
-pairs that are missing (kill -9 included) and ends with exactly N.
+:class:`augforge.rng.PairStreams`), and every batch is padded to ``--batch-size`` (:func:`padded`),
+so at a given batch size the networks always see the same shapes and a pair's floats are bit-identical
+whatever shard, torchrun rank or rerun it lands in; another batch size changes them only up to
+floating-point rounding. On CUDA both UNets run as bf16 copies (:func:`augforge.models.inference.inference_net`);
+PNG encoding and disk writes happen in the writer's background thread while the next batch runs.
+Rerunning the same command writes only the pairs that are missing (kill -9 included) and ends with
+exactly N.
+
+``--guidance auto`` (the default) samples with the guidance the image model was trained for
+(:func:`resolve_guidance`); the scale used is what the dataset records.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -43,6 +50,10 @@ from augforge.runtime import (
 from augforge.visual import contact_sheet, overlay
 
 MASK_STREAM, IMAGE_STREAM = 0, 1  # the two per-pair random streams
+# --guidance auto for a model trained with --cond-drop > 0: on a demo image model (cond-drop 0.1) consistency
+# 0.19 / 0.45 / 0.69 / 0.74 and encoder Frechet 476 / 394 / 211 / 70 at guidance 1 / 2 / 3 / 4
+# (docs/image-diffusion.md); above 3 polyps get more pronounced than real ones
+TRAINED_GUIDANCE = 3.0
 
 
 def pair_streams(seed: int, indices: list[int], stream: int, device: torch.device) -> PairStreams:
@@ -76,6 +87,73 @@ def render_images(image_net, process: dict, masks: torch.Tensor, indices: list[i
     return from_model_range(x0.float())
 
 
+def padded(idx: list[int], batch_size: int) -> list[int]:
+    """``idx`` (1 to ``batch_size`` pair indices) padded to ``batch_size`` with copies of its last pair.
+
+    Every batch then has the same shape (before classifier-free guidance doubles it to 2 x batch_size),
+    so a pair's floats do not depend on which other pairs share its batch; the copies draw the same
+    numbers as that pair (its own streams) and are dropped after."""
+    if not 1 <= len(idx) <= batch_size:
+        raise ValueError(f"a batch holds 1 to {batch_size} pairs, got {len(idx)}")
+    return idx + [idx[-1]] * (batch_size - len(idx))
+
+
+@torch.no_grad()
+def draw_batch(idx: list[int], *, batch_size: int, image_net, image_process: dict, mask_net=None,
+               mask_process: dict | None = None, real_masks: torch.Tensor | None = None, size: int, sampler: str,
+               sample_steps: int, mask_sample_steps: int, guidance: float, seed: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs ``idx`` run as one batch padded to ``batch_size`` (:func:`padded`): (images in [0,1]
+    (B,3,S,S) float32, masks in {0,1} (B,1,S,S) float32), B = len(idx).
+
+    Masks come from the mask model, or with ``real_masks`` (M,1,S,S) pair i gets real mask i mod M."""
+    run_idx = padded(idx, batch_size)
+    if real_masks is not None:
+        masks = real_masks[[i % len(real_masks) for i in run_idx]].to(device).float()
+    else:
+        masks, _ = sample_masks(mask_net, mask_process, run_idx, size=size, steps=mask_sample_steps, seed=seed,
+                                device=device)
+    images = render_images(image_net, image_process, masks, run_idx, sampler=sampler, steps=sample_steps,
+                           guidance=guidance, seed=seed)
+    return images[:len(idx)], masks[:len(idx)]
+
+
+def trained_cond_drop(image_cfg: dict) -> float:
+    """The ``--cond-drop`` an image model was trained with, from its config.json's ``made_by`` (0 for a
+    folder without that record: trained before the option existed, or written by hand)."""
+    return float(image_cfg.get("made_by", {}).get("options", {}).get("cond_drop", 0.0))
+
+
+def parse_guidance(text: str) -> float | None:
+    """``--guidance``: None for ``auto``, else the scale (a finite number >= 0)."""
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise AugforgeError(f"--guidance must be auto or a number >= 0 (1: none), got {text!r}")
+    return value
+
+
+def resolve_guidance(text: str, image_cfg: dict, image_model: str) -> float:
+    """The classifier-free guidance scale to sample with.
+
+    ``auto``: :data:`TRAINED_GUIDANCE` for an image model trained with ``--cond-drop`` > 0, else 1.
+    A scale other than 1 on a model trained with ``--cond-drop 0`` is refused: guidance mixes in the
+    unconditional output eps(x_t, null), which such a model never learned (Ho & Salimans 2022)."""
+    cond_drop = trained_cond_drop(image_cfg)
+    value = parse_guidance(text)
+    if value is None:
+        return TRAINED_GUIDANCE if cond_drop > 0 else 1.0
+    if value != 1.0 and cond_drop == 0.0:
+        raise AugforgeError(f"--guidance {value:g}: {image_model} was trained with --cond-drop 0, so its "
+                            "unconditional branch is untrained; use --guidance auto (1 for this model) or an image "
+                            "model trained with --cond-drop > 0")
+    return value
+
+
 def write_contact_sheet(root: Path, limit: int = 16) -> Path:
     """image | mask overlay for the first ``limit`` pairs of a dataset folder."""
     ds = read_dataset(root)
@@ -99,6 +177,7 @@ def _check(cfg: SampleConfig) -> None:
         raise AugforgeError("give --mask-model (generate masks) or --masks-from DATA (use real masks)")
     if cfg.batch_size < 1 or cfg.sample_steps < 1 or cfg.mask_sample_steps < 1:
         raise AugforgeError("--batch-size, --sample-steps and --mask-sample-steps must be at least 1")
+    parse_guidance(cfg.guidance)
 
 
 def run(cfg: SampleConfig) -> dict:
@@ -111,6 +190,7 @@ def run(cfg: SampleConfig) -> dict:
     # 1. models (kind and image size checked from their config.json)
     image_net, image_cfg = load_network(Path(cfg.image_model), kind="image-diffusion", device=device)
     size = image_cfg["image_size"]
+    guidance = resolve_guidance(cfg.guidance, image_cfg, cfg.image_model)
     real_masks, parents, mask_net, mask_cfg = None, None, None, None
     if cfg.masks_from:
         ds = read_dataset(Path(cfg.masks_from))
@@ -125,12 +205,14 @@ def run(cfg: SampleConfig) -> dict:
     # bf16 copies on CUDA (the networks themselves on the CPU)
     image_net = inference_net(image_net, device)
     mask_net = inference_net(mask_net, device) if mask_net is not None else None
-    if cfg.compile:  # the first batch compiles; the last batch is padded to the same shape (no recompile)
+    if cfg.compile:  # the first batch compiles; every batch has its shape (padded): no recompile
         image_net = torch.compile(image_net)
         mask_net = torch.compile(mask_net) if mask_net is not None else None
 
     # 2. output: same run continues, different run refused
     options = identity(cfg)
+    # the scale used (auto resolved), as the option's text: "auto" and the value it stands for are one run
+    options["guidance"] = str(guidance)
     options["image_model_fingerprint"] = image_cfg["data_fingerprint"] + f"@{image_cfg['steps_done']}"
     if mask_cfg:
         options["mask_model_fingerprint"] = mask_cfg["data_fingerprint"] + f"@{mask_cfg['steps_done']}"
@@ -145,23 +227,20 @@ def run(cfg: SampleConfig) -> dict:
     with progress_bar("sample", total=len(todo)) as advance:
         for start in range(0, len(todo), cfg.batch_size):
             idx = todo[start:start + cfg.batch_size]
-            # with --compile the last batch is padded with copies of its last pair (dropped below): one shape
-            run_idx = idx + [idx[-1]] * (cfg.batch_size - len(idx)) if cfg.compile else idx
-            if real_masks is not None:
-                masks = real_masks[[i % len(parents) for i in run_idx]].to(device).float()
-            else:
-                masks, _ = sample_masks(mask_net, mask_cfg["process"], run_idx, size=size,
-                                        steps=cfg.mask_sample_steps, seed=cfg.seed, device=device)
-            images = render_images(image_net, image_cfg["process"], masks, run_idx, sampler=cfg.sampler,
-                                   steps=cfg.sample_steps, guidance=cfg.guidance, seed=cfg.seed)
-            images_u8 = to_uint8_images(images[:len(idx)])
-            masks_u8 = (masks[:len(idx), 0] * 255).to(torch.uint8).cpu().numpy()
+            images, masks = draw_batch(idx, batch_size=cfg.batch_size, image_net=image_net,
+                                       image_process=image_cfg["process"], mask_net=mask_net,
+                                       mask_process=mask_cfg["process"] if mask_cfg else None, real_masks=real_masks,
+                                       size=size, sampler=cfg.sampler, sample_steps=cfg.sample_steps,
+                                       mask_sample_steps=cfg.mask_sample_steps, guidance=guidance, seed=cfg.seed,
+                                       device=device)
+            images_u8 = to_uint8_images(images)
+            masks_u8 = (masks[:, 0] * 255).to(torch.uint8).cpu().numpy()
             rows = []
             for i in idx:
                 row = {"split": "train", "source": "generated", "seed": cfg.seed, "index": i,
                        "method": {"name": "dasp-sample", "sampler": cfg.sampler, "sample_steps": cfg.sample_steps,
                                   "mask_sample_steps": None if real_masks is not None else cfg.mask_sample_steps,
-                                  "guidance": cfg.guidance},
+                                  "guidance": guidance},
                        "image_model": options["image_model_fingerprint"],
                        "mask_model": options.get("mask_model_fingerprint", "real-masks")}
                 if parents is not None:
@@ -174,9 +253,10 @@ def run(cfg: SampleConfig) -> dict:
 
     # 4. summary, contact sheet, optional quality report (rank 0)
     written = len(read_manifest(writer.root / MANIFEST))
-    result = {"out": str(writer.root), "written_now": len(todo), "count": written, "requested": cfg.n}
+    result = {"out": str(writer.root), "written_now": len(todo), "count": written, "requested": cfg.n,
+              "guidance": guidance}
     if world.is_main and written >= cfg.n:
-        info = writer.finalize()
+        info = writer.finalize({"guidance": guidance})
         result["contact_sheet"] = str(write_contact_sheet(writer.root))
         result["count"] = info["count"]
         if cfg.report:
