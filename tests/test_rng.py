@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from augforge.data.dataset import DatasetWriter, read_dataset, read_manifest
+from augforge.data.dataset import DatasetWriter, load_pairs, read_dataset, read_manifest
 from augforge.diffusion.bernoulli import BernoulliDiffusion
 from augforge.diffusion.gaussian import GaussianDiffusion
 from augforge.models.inference import CastNet, inference_net
@@ -152,9 +153,50 @@ def test_writer_append_batch_writes_in_the_background_and_finalize_waits(tmp_pat
     assert info["count"] == 6 and info["complete"]
     ds = read_dataset(tmp_path / "d", require_complete=True)
     assert sorted(r["id"] for r in ds.rows) == [f"p{i}" for i in range(6)]
-    for row in ds.rows:  # every row's files are there and hold the array that was given
-        assert (tmp_path / "d" / row["image"]).exists() and (tmp_path / "d" / row["mask"]).exists()
+    for row in ds.rows:  # every row's files hold exactly the arrays that were given (decoded: RGB, one channel)
+        i = int(row["id"][1:])
+        image = cv2.imread(str(tmp_path / "d" / row["image"]), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(tmp_path / "d" / row["mask"]), cv2.IMREAD_UNCHANGED)
+        assert image.shape == (8, 8, 3) and np.array_equal(image[..., ::-1], images[i])
+        assert mask.shape == (8, 8) and np.array_equal(mask, masks[i])
+        assert row["split"] == "train" and row["source"] == "generated"
+    # and through the package's own reader: uint8 images (B, 3, S, S), masks (B, 1, S, S) in {0, 1}
+    loaded_images, loaded_masks = load_pairs(ds, sorted(ds.rows, key=lambda r: r["id"]))
+    assert torch.equal(loaded_images, torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert torch.equal(loaded_masks[:, 0] * 255, torch.from_numpy(masks))
     assert not list((tmp_path / "d").rglob(".*tmp*"))
+
+
+def test_writer_flushes_only_what_it_wrote(tmp_path, monkeypatch):
+    """Issue 23.7: a batch is made durable by an fsync of each file it wrote and of the folders their
+    names were renamed into, before its rows; nothing filesystem-wide (the old writer called syncfs,
+    which waits for every other writer of a shared node, and fsynced no file)."""
+    import os
+
+    synced: list[tuple[str, int]] = []  # (the fsynced file or folder, manifest rows on disk then)
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        manifest = tmp_path / "d" / "manifest.jsonl"
+        rows = len(manifest.read_text().splitlines()) if manifest.exists() else 0
+        synced.append((path, rows))
+        return real_fsync(fd)
+
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc to name an fd's file")
+    writer = DatasetWriter(tmp_path / "d", {"command": "test"}, 8)
+    monkeypatch.setattr(os, "fsync", fsync)
+    images, masks = _arrays(3)
+    writer.append_batch(["a", "b", "c"], images, masks, [{"split": "train", "source": "generated"}] * 3)
+    writer.flush()
+    root = (tmp_path / "d").resolve()  # as /proc names it
+    written = {str(root / f"{kind}/{i}.png") for kind in ("images", "masks") for i in "abc"}
+    before_rows = {path for path, rows in synced if rows == 0}  # synced while the manifest had no row yet
+    assert written | {str(root / "images"), str(root / "masks")} == before_rows
+    assert synced[-1] == (str(root / "manifest.jsonl"), 3)  # then the rows, in one write and one fsync
+    assert len(synced) == len(written) + 2 + 1  # nothing else
+    writer.close()
 
 
 def test_writer_background_error_reaches_the_caller_and_writes_no_row(tmp_path, monkeypatch):

@@ -14,7 +14,6 @@ lists the pairs already written, so a rerun after a crash (kill -9 included) wri
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import io
 import json
@@ -540,27 +539,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _sync_files(root: Path, paths: list[Path]) -> None:
-    """Make ``paths`` durable: one ``syncfs`` of the filesystem holding ``root`` (Linux), else fsync each."""
-    fd = os.open(root, os.O_RDONLY)
+def _fsync_path(path: Path) -> None:
+    """fsync one file or folder by path (a folder's fsync makes the entries renamed into it durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        syncfs = getattr(_LIBC, "syncfs", None) if _LIBC is not None else None
-        if syncfs is not None and syncfs(fd) == 0:
-            return
+        os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sync_files(paths: list[Path]) -> None:
+    """Make ``paths``, files just renamed into place, durable: fsync each file, then once each folder
+    holding them (the renames are entries of the folder). Only what was written is flushed; a
+    filesystem-wide ``syncfs`` would also wait for every other writer on a shared node."""
     for path in paths:
-        f = os.open(path, os.O_RDONLY)
+        _fsync_path(path)
+    for folder in dict.fromkeys(Path(p).parent for p in paths):
         try:
-            os.fsync(f)
-        finally:
-            os.close(f)
-
-
-try:
-    _LIBC = ctypes.CDLL(None, use_errno=True)
-except OSError:  # no C library to load (not a POSIX system): per-file fsync
-    _LIBC = None
+            _fsync_path(folder)
+        except (PermissionError, IsADirectoryError):  # a system whose folders cannot be opened (Windows)
+            pass
 
 
 class DatasetWriter:
@@ -573,8 +571,9 @@ class DatasetWriter:
       it may be called from several threads at once.
     - :meth:`append_batch` hands a batch to a background thread and returns at once, so the GPU
       does not wait for PNG encoding and disk: the thread encodes and renames every pair's files,
-      makes them durable with one filesystem sync for the batch (``syncfs``; per-file fsync where
-      that is unavailable), then appends the batch's rows in one write and fsyncs the manifest.
+      makes the batch durable (:func:`_sync_files`: an fsync of each file it wrote and one of each of
+      the two folders, nothing else on the filesystem), then appends the batch's rows in one write
+      and fsyncs the manifest.
       At most ``max_pending`` batches are queued (the caller then waits for the oldest). An error
       in the thread is raised in the caller's thread by the next ``append_batch``, :meth:`flush`,
       :meth:`close` or :meth:`finalize`.
@@ -654,12 +653,12 @@ class DatasetWriter:
         self._pending.append(self._pool.submit(self._write_batch, list(pair_ids), images, masks, list(rows)))
 
     def _write_batch(self, pair_ids: list[str], images: np.ndarray, masks: np.ndarray, rows: list[dict]) -> None:
-        """Background thread: files (encode, temporary name, rename), one sync, then the rows."""
+        """Background thread: files (encode, temporary name, rename), their fsyncs, then the rows."""
         paths = []
         for k, pair_id in enumerate(pair_ids):
             for rel, array in ((f"images/{pair_id}.png", images[k]), (f"masks/{pair_id}.png", masks[k])):
                 paths.append(atomic_write_bytes(self.root / rel, encode_png(array), fsync=False))
-        _sync_files(self.root, paths)
+        _sync_files(paths)
         self._append_lines("".join(self._line(i, r) for i, r in zip(pair_ids, rows)))
 
     def _reap(self, block: bool) -> None:
