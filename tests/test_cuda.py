@@ -2,7 +2,8 @@
 
 - the bf16 inference copy samples the same images as the float32 network on the same weights,
   within 1 intensity level mean per image (the measured figure is printed);
-- per-pair random streams on CUDA: a pair does not depend on its batch;
+- per-pair random streams on CUDA: a pair does not depend on its batch (DDPM, and DDIM with guidance:
+  within rounding across batch sizes, bit-identical at one batch size);
 - Diff-PGD with full gradients through the bf16 purifier gives a float32 gradient;
 - ``benchmarks/hot_paths.py`` runs to the end at toy size on CUDA with bf16 on both sides.
 """
@@ -84,19 +85,24 @@ def test_pair_does_not_depend_on_the_batch_on_cuda():
     image_net, mask_net = inference_net(image_net, device), inference_net(mask_net, device)
     mask_process, image_process = {"timesteps": 1000, "schedule": "cosine"}, {"timesteps": 1000, "schedule": "linear"}
 
-    def pairs(indices):
+    def pairs(indices, sampler="ddpm", guidance=1.0):
         masks, _ = sample_masks(mask_net, mask_process, indices, size=SIZE, steps=10, seed=3, device=device)
-        images = render_images(image_net, image_process, masks, indices, sampler="ddpm", steps=10, guidance=1.0,
-                               seed=3)
+        images = render_images(image_net, image_process, masks, indices, sampler=sampler, steps=10,
+                               guidance=guidance, seed=3)
         return masks, to_uint8_images(images).astype(float)
 
-    masks8, images8 = pairs(list(range(8)))
-    masks3, images3 = pairs([5, 2, 7])
-    for k, i in enumerate([5, 2, 7]):
-        # bf16 convolutions may round differently at another batch size: allow a rare flipped pixel
-        assert float((masks3[k] != masks8[i]).float().mean()) <= 1e-3
-        assert abs(images3[k] - images8[i]).mean() <= 1.0
-    assert float((masks8[0] != masks8[1]).float().mean()) > 0.05  # different pairs differ
+    # plain DDPM, and the guided path (cond and null halves in one doubled batch) with DDIM
+    for sampler, guidance in (("ddpm", 1.0), ("ddim", 3.0)):
+        masks8, images8 = pairs(list(range(8)), sampler, guidance)
+        masks3, images3 = pairs([5, 2, 7], sampler, guidance)
+        for k, i in enumerate([5, 2, 7]):
+            # bf16 convolutions may round differently at another batch size: allow a rare flipped pixel
+            assert float((masks3[k] != masks8[i]).float().mean()) <= 1e-3
+            assert abs(images3[k] - images8[i]).mean() <= 1.0, (sampler, guidance)
+        assert float((masks8[0] != masks8[1]).float().mean()) > 0.05  # different pairs differ
+        # at one batch size (as sample pads every batch) the guided pair is bit-identical whatever its batch
+        masks3b, images3b = pairs([7, 5, 2], sampler, guidance)
+        assert (images3b[0] == images3[2]).all() and (masks3b[1] == masks3[0]).all()
 
 
 def test_full_gradient_through_the_bf16_purifier():
