@@ -191,7 +191,7 @@ def _names(paths: list[str]) -> list[str]:
     return dataset_names(paths) if paths else []
 
 
-def _check_attack_options(cfg: EvaluateConfig, segmenters: list[str]) -> list[float]:
+def _check_attack_options(cfg: EvaluateConfig) -> list[float]:
     """One line per bad combination; returns the budgets (0-255 units; [] for asma)."""
     from dataclasses import fields
 
@@ -497,7 +497,7 @@ def run(cfg: EvaluateConfig) -> dict:
                 raise AugforgeError(f"{name} applies to a robustness table: give --attack too")
     if cfg.limit < 0 or (cfg.limit and cfg.attack == "none"):
         raise AugforgeError(f"--limit must be >= 0 and applies to a robustness table (--attack), got {cfg.limit}")
-    budgets = _check_attack_options(cfg, segmenters) if cfg.attack != "none" else []
+    budgets = _check_attack_options(cfg) if cfg.attack != "none" else []
     out = Path(cfg.out) if cfg.out else None
     if out is not None and out.suffix == ".csv":
         raise AugforgeError(f"--out {out}: give the summary JSON path; the per-image CSV goes next to it")
