@@ -18,8 +18,6 @@ pairs and seeded with g:
   G     real + N' unfiltered generated pairs, S steps, each batch ``--extra-ratio`` r generated
   GF    real + the generated pairs ``augforge filter`` keeps (judge: R of group g), S steps, ratio r
   DASP  real + GF's pairs attacked by Diff-PGD(W) against R of group g, S steps, ratio r
-  P     S/2 steps on GF's pairs alone (the real split only validates), then S/2 steps fine-tuning on the
-        real pairs from those weights (``train-seg --init-from``)
 
 S defaults to 2 E epochs' steps, so that G, GF and DASP at r = 0.5 present each real pair as often as R
 does, while R' gets twice R's real presentations: the comparison to R' is at equal steps and favours R'.
@@ -53,11 +51,11 @@ from augforge.configs import PipelineConfig
 from augforge.seg.metrics import hierarchical_bootstrap_ci
 from augforge.stages import pipeline
 
-ARMS = ("R", "R'", "G", "GF", "DASP", "P")
+ARMS = ("R", "R'", "G", "GF", "DASP")
 ARM_HELP = {"R": "real only, E epochs", "R'": "real only, S steps (control)",
             "G": "real + generated, S steps", "GF": "real + filtered generated, S steps",
-            "DASP": "real + filtered + Diff-PGD(W), S steps", "P": "pre-train on filtered, fine-tune on real"}
-SLUG = {"R": "r", "R'": "r-steps", "G": "g", "GF": "gf", "DASP": "dasp", "P": "p"}
+            "DASP": "real + filtered + Diff-PGD(W), S steps"}
+SLUG = {"R": "r", "R'": "r-steps", "G": "g", "GF": "gf", "DASP": "dasp"}
 
 PRESETS = {
     # Kvasir-SEG, 64 px, 2-core CPU: N = 100 real pairs, 3 disjoint subsets, a pair of generators each
@@ -67,9 +65,10 @@ PRESETS = {
     "cpu-full": dict(mode="full", size=64, groups="0,1,2", epochs=20, steps=0, mask_steps=1000,
                      image_steps=2000, generated=800, arms="R,R',G,GF"),
     # synthetic polyps (augforge synthesize), 32 px: the whole recipe in a minute or two (CI)
-    "toy": dict(mode="low-data", data="synthetic", synthetic=96, size=32, train_limit=16, groups="0,1",
-                epochs=2, steps=0, mask_steps=20, image_steps=20, generated=16, sample_steps=5,
-                mask_sample_steps=10, attack_steps=2, seg_batch=8, batch=16, bootstrap=200, encoder="resnet18"),
+    "toy": dict(mode="low-data", data="synthetic", synthetic=48, size=32, train_limit=12, groups="0,1",
+                epochs=2, steps=0, mask_steps=10, image_steps=10, generated=8, sample_steps=4,
+                mask_sample_steps=6, attack_steps=2, seg_batch=8, batch=16, bootstrap=50, bootstrap_delta=500,
+                encoder="resnet18"),
 }
 
 
@@ -112,8 +111,8 @@ def stages(a: argparse.Namespace) -> list[dict]:
         out.append(dict(name="synthesize", command="synthesize", out=src, n=a.synthetic, size=a.size, seed=0))
     seg = dict(encoder=a.encoder, batch_size=a.seg_batch, lr=a.lr, aug="basic", device=a.device)
     diffusion = dict(model_size=a.model_size, lr=a.diffusion_lr, batch_size=a.diffusion_batch, device=a.device)
-    needs_generators = bool({"G", "GF", "DASP", "P"} & set(arms))
-    needs_filter = bool({"GF", "DASP", "P"} & set(arms))
+    needs_generators = bool({"G", "GF", "DASP"} & set(arms))
+    needs_filter = bool({"GF", "DASP"} & set(arms))
 
     def data_of(g: int) -> str:
         return f"{run}/data-s{g}" if a.mode == "low-data" else f"{run}/data"
@@ -159,11 +158,6 @@ def stages(a: argparse.Namespace) -> list[dict]:
         base = dict(command="train-seg", data=data_of(g), seed=g, **seg)
         if arm == "R'":
             return [dict(name=f"seg-r-steps-s{g}", out=f"{run}/seg/r-steps-s{g}", steps=S, **base)]
-        if arm == "P":  # S/2 steps on the filtered pairs alone (the real val split picks the weights), S/2 on real
-            return [dict(name=f"seg-p-pretrain-s{g}", out=f"{run}/seg/p-pretrain-s{g}", steps=S // 2,
-                         extra=[f"{run}/filtered-s{g}"], extra_ratio=1.0, **base),
-                    dict(name=f"seg-p-s{g}", out=f"{run}/seg/p-s{g}", steps=S - S // 2,
-                         init_from=f"{run}/seg/p-pretrain-s{g}", **base)]
         return [dict(name=f"seg-{SLUG[arm]}-s{g}", out=f"{run}/seg/{SLUG[arm]}-s{g}", steps=S,
                      extra=[extra_of[arm].format(g=g)], extra_ratio=a.extra_ratio, extra_weight=a.extra_weight,
                      **base)]
@@ -173,12 +167,8 @@ def stages(a: argparse.Namespace) -> list[dict]:
                      data=data_of(g), split=split, out=f"{run}/eval/{SLUG[arm]}-s{g}-{split}.json",
                      bootstrap=a.bootstrap, device=a.device) for split in held_out_splits(a)]
 
-    # the two-stage arm P comes last, so that the others are trained and scored without waiting for it
-    early = [x for x in arms if x not in ("R", "P")]
-    out += [st for arm in early for g in groups for st in train(arm, g)]
-    out += [st for arm in [x for x in arms if x != "P"] for g in groups for st in evaluate(arm, g)]
-    if "P" in arms:
-        out += [st for g in groups for st in train("P", g) + evaluate("P", g)]
+    out += [st for arm in arms if arm != "R" for g in groups for st in train(arm, g)]
+    out += [st for arm in arms for g in groups for st in evaluate(arm, g)]
     return out
 
 

@@ -166,3 +166,29 @@ def test_express_preset_runs_end_to_end_at_toy_size(tmp_path):
             else:
                 assert made_by["command"] == "attack" and made_by["options"]["method"] == made[1]
                 assert made_by["options"]["weighted"] is made[2], row
+
+
+@pytest.mark.slow
+def test_evidence_toy_preset_compares_arms_at_equal_steps(tmp_path):
+    """The evidence recipe end to end on synthetic polyps: every arm trained and scored on each subset's
+    held-out images, every arm but R at the same optimizer steps, a verdict per arm against R'."""
+    out = tmp_path / "ev"
+    script("evidence.py", "--preset", "toy", "--out", out, "--device", "cpu", "--table", tmp_path / "table.md")
+    doc = json.loads((out / "summary.json").read_text())
+    assert list(doc["arms"]) == ["R", "R'", "G", "GF", "DASP"] and doc["steps"] == 4  # 2 x (2 epochs of 12 // 8)
+    for arm, cell in doc["arms"].items():
+        assert set(cell["per_group"]) == {"0", "1"}
+        for g, entry in cell["per_group"].items():
+            assert entry["n_images"] == 5 + 26  # test + the train pairs the 12-pair subset left out (38 - 12)
+            assert entry["train"]["steps_done"] == (2 if arm == "R" else 4)
+            if arm in ("G", "GF", "DASP"):  # half of each batch of 8 extra pairs
+                assert entry["train"]["real_presentations"] == entry["train"]["extra_presentations"] == 16
+            assert 0.0 <= entry["mDice"] <= 1.0
+        if arm != "R'":
+            d = cell["delta_vs_control"]
+            assert d["ci95"][0] <= d["mean"] <= d["ci95"][1] and len(d["per_group"]) == 2
+            assert d["verdict"] in ("helps", "hurts", "no difference shown")
+    # GF trains on the pairs the filter kept (half of 8), DASP on their attacked copies
+    kept = [json.loads(line) for line in (out / "filtered-s0" / "manifest.jsonl").read_text().splitlines()]
+    assert len(kept) == 4 and all("score" in row for row in kept)
+    assert "Δ mDice vs R'" in (tmp_path / "table.md").read_text()
