@@ -339,7 +339,10 @@ def render(a: argparse.Namespace, doc: dict) -> str:
         out += [f"- {unit[:-1]} {g}: {curve_points(c)}" for g, c in doc["curves"].items()]
     if doc["filters"]:
         out += ["", "Filter (consistency of the generated pairs, judged by R of the group):", ""]
-        out += [f"- {unit[:-1]} {g}: {json.dumps(f)}" for g, f in doc["filters"].items()]
+        for g, f in doc["filters"].items():
+            sc = f.get("scores", {})
+            out.append(f"- {unit[:-1]} {g}: {f.get('kept')} of {f.get('scored')} kept (Dice ≥ {f.get('score_cut', 0):.3f}); "
+                       + ", ".join(f"{k} mean {sc[k]['mean']:.3f}" for k in ("all", "kept", "dropped") if k in sc))
     if doc.get("seconds"):
         total = sum(doc["seconds"].values())
         out += ["", f"Stages took {total / 60:.1f} min in all (pipeline-state.json)."]
