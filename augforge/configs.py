@@ -237,7 +237,8 @@ class AttackConfig:
     data: str = option(help="Dataset to attack (any: real, generated).", path=True, argument=True)
     segmenter: str = option(help="Segmenter model folder (the attacked network).")
     out: str = _out("Attacked dataset folder to write.")
-    method: str = option("fgsm", "fgsm | inverse-fgsm | pgd | diff-pgd | asma.")
+    method: str = option("fgsm", "fgsm | inverse-fgsm | pgd | diff-pgd | asma | noise (random signs of the --eps "
+                                 "budget: a control).")
     # when=: the methods an option acts on; for the others it is no part of the run (configs.applies)
     eps: float = option(-1.0, "L∞ budget in 0-255 units (-1: fgsm 8, pgd/diff-pgd steps × step size).",
                         when={"method": LINF_ATTACKS})

@@ -205,7 +205,7 @@ def print_budget(args, mask_net, image_net, peak: float) -> dict:
     """The FLOP budget of 1600 pairs with the default sampler at this size and model, against the peak
     (this device's, or an H100's for reference when it is unknown)."""
     budget = sampling_budget(mask_net, image_net, args.size, args.mask_sample_steps, SampleConfig.sample_steps,
-                             SampleConfig.guidance, peak or H100_BF16_TFLOPS)
+                             3.0, peak or H100_BF16_TFLOPS)  # guidance auto of a model trained for it: 2 calls
     where = f"the {peak:g} TFLOP/s peak" if peak else f"an H100's {H100_BF16_TFLOPS:g} TFLOP/s bf16 peak (reference)"
     print(f"  FLOP budget, {budget['pairs']} pairs at {args.size} px, UNet {args.model_size} "
           f"({budget['mask_gflops_per_forward']:.1f} + {budget['image_gflops_per_forward']:.1f} GFLOP per mask/image "
