@@ -205,7 +205,7 @@ def train_record(a: argparse.Namespace, arm: str, g: int) -> dict:
         return {}
     cfg = json.loads(path.read_text())
     train, best = cfg.get("training", {}), cfg.get("best", {})
-    return {"steps_done": cfg.get("steps_done"), "real_passes": train.get("real_passes"),
+    return {"steps_done": train.get("steps"), "real_passes": train.get("real_passes"),
             "real_presentations": train.get("real_seen"), "extra_presentations": train.get("extra_seen"),
             "best_step": best.get("step")}
 
