@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,20 @@ def pooled_ci(scores: dict, n_boot: int, seed: int, level: float = 0.95) -> dict
         values = np.where(den > 0, num / np.maximum(den, 1), exact.astype(np.float64))
         out[f"{name}_ci95"] = [float(v) for v in np.percentile(values, [50 * (1 - level), 50 * (1 + level)])]
     return out
+
+
+def _write_results(cfg, out: Path | None, result: dict, table: Callable[[], bytes],
+                   per_image: Callable[[], bytes]) -> None:
+    """--csv gets the table, --out the summary JSON with the per-image CSV beside it; all atomic."""
+    if cfg.csv:
+        Path(cfg.csv).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(cfg.csv), table())
+        result["csv"] = cfg.csv
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.update(out=str(out), per_image=str(out.with_suffix(".csv")))
+        atomic_write_bytes(out.with_suffix(".csv"), per_image())
+        atomic_write_bytes(out, (json.dumps(result, indent=2) + "\n").encode())
 
 
 def _per_image_csv(rows: list[tuple[str, str, list]], with_dataset: bool) -> bytes:
@@ -164,15 +179,7 @@ def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, devi
     result = {"segmenter": cfg.segmenter, "split": cfg.split, "threshold": cfg.threshold,
               "n_datasets": len(paths), "datasets": summaries,
               "tables": {f"cross-dataset ({cfg.split} split)": table_rows(summaries)}}
-    if cfg.csv:
-        Path(cfg.csv).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(Path(cfg.csv), table_csv(summaries))
-        result["csv"] = cfg.csv
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.update(out=str(out), per_image=str(out.with_suffix(".csv")))
-        atomic_write_bytes(out.with_suffix(".csv"), _per_image_csv(image_rows, True))
-        atomic_write_bytes(out, (json.dumps(result, indent=2) + "\n").encode())
+    _write_results(cfg, out, result, lambda: table_csv(summaries), lambda: _per_image_csv(image_rows, True))
     return result
 
 
@@ -426,15 +433,7 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
     result.update(rows=rows, tables={title: robustness_table(rows)})
     if cfg.attack == "asma":
         result["tables"]["ASMA (Ozbulak et al. Table 1): targets are another sample's mask"] = asma_table(rows)
-    if cfg.csv:
-        Path(cfg.csv).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(Path(cfg.csv), robust_csv(rows))
-        result["csv"] = cfg.csv
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.update(out=str(out), per_image=str(out.with_suffix(".csv")))
-        atomic_write_bytes(out.with_suffix(".csv"), _robust_per_image_csv(image_rows))
-        atomic_write_bytes(out, (json.dumps(result, indent=2) + "\n").encode())
+    _write_results(cfg, out, result, lambda: robust_csv(rows), lambda: _robust_per_image_csv(image_rows))
     return result
 
 
