@@ -38,14 +38,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
+from kvasir_protocol import hardware  # benchmarks/ is on sys.path when a script of it runs
 
 from augforge.configs import PipelineConfig
 from augforge.seg.metrics import hierarchical_bootstrap_ci
@@ -275,16 +274,6 @@ def collect(a: argparse.Namespace) -> dict:
         recorded = json.loads(state.read_text())["stages"]
         doc["seconds"] = {name: round(st.get("seconds", 0.0), 1) for name, st in recorded.items()}
     return doc
-
-
-def hardware(device: str) -> str:
-    import torch
-
-    if device != "cpu" and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "CPU"
-    return f"{cpu}, {os.cpu_count()} cores (torch {torch.__version__})"
 
 
 def curve_points(curve: list[tuple[int, float]]) -> str:

@@ -55,6 +55,18 @@ def _one_line_error(r, expected: str) -> None:
     assert len(r.output.strip().splitlines()) == 1
 
 
+def _interrupt_after_one_epoch(monkeypatch) -> None:
+    """Make TrainLoop raise KeyboardInterrupt (a Ctrl-C) when its second epoch starts."""
+    run_epoch = TrainLoop.run_epoch
+
+    def interrupted_after_one_epoch(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return run_epoch(self)
+
+    monkeypatch.setattr(TrainLoop, "run_epoch", interrupted_after_one_epoch)
+
+
 def test_train_seg_writes_a_loadable_model_folder(trained, synthetic_dataset, extra_dataset):
     out, summary = trained
     rows = read_metrics(out)
@@ -96,14 +108,7 @@ def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(
         tmp_path, monkeypatch, trained, synthetic_dataset, extra_dataset):
     reference, _ = trained
     out = tmp_path / "model"
-    run_epoch = TrainLoop.run_epoch
-
-    def interrupted_after_one_epoch(self):
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-        return run_epoch(self)
-
-    monkeypatch.setattr(TrainLoop, "run_epoch", interrupted_after_one_epoch)
+    _interrupt_after_one_epoch(monkeypatch)
     r = _invoke("train-seg", synthetic_dataset, "--extra", extra_dataset, "--out", out, *TRAIN)
     assert r.exit_code == 130
     assert [row["epoch"] for row in read_metrics(out)] == [1] and load_train_state(out)["epoch"] == 1
@@ -378,14 +383,7 @@ def test_steps_and_extra_ratio_through_the_cli_record_the_budget_and_resume_exac
     assert config["steps_done"] == summary["best_step"] == {1: 4, 2: 6}[summary["best_epoch"]]
     assert config["made_by"]["options"]["steps"] == 6 and config["made_by"]["options"]["extra_ratio"] == 0.25
 
-    run_epoch = TrainLoop.run_epoch
-
-    def interrupted_after_one_epoch(self):
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-        return run_epoch(self)
-
-    monkeypatch.setattr(TrainLoop, "run_epoch", interrupted_after_one_epoch)
+    _interrupt_after_one_epoch(monkeypatch)
     assert _invoke(*args, "--out", tmp_path / "cut").exit_code == 130
     monkeypatch.undo()
     r = _invoke(*args, "--out", tmp_path / "cut")
