@@ -113,7 +113,8 @@ class TrainSegConfig:
     loss: str = option("dice", "dice | dice+bce (per-image, DASP Eq. 11).")
     extra_weight: float = option(1.0, "Weight of the extra-pair mean loss (Eq. 11).")
     extra_ratio: float = option(0.0, "Share r of extra pairs in every batch (0 < r < 1: round(r x batch) extra, the "
-                                     "real pairs in the same order whatever the extra set; 0: mixed in).")
+                                     "real pairs in the same order whatever the extra set; 1: extra pairs only, "
+                                     "e.g. pre-training; 0: mixed in).")
     init_from: str = option("", "Start from this segmenter's weights (same --arch/--encoder and image size).")
     lr: float = option(1e-3, "Adam learning rate.")
     epochs: int = option(200, "Training epochs (one epoch: one pass over the real pairs, or over all pairs when "

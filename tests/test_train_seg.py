@@ -352,8 +352,20 @@ def test_extra_weight_zero_makes_the_extra_set_irrelevant_under_a_ratio():
     assert not torch.equal(loop_c.model.weight, loop_b.model.weight)
 
 
+def test_extra_ratio_one_trains_on_the_extra_pairs_alone_in_epochs_over_them():
+    """r = 1 (pre-training on generated pairs): every batch is extra pairs, read evenly from their stream;
+    an epoch is one pass over the extra pairs; no real pair is presented."""
+    loop, seen, history = _stratified_run(_pairs(9, "b", True, 2), 4, 1.0, 5)
+    assert all(len(batch) == 4 and all(i.startswith("b") for i in batch) for batch in seen)
+    counts = sorted(sum(batch.count(f"b{i}") for batch in seen) for i in range(9))
+    assert counts == [2] * 7 + [3] * 2  # 20 presentations of 9 pairs: each seen 2 or 3 times
+    assert loop.plan.steps_per_epoch == 2 and [(r["epoch"], r["step"]) for r in history] == [(1, 2), (2, 4), (3, 5)]
+    assert (loop.real_seen, loop.extra_seen, history[-1]["real_passes"]) == (0, 20, 0.0)
+
+
 @pytest.mark.parametrize("ratio, batch, expected", [(0.5, 8, "--extra-ratio"), (0.05, 8, "0 extra"),
-                                                    (0.97, 16, "0 real"), (1.0, 8, "[0, 1)")])
+                                                    (0.97, 16, "0 real"), (1.5, 8, "[0, 1]"),
+                                                    (1.0, 8, "do not fill one batch")])
 def test_batch_plan_refuses_impossible_ratios(ratio, batch, expected):
     from augforge.seg.train import batch_plan
 

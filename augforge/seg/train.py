@@ -9,7 +9,8 @@ The budget is a number of optimizer steps (``steps``, or ``epochs`` x the steps 
 the batches follow a :class:`BatchPlan` (:func:`batch_plan`), made in one of two ways:
 
 - **stratified** (``extra_ratio`` r > 0, and every run without extra pairs): each batch of B holds
-  ``round(r*B)`` extra pairs and ``B - round(r*B)`` real ones. The real pairs come from a stream of
+  ``round(r*B)`` extra pairs and ``B - round(r*B)`` real ones (r = 1: extra pairs only, for
+  pre-training on generated pairs; an epoch is then one pass over the extra pairs). The real pairs come from a stream of
   permutations of the real set, pass k drawn with its own generator ``generator_for(seed,
   REAL_STREAM, k)`` and cut into full real batches; an epoch is one such pass over the real pairs.
   So two runs with the same seed, real set and real pairs per batch see the same real pairs in the
@@ -119,15 +120,17 @@ def batch_plan(n_real: int, n_extra: int, batch_size: int, *, extra_ratio: float
                steps: int = 0, world_size: int = 1) -> BatchPlan:
     """The batches of a run with ``n_real`` real and ``n_extra`` extra training pairs.
 
-    extra_ratio r in [0, 1): 0 mixes extra pairs in with the real ones (stratified anyway when there
-    are none); r > 0 gives ``round(r * batch_size)`` extra pairs per batch (halves round up).
+    extra_ratio r in [0, 1]: 0 mixes extra pairs in with the real ones (stratified anyway when there
+    are none); r > 0 gives ``round(r * batch_size)`` extra pairs per batch (halves round up); r = 1
+    trains on the extra pairs alone (an epoch: one pass over them; the real pairs are not read).
     steps: the budget in optimizer steps; 0 takes ``epochs`` epochs. Raises ValueError naming the
     option at fault.
     """
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    if not 0.0 <= extra_ratio < 1.0:
-        raise ValueError(f"--extra-ratio must be in [0, 1) (0: extra pairs mixed in), got {extra_ratio}")
+    if not 0.0 <= extra_ratio <= 1.0:
+        raise ValueError(f"--extra-ratio must be in [0, 1] (0: extra pairs mixed in; 1: extra pairs only), "
+                         f"got {extra_ratio}")
     if extra_ratio > 0 and n_extra == 0:
         raise ValueError(f"--extra-ratio {extra_ratio:g} needs extra pairs (--extra)")
     if steps < 0:
@@ -136,7 +139,12 @@ def batch_plan(n_real: int, n_extra: int, batch_size: int, *, extra_ratio: float
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     if n_real < 1:
         raise ValueError("need at least one real training pair")
-    if extra_ratio > 0:
+    if extra_ratio == 1.0:  # extra pairs only: an epoch is one pass over them
+        if n_extra < batch_size:
+            raise ValueError(f"--extra-ratio 1 trains on the extra pairs alone; their {n_extra} pairs do not fill "
+                             f"one batch of --batch-size {batch_size}")
+        per_epoch, real, extra, stratified = n_extra // batch_size, 0, batch_size, True
+    elif extra_ratio > 0:
         extra = math.floor(extra_ratio * batch_size + 0.5)
         real = batch_size - extra
         if extra < 1 or real < 1:

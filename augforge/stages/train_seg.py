@@ -78,8 +78,9 @@ def _check(cfg: TrainSegConfig) -> dict:
         raise AugforgeError(f"--lr must be > 0, got {cfg.lr}")
     if cfg.extra_weight < 0:
         raise AugforgeError(f"--extra-weight must be >= 0, got {cfg.extra_weight}")
-    if not 0.0 <= cfg.extra_ratio < 1.0:
-        raise AugforgeError(f"--extra-ratio must be in [0, 1) (0: extra pairs mixed in), got {cfg.extra_ratio}")
+    if not 0.0 <= cfg.extra_ratio <= 1.0:
+        raise AugforgeError(f"--extra-ratio must be in [0, 1] (0: extra pairs mixed in; 1: extra pairs only), "
+                            f"got {cfg.extra_ratio}")
     if cfg.extra_ratio > 0 and not cfg.extra:
         raise AugforgeError(f"--extra-ratio {cfg.extra_ratio:g} needs extra pairs (--extra)")
     if cfg.loss not in LOSS_KINDS:
