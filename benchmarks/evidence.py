@@ -18,6 +18,8 @@ pairs and seeded with g:
   G     real + N' unfiltered generated pairs, S steps, each batch ``--extra-ratio`` r generated
   GF    real + the generated pairs ``augforge filter`` keeps (judge: R of group g), S steps, ratio r
   DASP  real + GF's pairs attacked by Diff-PGD(W) against R of group g, S steps, ratio r
+  P     GF's pairs alone for S/2 steps (``train-seg --extra-ratio 1``), then fine-tuned on the real pairs
+        alone for S/2 steps (``--init-from``): pre-training instead of mixing, S steps in all
 
 S defaults to 2 E epochs' steps, so that G, GF and DASP at r = 0.5 present each real pair as often as R
 does, while R' gets twice R's real presentations: the comparison to R' is at equal steps and favours R'.
@@ -50,11 +52,12 @@ from augforge.configs import PipelineConfig
 from augforge.seg.metrics import hierarchical_bootstrap_ci
 from augforge.stages import pipeline
 
-ARMS = ("R", "R'", "G", "GF", "DASP")
+ARMS = ("R", "R'", "G", "GF", "DASP", "P")
 ARM_HELP = {"R": "real only, E epochs", "R'": "real only, S steps (control)",
             "G": "real + generated, S steps", "GF": "real + filtered generated, S steps",
-            "DASP": "real + filtered + Diff-PGD(W), S steps"}
-SLUG = {"R": "r", "R'": "r-steps", "G": "g", "GF": "gf", "DASP": "dasp"}
+            "DASP": "real + filtered + Diff-PGD(W), S steps",
+            "P": "GF's pairs alone S/2 steps, then real only S/2 steps"}
+SLUG = {"R": "r", "R'": "r-steps", "G": "g", "GF": "gf", "DASP": "dasp", "P": "p"}
 
 PRESETS = {
     # Kvasir-SEG, 64 px, 2-core CPU: N = 100 real pairs, 3 disjoint subsets, a pair of generators each
@@ -110,8 +113,8 @@ def stages(a: argparse.Namespace) -> list[dict]:
         out.append(dict(name="synthesize", command="synthesize", out=src, n=a.synthetic, size=a.size, seed=0))
     seg = dict(encoder=a.encoder, batch_size=a.seg_batch, lr=a.lr, aug="basic", device=a.device)
     diffusion = dict(model_size=a.model_size, lr=a.diffusion_lr, batch_size=a.diffusion_batch, device=a.device)
-    needs_generators = bool({"G", "GF", "DASP"} & set(arms))
-    needs_filter = bool({"GF", "DASP"} & set(arms))
+    needs_generators = bool({"G", "GF", "DASP", "P"} & set(arms))
+    needs_filter = bool({"GF", "DASP", "P"} & set(arms))
 
     def data_of(g: int) -> str:
         return f"{run}/data-s{g}" if a.mode == "low-data" else f"{run}/data"
@@ -157,6 +160,11 @@ def stages(a: argparse.Namespace) -> list[dict]:
         base = dict(command="train-seg", data=data_of(g), seed=g, **seg)
         if arm == "R'":
             return [dict(name=f"seg-r-steps-s{g}", out=f"{run}/seg/r-steps-s{g}", steps=S, **base)]
+        if arm == "P":  # pre-train on the filtered pairs alone, then fine-tune on the real ones: S steps in all
+            pre = f"{run}/seg/p-pretrain-s{g}"
+            return [dict(name=f"seg-p-pretrain-s{g}", out=pre, steps=S // 2, extra=[extra_of["GF"].format(g=g)],
+                         extra_ratio=1.0, **base),
+                    dict(name=f"seg-p-s{g}", out=f"{run}/seg/p-s{g}", steps=S - S // 2, init_from=pre, **base)]
         return [dict(name=f"seg-{SLUG[arm]}-s{g}", out=f"{run}/seg/{SLUG[arm]}-s{g}", steps=S,
                      extra=[extra_of[arm].format(g=g)], extra_ratio=a.extra_ratio, extra_weight=a.extra_weight,
                      **base)]
@@ -197,16 +205,23 @@ def pooled(scores: np.ndarray) -> tuple[float, float]:
     return float(2 * tp / max(2 * tp + fp + fn, 1)), float(tp / max(tp + fp + fn, 1))
 
 
-def train_record(a: argparse.Namespace, arm: str, g: int) -> dict:
-    """Budget actually spent by an arm's segmenter (from its config.json): steps, epochs, presentations."""
-    path = Path(a.out) / "seg" / f"{SLUG[arm]}-s{g}" / "config.json"
+def train_record(a: argparse.Namespace, arm: str, g: int, slug: str = "") -> dict:
+    """Budget actually spent by an arm's segmenter (from its config.json): steps, epochs, presentations;
+    for P the pre-training run's steps and presentations are added to the fine-tuning run's."""
+    path = Path(a.out) / "seg" / f"{slug or SLUG[arm]}-s{g}" / "config.json"
     if not path.exists():
         return {}
     cfg = json.loads(path.read_text())
     train, best = cfg.get("training", {}), cfg.get("best", {})
-    return {"steps_done": train.get("steps"), "real_passes": train.get("real_passes"),
-            "real_presentations": train.get("real_seen"), "extra_presentations": train.get("extra_seen"),
-            "best_step": best.get("step")}
+    record = {"steps_done": train.get("steps"), "real_passes": train.get("real_passes"),
+              "real_presentations": train.get("real_seen"), "extra_presentations": train.get("extra_seen"),
+              "best_step": best.get("step")}
+    if arm == "P" and not slug:
+        pre = train_record(a, arm, g, slug="p-pretrain")
+        for key in ("steps_done", "real_presentations", "extra_presentations"):
+            if record.get(key) is not None and pre.get(key) is not None:
+                record[key] += pre[key]
+    return record
 
 
 def val_curve(a: argparse.Namespace, arm: str, g: int) -> list[tuple[int, float]]:

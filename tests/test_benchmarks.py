@@ -176,13 +176,13 @@ def test_evidence_toy_preset_compares_arms_at_equal_steps(tmp_path):
     out = tmp_path / "ev"
     script("evidence.py", "--preset", "toy", "--out", out, "--device", "cpu", "--table", tmp_path / "table.md")
     doc = json.loads((out / "summary.json").read_text())
-    assert list(doc["arms"]) == ["R", "R'", "G", "GF", "DASP"] and doc["steps"] == 4  # 2 x (2 epochs of 12 // 8)
+    assert list(doc["arms"]) == ["R", "R'", "G", "GF", "DASP", "P"] and doc["steps"] == 4  # 2 x (2 epochs of 12 // 8)
     for arm, cell in doc["arms"].items():
         assert set(cell["per_group"]) == {"0", "1"}
         for g, entry in cell["per_group"].items():
             assert entry["n_images"] == 5 + 26  # test + the train pairs the 12-pair subset left out (38 - 12)
             assert entry["train"]["steps_done"] == (2 if arm == "R" else 4)
-            if arm in ("G", "GF", "DASP"):  # half of each batch of 8 extra pairs
+            if arm in ("G", "GF", "DASP", "P"):  # half of each batch of 8 extra pairs; P: 2 steps of each
                 assert entry["train"]["real_presentations"] == entry["train"]["extra_presentations"] == 16
             assert 0.0 <= entry["mDice"] <= 1.0
         if arm != "R'":

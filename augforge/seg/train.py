@@ -122,7 +122,8 @@ def batch_plan(n_real: int, n_extra: int, batch_size: int, *, extra_ratio: float
 
     extra_ratio r in [0, 1]: 0 mixes extra pairs in with the real ones (stratified anyway when there
     are none); r > 0 gives ``round(r * batch_size)`` extra pairs per batch (halves round up); r = 1
-    trains on the extra pairs alone (an epoch: one pass over them; the real pairs are not read).
+    trains on the extra pairs alone (an epoch: one pass over them, at least one step, so a set smaller
+    than a batch repeats within it; the real pairs are not read).
     steps: the budget in optimizer steps; 0 takes ``epochs`` epochs. Raises ValueError naming the
     option at fault.
     """
@@ -139,11 +140,8 @@ def batch_plan(n_real: int, n_extra: int, batch_size: int, *, extra_ratio: float
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     if n_real < 1:
         raise ValueError("need at least one real training pair")
-    if extra_ratio == 1.0:  # extra pairs only: an epoch is one pass over them
-        if n_extra < batch_size:
-            raise ValueError(f"--extra-ratio 1 trains on the extra pairs alone; their {n_extra} pairs do not fill "
-                             f"one batch of --batch-size {batch_size}")
-        per_epoch, real, extra, stratified = n_extra // batch_size, 0, batch_size, True
+    if extra_ratio == 1.0:  # extra pairs only: an epoch is one pass over them (at least one step)
+        per_epoch, real, extra, stratified = max(1, n_extra // batch_size), 0, batch_size, True
     elif extra_ratio > 0:
         extra = math.floor(extra_ratio * batch_size + 0.5)
         real = batch_size - extra
