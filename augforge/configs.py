@@ -267,6 +267,10 @@ class AttackConfig:
     beta: str = option("1e-6", "asma: β of the step multiplier β·IoU + τ; a comma list or 'search' (1e-6,5e-6,1e-5) "
                                "keeps per image the β of highest target IoU.", when={"method": ("asma",)})
     tau: float = option(1e-7, "asma: τ of the step multiplier.", when={"method": ("asma",)})
+    asma_mask: str = option("adaptive", "asma: adaptive (the paper's M_n, pixels still off target) | static (every "
+                                        "pixel, the ablation row).", when={"method": ("asma",)})
+    multiplier: str = option("dynamic", "asma: dynamic (α = β·IoU + τ) | constant (α = τ, the ablation row).",
+                             when={"method": ("asma",)})
     split: str = option("all", "all | train | val | test.")
     batch_size: int = option(16, "Images per batch.", identity=False)
     seed: int = option(0, SEED)

@@ -93,6 +93,26 @@ def test_asma_beta_search_rows_carry_the_chosen_beta_and_unit_norms(tmp_path, cl
     assert {x["method"]["beta"] for x in read_manifest(tmp_path / "one" / "manifest.jsonl")} == {1e-6}
 
 
+def test_asma_ablation_switches_reach_the_attack_and_the_rows(tmp_path, cli, synthetic_dataset, folders):
+    """--asma-mask static / --multiplier constant are the paper's ablation rows: recorded, and a different
+    attack (with a constant multiplier beta no longer matters, so two betas give the same pixels)."""
+    common = ["--segmenter", folders / "seg", "--method", "asma", "--target", "shift", "--max-iter", "4",
+              "--tau", "1e-3", "--split", "val", "--device", "cpu"]
+    runs = {}
+    for name, extra in (("full", ["--beta", "1e-2"]), ("static", ["--beta", "1e-2", "--asma-mask", "static"]),
+                        ("const-a", ["--beta", "1e-2", "--multiplier", "constant"]),
+                        ("const-b", ["--beta", "1e-1", "--multiplier", "constant"])):
+        r = cli("attack", synthetic_dataset, *common, *extra, "--out", tmp_path / name)
+        assert r.exit_code == 0, r.output
+        runs[name] = _attacked_pixels(tmp_path / name)
+        method = read_manifest(tmp_path / name / "manifest.jsonl")[0]["method"]
+        assert method["mask"] == ("static" if name == "static" else "adaptive")
+        assert method["multiplier"] == ("constant" if name.startswith("const") else "dynamic")
+    assert all(np.array_equal(runs["const-a"][k], runs["const-b"][k]) for k in runs["full"])
+    assert any(not np.array_equal(runs["full"][k], runs["const-a"][k]) for k in runs["full"])
+    assert any(not np.array_equal(runs["full"][k], runs["static"][k]) for k in runs["full"])
+
+
 def _attacked_pixels(root) -> dict[str, np.ndarray]:
     return {r["id"]: cv2.imread(str(root / r["image"])).astype(np.int16) for r in read_manifest(root / "manifest.jsonl")}
 
@@ -128,6 +148,7 @@ def test_attacked_pair_does_not_depend_on_batch_size_or_shard(tmp_path, cli, syn
     (["--method", "asma", "--beta", "often"], "--beta"), (["--method", "asma", "--beta", "1e-6,-1"], "--beta"),
     (["--method", "fgsm", "--random-start"], "--random-start applies to pgd and diff-pgd, not fgsm"),
     (["--method", "asma", "--target", "shift", "--target-file", "m.png"], "--target-file is the target of --target file"),
+    (["--method", "asma", "--asma-mask", "dynamic"], "--asma-mask"), (["--method", "asma", "--multiplier", "x"], "--multiplier"),
 ])
 def test_attack_bad_options(tmp_path, cli, synthetic_dataset, folders, extra, expected):
     r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--out", tmp_path / "a", *extra)

@@ -97,6 +97,10 @@ def _check(cfg: AttackConfig) -> None:
     if cfg.random_start and cfg.method not in ITERATIVE_ATTACKS:
         raise AugforgeError(f"--random-start applies to {' and '.join(ITERATIVE_ATTACKS)}, not {cfg.method}")
     asma_betas(cfg)
+    if cfg.asma_mask not in ("adaptive", "static"):
+        raise AugforgeError(f"--asma-mask must be adaptive or static, got {cfg.asma_mask!r}")
+    if cfg.multiplier not in ("dynamic", "constant"):
+        raise AugforgeError(f"--multiplier must be dynamic or constant, got {cfg.multiplier!r}")
     if cfg.sigma2 <= 0 or cfg.step_size < 0 or cfg.tau < 0 or cfg.max_iter < 1:
         raise AugforgeError("--sigma2 must be > 0, --step-size/--beta/--tau >= 0 and --max-iter >= 1")
     if not 1 <= cfg.sdedit_steps < cfg.grid_steps:
@@ -177,7 +181,8 @@ def run(cfg: AttackConfig) -> dict:
     if cfg.method == "asma":
         betas = asma_betas(cfg)
         method = {"name": "asma", "target": cfg.target, "max_iter": cfg.max_iter,
-                  "beta": betas[0] if len(betas) == 1 else list(betas), "tau": cfg.tau}
+                  "beta": betas[0] if len(betas) == 1 else list(betas), "tau": cfg.tau,
+                  "mask": cfg.asma_mask, "multiplier": cfg.multiplier}
 
     # 3. attack batch by batch
     with progress_bar(f"attack {cfg.method}", total=len(todo)) as advance:
@@ -194,7 +199,9 @@ def run(cfg: AttackConfig) -> dict:
             if cfg.method == "asma":
                 target = asma_targets(cfg, y, all_masks, index)
                 result, chosen = asma_beta_search(seg, x, y, target=target, betas=betas, max_iter=cfg.max_iter,
-                                                  tau=cfg.tau, generator=generator)
+                                                  tau=cfg.tau, generator=generator,
+                                                  adaptive_mask=cfg.asma_mask == "adaptive",
+                                                  dynamic_multiplier=cfg.multiplier == "dynamic")
                 x_adv = result.x_adv
                 # Ozbulak et al.'s Table 1 columns: L2 and L-inf in [0, 1] units, IoU / pixel accuracy with the target
                 extra = {"iou_target": result.iou_target.tolist(), "pixel_acc_target": result.pixel_acc_target.tolist(),
