@@ -145,3 +145,32 @@ def test_bad_combinations_get_one_line(folders, synthetic_dataset, tmp_path):
     config = json.loads((seg / "config.json").read_text())
     (big / "config.json").write_text(json.dumps({**config, "image_size": 64}))
     _one_line_error(run("--attack", "fgsm", "--attack-segmenter", big), "a transfer attack needs the same image size")
+
+
+def test_report_plots_score_against_eps_a_line_per_segmenter(folders, synthetic_dataset, tmp_path):
+    """`augforge report` on `evaluate --attack ... --out` files: a PNG per attack and a table whose cells are the
+    evaluation's own mIoU, the clean row as the eps = 0 point of every line; ASMA rows (no eps) stay out."""
+    from augforge.stages.report import robustness_curves
+
+    segs = f"{folders / 'seg0'},{folders / 'seg1'}"
+    for method in ("fgsm", "noise"):
+        _rows(synthetic_dataset, "--segmenter", segs, "--attack", method, "--eps", "3,30",
+              "--out", tmp_path / "eval" / f"{method}.json")
+    r = _invoke("report", tmp_path)
+    assert r.exit_code == 0, r.output
+    report = (tmp_path / "report.md").read_text()
+    assert "## Robustness" in report
+    for method in ("fgsm", "noise"):
+        assert (tmp_path / "report_assets" / f"robustness_{method}.png").read_bytes()[:4] == b"\x89PNG"
+        result = json.loads((tmp_path / "eval" / f"{method}.json").read_text())
+        section = report.split(f"### {method}\n")[1].split("###")[0]
+        for seg in ("seg0", "seg1"):
+            row = next(line for line in section.splitlines() if line.startswith(f"| {seg} |"))
+            expected = [f"{x['mIoU']:.3f}" for x in result["rows"] if x["segmenter"] == seg]  # clean, 3, 30
+            assert [c.split(" [")[0].strip() for c in row.strip("|").split("|")[1:]] == expected
+    clean = {"segmenter": "a", "dataset": "d", "method": "none", "eps_01": 0.0, "mIoU": 0.5}
+    rows = [clean, dict(clean, method="fgsm", eps_01=0.1, mIoU=0.2), dict(clean, method="asma", eps_01=None),
+            dict(clean, dataset="e", method="fgsm", eps_01=0.1, mIoU=0.3)]
+    curves = robustness_curves([{"rows": rows}, {"rows": [clean]}])
+    assert list(curves) == ["fgsm"]
+    assert {k: [x["mIoU"] for x in v] for k, v in curves["fgsm"].items()} == {"a on d": [0.5, 0.2], "a on e": [0.3]}

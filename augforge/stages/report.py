@@ -1,7 +1,8 @@
 """``augforge report RUN_DIR...``: report.md with loss curves, contact sheets, uncertainty maps, the
-comparison table of every evaluated segmenter (with bootstrap intervals) and, for cross-dataset
-evaluations (``evaluate --out`` over several datasets), one table per score: a row per evaluation,
-a column per test dataset."""
+comparison table of every evaluated segmenter (with bootstrap intervals), for cross-dataset
+evaluations (``evaluate --out`` over several datasets) one table per score: a row per evaluation,
+a column per test dataset, and for robustness evaluations (``evaluate --attack METHOD --eps LIST
+--out``) a plot of mIoU against ε per attack, a line per segmenter, with its table."""
 
 from __future__ import annotations
 
@@ -128,6 +129,90 @@ def plot_training_curve(rows: list[dict], name: str, config: dict) -> bytes | No
     return plot_segmenter_curve(rows, f"{name} ({kind})", _segmenter_loss_label(config))
 
 
+def robustness_curves(evaluations: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """Group the rows of robustness evaluations (``evaluate --attack ... --out`` JSONs, key ``rows``) into
+    {method: {line label: rows sorted by ε}}: a line per segmenter (and dataset, variant and attack
+    segmenter when they vary), its clean row (method "none") as the ε = 0 point of every method's line.
+    ASMA rows (no ε grid) and duplicate points (the same clean row in several files) are left out."""
+    rows = [r for ev in evaluations for r in ev.get("rows", []) if isinstance(r, dict) and "method" in r]
+    datasets = {r.get("dataset") for r in rows}
+
+    def label(r: dict) -> str:
+        text = str(r.get("segmenter", "?"))
+        if len(datasets) > 1:
+            text += f" on {r.get('dataset')}"
+        if r.get("attack_segmenter"):
+            text += f" (attacked via {r['attack_segmenter']})"
+        return text + (f" [{r['variant']}]" if r.get("variant") else "")
+
+    clean = {}
+    for r in rows:
+        if r["method"] == "none":
+            clean[(r.get("segmenter"), r.get("dataset"))] = r
+    curves: dict[str, dict[str, dict[float, dict]]] = {}
+    for r in rows:
+        if r["method"] in ("none", "asma") or r.get("eps_01") is None:
+            continue
+        line = curves.setdefault(r["method"], {}).setdefault(label(r), {})
+        line[float(r["eps_01"])] = r
+        base = clean.get((r.get("segmenter"), r.get("dataset")))
+        if base is not None:
+            line.setdefault(0.0, base)
+    return {m: {name: [pts[e] for e in sorted(pts)] for name, pts in lines.items()} for m, lines in curves.items()}
+
+
+def plot_robustness(method: str, lines: dict[str, list[dict]], score: str = "mIoU") -> bytes:
+    """PNG bytes: ``score`` (with its 95 % interval as a band) against ε in [0, 1] units, a line per
+    segmenter. The ε grid is usually logarithmic with 0 in it, so the x axis is symlog, linear below
+    the smallest positive ε."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    eps_all = sorted({float(r["eps_01"]) for rows in lines.values() for r in rows})
+    positive = [e for e in eps_all if e > 0]
+    if positive:
+        ax.set_xscale("symlog", linthresh=positive[0])
+    for name, rows in lines.items():
+        xs = [float(r["eps_01"]) for r in rows]
+        line, = ax.plot(xs, [r[score] for r in rows], marker="o", ms=3, lw=1.2, label=name)
+        ci = [r.get(f"{score}_ci95") for r in rows]
+        if all(isinstance(c, list) for c in ci):
+            ax.fill_between(xs, [c[0] for c in ci], [c[1] for c in ci], color=line.get_color(), alpha=0.15, lw=0)
+    ax.set_xticks(eps_all)
+    ax.set_xticklabels([f"{e:g}" for e in eps_all], fontsize=7)
+    ax.set_xlabel("ε ([0, 1] units)")
+    ax.set_ylabel(f"{score} (95 % interval)")
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.4)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"{score} under {method}")
+    return _png(fig)
+
+
+def robustness_section(curves: dict[str, dict[str, list[dict]]], assets: Path, out: Path) -> list[str]:
+    """Markdown (and PNGs in ``assets``): per attack method a plot and a table, a row per line, a column per ε."""
+    if not curves:
+        return []
+    lines = ["## Robustness", "", "mIoU under each attack against ε ([0, 1] units; ε = 0 is the clean score), "
+             "95 % bootstrap intervals in brackets.", ""]
+    for method, by_line in curves.items():
+        png = assets / f"robustness_{method}.png"
+        atomic_write_bytes(png, plot_robustness(method, by_line))
+        eps_all = sorted({float(r["eps_01"]) for rows in by_line.values() for r in rows})
+        lines += [f"### {method}", "", f"![{method}]({png.relative_to(out)})", "",
+                  "| segmenter | " + " | ".join(f"ε = {e:g}" for e in eps_all) + " |", "|---|" + "---|" * len(eps_all)]
+        for name, rows in by_line.items():
+            at = {float(r["eps_01"]): r for r in rows}
+            cells = []
+            for e in eps_all:
+                r = at.get(e)
+                ci = r.get("mIoU_ci95") if r else None
+                cells.append("" if r is None else f"{r['mIoU']:.3f}" + (
+                    " [{:.3f}, {:.3f}]".format(*ci) if isinstance(ci, list) else ""))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def run_report(*run_dirs: Path | str) -> dict:
     """Scan run folders (and their sub-folders) for models, datasets and evaluations; write report.md
     into the first one."""
@@ -163,13 +248,15 @@ def run_report(*run_dirs: Path | str) -> dict:
         lines += [f"### {s.parent.name}", "", f"![{s.parent.name}]({dest.relative_to(out)})", ""]
 
     # 3. comparison table of evaluations (summary JSONs written by `evaluate --out`)
-    evals, cross = [], []
+    evals, cross, robust = [], [], []
     for r in roots:
         for p in sorted(r.rglob("*.json")):
             try:
                 data = json.loads(p.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
                 continue
+            if isinstance(data, dict) and isinstance(data.get("rows"), list) and data.get("attack"):
+                robust.append(data)
             if isinstance(data, dict) and "mDice" in data and "mIoU" in data:
                 evals.append((p.stem, data))
             elif isinstance(data, dict) and isinstance(data.get("datasets"), list) and \
@@ -183,10 +270,13 @@ def run_report(*run_dirs: Path | str) -> dict:
                          f"{d.get('n_images', '')} |")
         lines.append("")
     lines += cross_dataset_section(cross)
+    curves_by_method = robustness_curves(robust)
+    lines += robustness_section(curves_by_method, assets, out)
     report = out / "report.md"
     atomic_write_bytes(report, "\n".join(lines).encode())
     return {"report": str(report), "models": len(models), "curves": curves, "contact_sheets": len(sheets),
-            "evaluations": len(evals), "cross_dataset_evaluations": len(cross)}
+            "evaluations": len(evals), "cross_dataset_evaluations": len(cross),
+            "robustness_plots": len(curves_by_method)}
 
 
 CROSS_SCORES = (("mDice", "mDice (mean of per-image Dice)"), ("mIoU", "mIoU (mean of per-image IoU)"),
