@@ -3,6 +3,7 @@ ratio, and the Kvasir protocol runner fills every row of its table (here on synt
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -115,30 +116,133 @@ def test_kvasir_protocol_attacks_per_seed(tmp_path):
         assert dasp["extra"] == [str(tmp_path / "run" / "extra" / f"diff-pgd-w-unet-s{seed}")]  # its own set only
 
 
-@pytest.mark.slow  # 32 stages
+PERVIN_GRID = "0.306,3.009,29.988"  # Pervin et al.'s ε 0.0012 / 0.0118 / 0.1176 in 0-255 units
+
+
+def protocol_stages(tmp_path: Path, name: str, *args) -> list[dict]:
+    out = tmp_path / name
+    script("kvasir_protocol.py", "--data", tmp_path / "src", "--out", out, "--dry-run", *args)
+    return tomllib.loads((out / "protocol.toml").read_text())["stage"]
+
+
+def test_kvasir_protocol_fair_budgets_and_robustness_stages(tmp_path):
+    """--seg-steps puts the same step budget on every segmenter, --extra-ratio on the rows with extras;
+    the express preset bounds no segmenter by time; --robustness writes white-box evaluate stages."""
+    rows = "Basic,CutMix,FGSM,Inverse-FGSM,Generated masks,+ Diff-PGD(W) (DASP)"
+    stages = protocol_stages(tmp_path, "fair", "--seg-steps", 7, "--extra-ratio", 0.25, "--extra-weight", 0.5,
+                             "--rows", rows, "--robustness", "fgsm,pgd,diff-pgd", "--attack-steps", 3)
+    segs = [s for s in stages if s["command"] == "train-seg"]
+    assert len(segs) == 6 * 2
+    for s in segs:
+        assert s["steps"] == 7 and "epochs" not in s and "minutes" not in s, s
+        extra = s["name"].split("-unet-")[0] not in ("seg-basic", "seg-cutmix")
+        assert ("extra" in s) is extra and s.get("extra-ratio") == (0.25 if extra else None), s
+        assert s.get("extra-weight") == (0.5 if extra else None)
+    robust = [s for s in stages if s["name"].startswith("robust-")]
+    assert [s["name"] for s in robust] == [f"robust-{m}-{row}-unet-s{seed}" for seed in (0, 1)
+                                           for row in ("basic", "fgsm", "inverse-fgsm", "diff-pgd-w-dasp")
+                                           for m in ("fgsm", "pgd", "diff-pgd")]
+    for s in robust:
+        method, seg = s["attack"], s["segmenter"]
+        assert s["command"] == "evaluate" and s["eps"] == PERVIN_GRID and s["split"] == "test"
+        assert "attack-segmenter" not in s  # white-box: each segmenter attacked through its own gradients
+        assert s["name"] == f"robust-{method}-{Path(seg).name}" and s["out"].endswith(f"/eval/{s['name']}.json")
+        assert s.get("weighted", False) is (method == "diff-pgd")
+        assert s.get("image-model") == (str(tmp_path / "fair" / "image-model") if method == "diff-pgd" else None)
+        assert s.get("attack-steps") == (None if method == "fgsm" else 3)
+    # the express preset: a step budget, no time budget on any segmenter, stratified extras, the product's
+    # generator settings, FGSM and PGD robustness of its Basic, Inverse-FGSM and DASP segmenters
+    stages = protocol_stages(tmp_path, "express", "--preset", "express")
+    segs = [s for s in stages if s["command"] == "train-seg"]
+    assert len(segs) == 12 and all(s["steps"] == 400 and "minutes" not in s and "epochs" not in s for s in segs)
+    assert {s.get("extra-ratio") for s in segs if "extra" in s} == {0.5}
+    assert all("extra-ratio" not in s for s in segs if "extra" not in s)
+    image = next(s for s in stages if s["name"] == "image-model")
+    assert (image["prediction"], image["cond-drop"]) == ("v", 0.1)
+    assert next(s for s in stages if s["name"] == "generated")["guidance"] == "auto"
+    robust = [(s["attack"], Path(s["segmenter"]).name) for s in stages if s["name"].startswith("robust-")]
+    assert robust == [(m, f"{row}-unet-s{seed}") for seed in (0, 1)
+                      for row in ("basic", "inverse-fgsm", "diff-pgd-w-dasp") for m in ("fgsm", "pgd")]
+    # a time budget is still possible, as an option; DASP's generator settings can be pinned
+    stages = protocol_stages(tmp_path, "timed", "--preset", "express", "--seg-minutes", 0.1, "--prediction",
+                             "epsilon", "--cond-drop", 0, "--guidance", 1, "--robustness", "")
+    assert all(s["minutes"] == 0.1 for s in stages if s["command"] == "train-seg")
+    image = next(s for s in stages if s["name"] == "image-model")
+    assert (image["prediction"], image["cond-drop"]) == ("epsilon", 0.0)
+    assert not [s for s in stages if s["name"].startswith("robust-")]
+
+
+@pytest.mark.slow  # 18 stages, about half a minute
+def test_kvasir_protocol_joint_interval_and_robustness_table(tmp_path):
+    """Rows at equal steps, each row's Δ to Basic with the seeds-and-images interval and the decision
+    rule, and the white-box robustness table (mean ± std over seeds of mIoU per method and ε)."""
+    src, out = tmp_path / "src", tmp_path / "run"
+    run_synthesize(SynthesizeConfig(str(src), n=40, size=32, seed=0))
+    r = script("kvasir_protocol.py", "--data", src, "--out", out, "--size", 32, "--seg-steps", 3, "--extra-ratio",
+               0.5, "--batch-size", 4, "--rows", "Basic,Inverse-FGSM", "--robustness", "fgsm,pgd", "--attack-steps",
+               2, "--bootstrap-delta", 500, "--seeds", "0,1", "--archs", "unet", "--device", "cpu")
+    assert "18 stages ran, 0 skipped" in r.stderr  # prepare, 2 + 2 segmenters, 1 attack, 4 evals, 8 robustness
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["budget"]["seg_steps"] == 3 and doc["budget"]["control"].startswith("Basic")
+    for name in ("Basic", "Inverse-FGSM"):
+        train = doc["rows"][f"{name} | unet"]["train"]
+        assert [t["steps"] for t in train] == [3, 3]  # equal optimizer steps, whatever the extra set
+        assert [t["extra_presentations"] for t in train] == ([0, 0] if name == "Basic" else [6, 6])  # 2 of 4
+    delta = doc["rows"]["Inverse-FGSM | unet"]["delta_mDice_vs_basic"]
+    assert delta["seeds"] == [0, 1] and "seeds and test images" in delta["interval"]
+    assert delta["ci95"][0] <= delta["mean"] <= delta["ci95"][1]
+    assert delta["verdict"] in ("helps", "hurts", "no difference shown")
+    for seed, d in zip((0, 1), delta["per_seed"]):  # each seed's Δ: the mean per-image difference of its files
+        scores = {}
+        for row in ("basic", "inverse-fgsm"):
+            with open(out / "eval" / f"{row}-unet-s{seed}.csv", newline="") as f:
+                scores[row] = {x["id"]: float(x["dice"]) for x in csv.DictReader(f)}
+        assert math.isclose(d, sum(scores["inverse-fgsm"][i] - scores["basic"][i] for i in scores["basic"])
+                            / len(scores["basic"]), abs_tol=1e-9)
+    assert math.isclose(delta["mean"], sum(delta["per_seed"]) / 2, abs_tol=1e-9)
+    rob = doc["robustness"]
+    assert rob["attack_mode"] == "white-box" and rob["eps_255"] == [0.306, 3.009, 29.988]
+    assert list(rob["rows"]) == ["Basic | unet", "Inverse-FGSM | unet"]
+    for key, cells in rob["rows"].items():
+        assert list(cells) == ["clean"] + [f"{m}@{e}" for m in ("fgsm", "pgd") for e in ("0.306", "3.009", "29.988")]
+        for cell in cells.values():
+            assert len(cell["mIoU"]["per_seed"]) == 2 and all(0 <= v <= 1 for v in cell["mIoU"]["per_seed"])
+        # the robustness runs' clean row is the plain test evaluation of the same segmenters
+        clean = doc["rows"][key]["mIoU"]["per_seed"]
+        assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(cells["clean"]["mIoU"]["per_seed"], clean))
+    summary = (out / "summary.md").read_text()
+    assert "white-box" in summary and "| verdict |" in summary and "FGSM ε 29.988 (0.1176)" in summary
+
+
+@pytest.mark.slow  # 44 stages
 def test_express_preset_runs_end_to_end_at_toy_size(tmp_path):
-    """The one-GPU evidence recipe at CPU toy size: its six rows, two seeds, budgets, summary files."""
+    """The one-GPU evidence recipe at CPU toy size: its six rows, two seeds, equal step budgets, the
+    robustness table, summary files."""
     src = tmp_path / "src"
     run_synthesize(SynthesizeConfig(str(src), n=40, size=32, seed=0))
     out = tmp_path / "run"
     r = script("kvasir_protocol.py", "--preset", "express", "--data", src, "--out", out, "--size", 32,
-               "--model-size", "tiny", "--epochs", 1, "--seg-minutes", 0.05, "--batch-size", 4,
+               "--model-size", "tiny", "--seg-steps", 2, "--batch-size", 4,
                "--mask-minutes", 0.01, "--image-minutes", 0.01, "--generated", 8, "--sample-steps", 2,
                "--mask-sample-steps", 2, "--attack-steps", 1, "--batch", 8, "--device", "cpu")
-    assert "32 stages ran, 0 skipped" in r.stderr  # prepare, 2 generators, sample, 4 attacks, 12 segmenters, 12 evals
+    # prepare, 2 generators, sample, 4 attacks, 12 segmenters, 12 evals, 12 robustness evals (3 rows x 2 x 2)
+    assert "44 stages ran, 0 skipped" in r.stderr
     doc = json.loads((out / "summary.json").read_text())
     assert list(doc["rows"]) == [f"{row} | unet" for row in ("Basic", "Inverse-FGSM", "Generated masks", "+ PGD(W)",
                                                               "+ Diff-PGD", "+ Diff-PGD(W) (DASP)")]
     for name, cell in doc["rows"].items():
         assert cell["seeds"] == 2 and 0 <= cell["mDice"]["mean"] <= 1 and 0 <= cell["micro_dice"]["mean"] <= 1
+        assert [t["steps"] for t in cell["train"]] == [2, 2]  # every row at the same optimizer steps
         if not name.startswith("Basic"):
-            lo, hi = cell["delta_mDice_vs_basic"]["ci95"]
-            assert lo <= cell["delta_mDice_vs_basic"]["mean"] <= hi
+            delta = cell["delta_mDice_vs_basic"]
+            assert delta["ci95"][0] <= delta["mean"] <= delta["ci95"][1] and len(delta["per_seed"]) == 2
+            assert delta["verdict"] in ("helps", "hurts", "no difference shown")
+    assert list(doc["robustness"]["rows"]) == ["Basic | unet", "Inverse-FGSM | unet", "+ Diff-PGD(W) (DASP) | unet"]
     # the generators stopped on their time budget (well before the preset's step cap) and are described
     for kind in ("mask-model", "image-model"):
         assert 1 <= doc["generators"][kind]["steps"] < 100000
     assert set(doc["quality"]["consistency_mDice"]) == {"generated", "generated_shuffled", "held_out_real"}
-    assert doc["stages"]["prepare"] >= 0 and len(doc["stages"]) == 32
+    assert doc["stages"]["prepare"] >= 0 and len(doc["stages"]) == 44
     summary = (out / "summary.md").read_text()
     assert summary == r.stdout and "Δ mDice vs Basic" in summary and "pooled Dice" in summary
     stages = tomllib.loads((out / "protocol.toml").read_text())["stage"]
@@ -154,12 +258,12 @@ def test_express_preset_runs_end_to_end_at_toy_size(tmp_path):
         expected = [str(out / "extra" / made[0])] if made else []
         for seed in (0, 1):
             stage = by_name[f"seg-{kvasir_slug(row)}-unet-s{seed}"]
-            assert (stage["epochs"], stage["minutes"], stage["batch-size"], stage["aug"], stage["seed"]) == \
-                (1, 0.05, 4, "basic", seed), (row, stage)
-            assert stage.get("extra", []) == expected, row
+            assert (stage["steps"], stage["batch-size"], stage["aug"], stage["seed"]) == (2, 4, "basic", seed), row
+            assert "minutes" not in stage and "epochs" not in stage, row  # no time budget: equal steps
+            assert stage.get("extra", []) == expected and stage.get("extra-ratio") == (0.5 if made else None), row
             options = json.loads((out / "seg" / f"{kvasir_slug(row)}-unet-s{seed}" / "config.json").read_text())[
                 "made_by"]["options"]
-            assert options["extra"] == [str(Path(p).resolve()) for p in expected] and options["epochs"] == 1
+            assert options["extra"] == [str(Path(p).resolve()) for p in expected] and options["steps"] == 2
         if made:
             made_by = json.loads((out / "extra" / made[0] / "dataset.json").read_text())["made_by"]
             if made[1] is None:
