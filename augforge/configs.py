@@ -20,7 +20,8 @@ RECIPES = Path(__file__).parent / "recipes"  # pipeline files shipped with the p
 
 def option(default: Any = MISSING, help: str = "", *, identity: bool = True, flag: bool = False, path: bool = False,
            argument: bool = False, names: tuple[str, ...] = (), rest_into: str = "", cli: bool = True,
-           before: Any = MISSING, when: dict[str, tuple] | None = None):
+           before: Any = MISSING, when: dict[str, tuple] | None = None, was: dict | None = None,
+           rerun: bool = True):
     """A config field with what the CLI and the pipeline need to know about it.
 
     identity: part of the run a command records (``made_by``); flag: a bare ``--name`` switch (else
@@ -29,11 +30,25 @@ def option(default: Any = MISSING, help: str = "", *, identity: bool = True, fla
     the others go into the named field; cli: False for a field only the pipeline sets; before: how a run
     recorded before this option existed behaved, when that is not ``default`` (the pipeline reads such
     a record with this value); when: the option does something only when each named option has one of
-    the listed values (``{"method": ("asma",)}``), else it is no part of the run (:func:`applies`).
+    the listed values (``{"method": ("asma",)}``), else it is no part of the run (:func:`applies`); was:
+    values an older augforge recorded (or a pipeline file gives) for the option and what each means today
+    (``{False: "off", True: "on"}``: ``--compile`` was a switch; :func:`as_today`); rerun: False for an
+    option that changes how fast a run goes, not what it makes (``--compile``): a change of it alone leaves
+    a finished pipeline stage up to date.
     """
     metadata = dict(help=help, identity=identity, flag=flag, path=path, argument=argument, names=names,
-                    rest_into=rest_into, cli=cli, before=before, when=when or {})
+                    rest_into=rest_into, cli=cli, before=before, when=when or {},
+                    was=tuple((was or {}).items()), rerun=rerun)
     return field(metadata=metadata) if default is MISSING else field(default=default, metadata=metadata)
+
+
+def as_today(f, value: Any) -> Any:
+    """``value`` recorded for option ``f`` by an older augforge, read as today's value (the option's
+    ``was``; an old value of another type, e.g. ``False`` for ``0``, is not matched), else ``value``."""
+    for old, new in f.metadata.get("was", ()):
+        if type(value) is type(old) and value == old:
+            return new
+    return value
 
 
 def applies(f, values: dict) -> bool:
@@ -65,6 +80,12 @@ def _overwrite(help: str = OUT_EXISTS):
 
 def _device():
     return option("auto", DEVICE, identity=False)
+
+
+def _compile(what: str = "the network"):
+    # a switch (--compile / false by default) until issue 24: old records read as on / off
+    return option("auto", f"torch.compile {what}: auto (on CUDA when the run is long enough to repay the compile, "
+                          "off on the CPU) | on | off.", identity=False, was={False: "off", True: "on"}, rerun=False)
 
 
 @dataclass(frozen=True)
@@ -129,7 +150,7 @@ class TrainSegConfig:
                                "gaussian-noise, tumorcp).")
     seed: int = option(0, SEED)
     device: str = _device()
-    compile: bool = option(False, "torch.compile the network.", identity=False, flag=True)
+    compile: str = _compile("the training step")
     resume: bool = option(False, RESUME, identity=False)
     overwrite: bool = _overwrite()
 
@@ -197,7 +218,7 @@ class TrainDiffusionConfig:
     log_every: int = option(50, "Log (metrics.jsonl, one host sync) every N steps.", identity=False)
     seed: int = option(0, SEED)
     device: str = _device()
-    compile: bool = option(False, "torch.compile the network.", identity=False, flag=True)
+    compile: str = _compile("the training step")
     resume: bool = option(False, RESUME, identity=False)
     overwrite: bool = _overwrite()
 
@@ -225,7 +246,7 @@ class SampleConfig:
     report: bool = option(False, "Also compute the quality report (needs --segmenter).", identity=False, flag=True)
     segmenter: str = option("", "Segmenter for the quality report.", identity=False)
     # a pair's result stays the same up to floating-point rounding
-    compile: bool = option(False, "torch.compile both UNets (pays off on long runs).", identity=False, flag=True)
+    compile: str = _compile("both UNets")
     overwrite: bool = _overwrite()
 
 

@@ -174,3 +174,69 @@ def work_shard(shard: str) -> tuple[int, int]:
     i, n = parse_shard(shard)
     info = dist_info()
     return i * info.world_size + info.rank, n * info.world_size
+
+
+# --------------------------------------------------------------------------- speed choices
+
+COMPILE_MODES = ("auto", "on", "off")
+
+# Break-even points of ``--compile auto`` on CUDA: the planned work below which compiling is expected to
+# cost more wall time than it saves. Estimates, not measurements of compiled runs (docs/benchmarks.md):
+# - sampling, in batches: measured on an H200 (docs/benchmarks.md, 256 px, batch 64, UNet `small`),
+#   compiling a bf16 UNet forward took 27 s and cut a forward from 127.5 to 72.5 ms (55 ms saved).
+#   `sample` compiles two UNets (≈ 54 s) and a default batch runs 100 Bernoulli + 50 DDIM forwards,
+#   i.e. ≈ 8.3 s saved per batch: ≈ 7 batches repay the compile; rounded up to 8. At smaller images or
+#   batches a forward saves less and more batches are needed (unmeasured).
+# - diffusion training, in optimizer steps: compiled training is unmeasured. Assuming the training step
+#   gains what the forward gained (1.76x) from the eager 4.8 steps/s (256 px, batch 32, H200; issue 24),
+#   a step saves ≈ 90 ms; with a forward+backward compile taken as ≈ 2x the forward's (≈ 60 s, an
+#   assumption), ≈ 670 steps repay it; rounded up to 1000 (the default 20000-step run compiles).
+# - segmentation training, in optimizer steps: unmeasured. A U-Net/ResNet-34 step at batch 16 takes
+#   ≈ 16 ms at ~1000 images/s; assuming compile saves 30 % of it (≈ 5 ms) for a ≈ 25 s compile, ≈ 5000
+#   steps repay it (the default 200 epochs over Kvasir's 800 training pairs are 10000 steps).
+# On a CPU compiling does not pay (docs/benchmarks.md: a 32-px train step 1.08x faster after a 61-78 s
+# cold compile, i.e. > 10000 steps to break even), so auto is off there.
+TRAIN_DIFFUSION_BREAK_EVEN_STEPS = 1000
+TRAIN_SEG_BREAK_EVEN_STEPS = 5000
+SAMPLE_BREAK_EVEN_BATCHES = 8
+
+
+def check_compile_mode(mode: str) -> str:
+    """``--compile``: one of :data:`COMPILE_MODES`, else a one-line error."""
+    if mode not in COMPILE_MODES:
+        raise AugforgeError(f"--compile must be auto, on or off, got {mode!r}")
+    return mode
+
+
+def compile_choice(mode: str, device: torch.device | str, planned: int, *, break_even: int,
+                   unit: str = "steps") -> tuple[bool, str]:
+    """Whether to ``torch.compile`` and why (one line, for the log and the run's record).
+
+    ``on``/``off``: as asked (``on`` compiles on any device, the CPU included). ``auto``: off on a
+    device other than CUDA (the CPU and MPS, where compiling has not paid: docs/benchmarks.md); on
+    CUDA, on when the ``planned`` work (``unit``: optimizer steps, sampling batches) reaches
+    ``break_even`` (the estimates above), else off. A pure function of its arguments.
+    """
+    check_compile_mode(mode)
+    if mode != "auto":
+        return mode == "on", f"--compile {mode}"
+    kind = torch.device(device).type
+    if kind != "cuda":
+        return False, f"auto: off on {kind} (compiling costs more than it saves off CUDA)"
+    if planned < break_even:
+        return False, f"auto: {planned} {unit} planned, under the {break_even} estimated to repay the compile"
+    return True, f"auto: {planned} {unit} planned, at least the {break_even} estimated to repay the compile"
+
+
+def compile_record(mode: str, used: bool, reason: str) -> dict:
+    """What a run records of its compile choice (config.json, dataset.json, the --json summary)."""
+    return {"mode": mode, "used": used, "reason": reason}
+
+
+def adam_kwargs(device: torch.device | str) -> dict:
+    """Implementation keywords for ``torch.optim.Adam``/``AdamW``: the fused kernel on CUDA (one launch
+    for all parameters), the plain per-parameter loop elsewhere (what the CPU always ran, so CPU results
+    stay as they were)."""
+    if torch.device(device).type == "cuda":
+        return {"fused": True}
+    return {"foreach": False}

@@ -460,6 +460,7 @@ def options_as_today(command: str, recorded: dict, current: dict) -> dict:
     from dataclasses import MISSING, fields
 
     from augforge.commands import COMMANDS  # no torch; imported here to keep this module's imports plain
+    from augforge.configs import as_today
 
     spec = COMMANDS.get(command)
     if spec is None:
@@ -469,7 +470,8 @@ def options_as_today(command: str, recorded: dict, current: dict) -> dict:
     for key, now in current.items():
         f = by_name.get(key)
         if key in recorded:
-            options[key] = _jsonable(_as_type(recorded[key], f.type, now)) if f is not None else recorded[key]
+            options[key] = (_jsonable(_as_type(as_today(f, recorded[key]), f.type, now)) if f is not None
+                            else recorded[key])
         elif f is not None:
             value = spec.fixed.get(key, f.metadata.get("before", MISSING))
             value = spec.default(f) if value is MISSING else value

@@ -60,6 +60,12 @@ class BernoulliDiffusion:
         self._alphabar_on: dict[torch.device, Tensor] = {}
 
     # ------------------------------------------------------------------ helpers
+    def tables_on(self, device: torch.device | str) -> None:
+        """Put the schedule's table on ``device`` now (else made at its first use there): a function
+        compiled before its first use would otherwise see the table cache change after that call and
+        compile a second time."""
+        self._alphabar(0, torch.empty(1, device=device))
+
     def _alphabar(self, t: Timestep, like: Tensor) -> Tensor:
         """alphabar_t in float64 on ``like.device``, broadcastable to ``like`` (B, 1, H, W)."""
         table = self._alphabar_on.get(like.device)
@@ -88,6 +94,30 @@ class BernoulliDiffusion:
         return _bernoulli(self.q_probs(y0, t), generator)
 
     # ------------------------------------------------------------------ training
+    def training_draws(self, y0: Tensor, *, t: Timestep | None = None,
+                       generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The random inputs of one :meth:`training_losses`: ``t`` (B,) drawn uniformly from [0, T) when
+        None, then ``u`` ~ U[0, 1) of y0's shape, with y_t = [u < q_probs(y0, t)] (what
+        :func:`_bernoulli` draws), from ``generator`` in that order, as the loss has always drawn them."""
+        if t is None:
+            t = torch.randint(0, self.timesteps, (y0.shape[0],), device=draw_device(generator, y0.device),
+                              generator=generator)
+        t = self._batch_t(t, y0).to(y0.device)
+        return {"t": t, "u": rand_like(y0, generator)}
+
+    def loss_from_draws(self, model: FlipModel, y0: Tensor, *, t: Tensor, u: Tensor) -> Tensor:
+        """The loss of :meth:`training_losses` given its random inputs (:meth:`training_draws`): no
+        generator, so the network and the loss trace as one graph under ``torch.compile``."""
+        # 1. y_t ~ q(y_t | y_0)
+        y_t = (u < self.q_probs(y0, t)).to(y0.dtype)
+        # 2. flip target eps_t = y_t XOR y_0
+        flip = (y_t != y0).to(y0.dtype)
+        # 3. predicted flip logits from y_t in {-1, 1}
+        flip_logits = model(to_model_range(y_t), t)
+        if flip_logits.shape != y0.shape:
+            raise ValueError(f"model returned shape {tuple(flip_logits.shape)}, expected {tuple(y0.shape)}")
+        return F.binary_cross_entropy_with_logits(flip_logits.float(), flip.float())
+
     def training_losses(
         self,
         model: FlipModel,
@@ -98,22 +128,11 @@ class BernoulliDiffusion:
         """DASP Eq. 5: L = BCE(sigmoid(model(y_t, t)), eps_t), eps_t = y_t XOR y_0.
 
         y0: (B, 1, H, W) in {0, 1}; t: timesteps, drawn uniformly from [0, T) when None.
-        Returns ``loss`` (scalar, mean over pixels and batch) and the ``t`` used (B,).
+        Returns ``loss`` (scalar, mean over pixels and batch) and the ``t`` used (B,):
+        :meth:`loss_from_draws` of :meth:`training_draws`.
         """
-        if t is None:
-            t = torch.randint(0, self.timesteps, (y0.shape[0],), device=draw_device(generator, y0.device),
-                              generator=generator)
-        t = self._batch_t(t, y0).to(y0.device)
-        # 1. y_t ~ q(y_t | y_0)
-        y_t = self.q_sample(y0, t, generator)
-        # 2. flip target eps_t = y_t XOR y_0
-        flip = (y_t != y0).to(y0.dtype)
-        # 3. predicted flip logits from y_t in {-1, 1}
-        flip_logits = model(to_model_range(y_t), t)
-        if flip_logits.shape != y0.shape:
-            raise ValueError(f"model returned shape {tuple(flip_logits.shape)}, expected {tuple(y0.shape)}")
-        loss = F.binary_cross_entropy_with_logits(flip_logits.float(), flip.float())
-        return {"loss": loss, "t": t}
+        draws = self.training_draws(y0, t=t, generator=generator)
+        return {"loss": self.loss_from_draws(model, y0, **draws), "t": draws["t"]}
 
     # ------------------------------------------------------------------ reverse process
     @staticmethod

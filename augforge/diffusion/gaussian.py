@@ -69,6 +69,12 @@ class GaussianDiffusion:
         self._alphas_cumprod_on: dict[torch.device, Tensor] = {}
 
     # ------------------------------------------------------------------ helpers
+    def tables_on(self, device: torch.device | str) -> None:
+        """Put the schedule's table on ``device`` now (else made at its first use there): a function
+        compiled before its first use would otherwise see the table cache change after that call and
+        compile a second time."""
+        self._alphabar(0, torch.empty(1, device=device))
+
     def _alphabar(self, t: Timestep, like: Tensor) -> Tensor:
         """alphabar_t on ``like``'s device and dtype, broadcastable to ``like`` (B, C, H, W)."""
         table = self._alphas_cumprod_on.get(like.device)
@@ -127,6 +133,46 @@ class GaussianDiffusion:
         return (1.0 - alphabar).sqrt() * x_t + alphabar.sqrt() * out
 
     # ------------------------------------------------------------------ training
+    def training_draws(self, x0: Tensor, *, t: Timestep | None = None, generator: torch.Generator | None = None,
+                       cond_drop: float = 0.0) -> dict[str, Tensor | None]:
+        """The random inputs of one :meth:`training_losses`: ``t`` (B,) drawn uniformly from [0, T) when
+        None, ``noise`` ~ N(0, I) of x0's shape, and ``drop`` (B,) bool, the samples whose mask is
+        dropped with probability ``cond_drop`` (None when 0). Drawn from ``generator`` in that order,
+        the order the loss has always drawn them, so a run draws the same numbers as before."""
+        if not 0.0 <= cond_drop <= 1.0:
+            raise ValueError(f"cond_drop must be in [0, 1], got {cond_drop}")
+        batch, device = x0.shape[0], x0.device
+        rand_device = draw_device(generator, device)
+        if t is None:
+            t = torch.randint(0, self.timesteps, (batch,), device=rand_device, generator=generator).to(device)
+        elif isinstance(t, int):
+            t = torch.full((batch,), t, device=device, dtype=torch.long)
+        noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+        drop = None
+        if cond_drop > 0.0:
+            drop = torch.rand(batch, device=rand_device, generator=generator).to(device) < cond_drop
+        return {"t": t, "noise": noise, "drop": drop}
+
+    def loss_from_draws(self, model: EpsModel, x0: Tensor, *, mask: Tensor, t: Tensor, noise: Tensor,
+                        drop: Tensor | None = None, min_snr_gamma: float = 0.0) -> Tensor:
+        """The loss of :meth:`training_losses` given its random inputs (:meth:`training_draws`): no
+        generator, so the network and the loss trace as one graph under ``torch.compile``."""
+        # 1. x_t ~ q(x_t | x_0) with the drawn noise
+        x_t = self.q_sample(x0, t, noise)
+        # 2. condition: the mask in {-1, 1}, the null value where dropped
+        x_in = self.model_input(x_t, mask)
+        if drop is not None:
+            x_in[:, 3:] = torch.where(drop.view(-1, 1, 1, 1), NULL_MASK, x_in[:, 3:])
+        # 3. MSE to the eps or v target
+        out = model(x_in, t)
+        if out.shape != x0.shape:
+            raise ValueError(f"model returned shape {tuple(out.shape)}, expected {tuple(x0.shape)}")
+        target = self.training_target(x0, noise, t)
+        if min_snr_gamma <= 0.0:
+            return F.mse_loss(out.float(), target.float())
+        per_sample = (out.float() - target.float()).square().mean(dim=(1, 2, 3))
+        return (self.min_snr_weights(t, min_snr_gamma) * per_sample).mean()
+
     def training_losses(
         self,
         model: EpsModel,
@@ -145,33 +191,12 @@ class GaussianDiffusion:
         None. With probability ``cond_drop`` a sample's mask channel is the null condition 0 (for
         classifier-free guidance). ``min_snr_gamma`` > 0 weighs each sample's MSE by
         :meth:`min_snr_weights` (Hang et al. 2023, Min-SNR-γ; 0: all weights 1).
-        Returns ``loss`` (float32 scalar) and the ``t`` used (B,).
+        Returns ``loss`` (float32 scalar) and the ``t`` used (B,): :meth:`loss_from_draws` of
+        :meth:`training_draws`.
         """
-        if not 0.0 <= cond_drop <= 1.0:
-            raise ValueError(f"cond_drop must be in [0, 1], got {cond_drop}")
-        batch, device = x0.shape[0], x0.device
-        rand_device = draw_device(generator, device)
-        # 1. t ~ U{0, ..., T-1}, eps ~ N(0, I), x_t ~ q(x_t | x_0)
-        if t is None:
-            t = torch.randint(0, self.timesteps, (batch,), device=rand_device, generator=generator).to(device)
-        elif isinstance(t, int):
-            t = torch.full((batch,), t, device=device, dtype=torch.long)
-        noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=x0.dtype)
-        x_t = self.q_sample(x0, t, noise)
-        # 2. condition: the mask in {-1, 1}, replaced by the null value with probability cond_drop
-        x_in = self.model_input(x_t, mask)
-        if cond_drop > 0.0:
-            drop = torch.rand(batch, device=rand_device, generator=generator).to(device) < cond_drop
-            x_in[:, 3:] = torch.where(drop.view(-1, 1, 1, 1), NULL_MASK, x_in[:, 3:])
-        # 3. MSE to the eps or v target
-        out = model(x_in, t)
-        if out.shape != x0.shape:
-            raise ValueError(f"model returned shape {tuple(out.shape)}, expected {tuple(x0.shape)}")
-        target = self.training_target(x0, noise, t)
-        if min_snr_gamma <= 0.0:
-            return {"loss": F.mse_loss(out.float(), target.float()), "t": t}
-        per_sample = (out.float() - target.float()).square().mean(dim=(1, 2, 3))
-        return {"loss": (self.min_snr_weights(t, min_snr_gamma) * per_sample).mean(), "t": t}
+        draws = self.training_draws(x0, t=t, generator=generator, cond_drop=cond_drop)
+        return {"loss": self.loss_from_draws(model, x0, mask=mask, **draws, min_snr_gamma=min_snr_gamma),
+                "t": draws["t"]}
 
     def min_snr_weights(self, t: Tensor, gamma: float) -> Tensor:
         """Min-SNR-γ loss weights (Hang et al., ICCV 2023, Eq. 9 over the parametrisation's own weight):

@@ -88,6 +88,12 @@ class DiffusionTrainLoop:
     ``condition_on_mask`` selects the image model: its loss is
     ``diffusion.training_losses(model, x0, mask=y, cond_drop=...)`` with x0 the image in [-1, 1];
     the mask model's is ``diffusion.training_losses(model, y)``.
+
+    ``compile``: the step's loss, network and loss together, runs as one compiled function (``torch.compile``)
+    (the diffusion's ``loss_from_draws``); the random draws (batch, flips, t, noise, dropped masks)
+    stay outside it, from ``generator``, so a compiled run draws the numbers an eager one draws, and
+    the optimizer step and the EMA update stay eager. Every step draws a full batch of ``batch_size``
+    pairs (indices with replacement), so the compiled function sees one shape and compiles once.
     """
 
     model: nn.Module
@@ -100,19 +106,31 @@ class DiffusionTrainLoop:
     condition_on_mask: bool = False
     cond_drop: float = 0.0
     min_snr_gamma: float = 0.0  # image model: Min-SNR-γ loss weighting (0: off)
+    compile: bool = False
     history: list[dict] = field(default_factory=list)
     steps_done: int = 0  # after ``run``: the last step taken (end_step, or earlier on a time budget)
+
+    def __post_init__(self) -> None:
+        self._loss_from_draws = self._eager_loss
+        if self.compile:
+            self.diffusion.tables_on(self.data.images.device)  # not made inside the compiled function
+            self._loss_from_draws = torch.compile(self._eager_loss)
+
+    def _eager_loss(self, x0: torch.Tensor, mask: torch.Tensor, draws: dict) -> torch.Tensor:
+        if self.condition_on_mask:
+            return self.diffusion.loss_from_draws(self.model, x0, mask=mask, **draws,
+                                                  min_snr_gamma=self.min_snr_gamma)
+        return self.diffusion.loss_from_draws(self.model, mask, **draws)
 
     def loss(self, index: torch.Tensor) -> torch.Tensor:
         images, masks, _ = self.data.batch(index)
         images, masks = random_flips(images, masks, self.generator)
         if self.condition_on_mask:
-            out = self.diffusion.training_losses(self.model, to_model_range(images), mask=masks,
-                                                 generator=self.generator, cond_drop=self.cond_drop,
-                                                 min_snr_gamma=self.min_snr_gamma)
+            x0 = to_model_range(images)
+            draws = self.diffusion.training_draws(x0, generator=self.generator, cond_drop=self.cond_drop)
         else:
-            out = self.diffusion.training_losses(self.model, masks, generator=self.generator)
-        return out["loss"]
+            x0, draws = images, self.diffusion.training_draws(masks, generator=self.generator)
+        return self._loss_from_draws(x0, masks, draws)
 
     def run(self, start_step: int, end_step: int, *, log_every: int = 50,
             on_log: Callable[[dict], None] | None = None, save_every: int = 0,

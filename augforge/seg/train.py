@@ -172,8 +172,10 @@ class TrainLoop:
     extra_weight: λ, the weight of the extra-pair mean in Eq. 11. scheduler: stepped once per
     optimizer step (build it over ``plan.total_steps``). generator: on ``device``; draws the mixed
     batch order and the augmentations (its state is part of :meth:`state_dict`, so a resumed run
-    repeats the uninterrupted one). compile: run the forward pass through ``torch.compile`` (the
-    weights stay those of ``model``). rank/world_size: this process's place under torchrun (the
+    repeats the uninterrupted one). compile: run the training forward pass through ``torch.compile``
+    (the weights stay those of ``model``); every training batch is full (:func:`batch_plan` drops the
+    last partial one) and in train mode, so it compiles once; validation runs the eager model, whose
+    eval mode and partial last batch would each compile again. rank/world_size: this process's place under torchrun (the
     process group must be initialised when world_size > 1). channels_last: NHWC memory format for the
     network and its inputs (faster convolutions on GPUs). time_budget_s: stop after the epoch at which
     ``train_seconds`` reaches it (one decision for all ranks). on_step(): after each optimizer step
@@ -354,7 +356,7 @@ class TrainLoop:
 
     def validate(self) -> dict:
         """mIoU and mDice on the val split (means of per-image scores, threshold 0.5 = logit 0)."""
-        logits = predict(self.forward, self.val_set.images, self.batch_size, self.device)
+        logits = predict(self.model, self.val_set.images, self.batch_size, self.device)
         scores = per_image_scores(logits > 0, self.val_set.masks)
         iou, dice = torch.stack([scores["iou"].mean(), scores["dice"].mean()]).tolist()
         return {"mIoU": iou, "mDice": dice}

@@ -43,7 +43,7 @@ from importlib import import_module
 from pathlib import Path
 
 from augforge.commands import COMMANDS, required, stage_commands
-from augforge.configs import PipelineConfig, applies
+from augforge.configs import PipelineConfig, applies, as_today
 from augforge.errors import AugforgeError
 from augforge.progress import log
 from augforge.runtime import (
@@ -146,8 +146,9 @@ def _build(index: int, table: dict, defaults: dict, variables: dict) -> Stage:
             options = sorted(k.replace("_", "-") for k in types if k not in spec.fixed and k not in NOT_COMPARED)
             raise AugforgeError(f"{where}: unknown option {key!r}; {command} takes {', '.join(options)}")
         values[key_] = value
-    values = {k: _coerce(types[k], _substitute(v, variables, where), f"{where}, {k.replace('_', '-')}")
-              for k, v in values.items()}
+    by_name = {f.name: f for f in fields(spec.config)}  # a value an older augforge took (compile = false) as today's
+    values = {k: _coerce(types[k], as_today(by_name[k], _substitute(v, variables, where)),
+                         f"{where}, {k.replace('_', '-')}") for k, v in values.items()}
     missing = [name for name in required(spec) if name not in values]
     if missing:
         raise AugforgeError(f"{where}: missing {', '.join(m.replace('_', '-') for m in missing)}")
@@ -274,7 +275,9 @@ def up_to_date(stages: list[Stage], i: int, records: dict) -> tuple[bool, str]:
     stage, record = stages[i], records.get(stages[i].name)
     if record is None:
         return False, "not run yet"
-    if recorded_options(stage, record) != stage.options():
+    speed_only = {f.name for f in fields(stage.cfg) if not f.metadata.get("rerun", True)}  # --compile
+    compared = lambda options: {k: v for k, v in options.items() if k not in speed_only}  # noqa: E731
+    if compared(recorded_options(stage, record)) != compared(stage.options()):
         return False, "options changed"
     if not Path(stage.out).exists():
         return False, "output missing"

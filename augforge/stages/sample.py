@@ -35,12 +35,16 @@ from augforge.diffusion.process import build_diffusion
 from augforge.errors import AugforgeError
 from augforge.models.folder import load_network
 from augforge.models.inference import inference_net
-from augforge.progress import progress_bar
+from augforge.progress import log, progress_bar
 from augforge.ranges import from_model_range, to_uint8_images
 from augforge.rng import PairStreams
 from augforge.runtime import (
+    SAMPLE_BREAK_EVEN_BATCHES,
     atomic_write_bytes,
     barrier,
+    check_compile_mode,
+    compile_choice,
+    compile_record,
     init_distributed,
     rank_zero_first,
     resolve_device,
@@ -178,6 +182,7 @@ def _check(cfg: SampleConfig) -> None:
     if cfg.batch_size < 1 or cfg.sample_steps < 1 or cfg.mask_sample_steps < 1:
         raise AugforgeError("--batch-size, --sample-steps and --mask-sample-steps must be at least 1")
     parse_guidance(cfg.guidance)
+    check_compile_mode(cfg.compile)
 
 
 def run(cfg: SampleConfig) -> dict:
@@ -205,9 +210,6 @@ def run(cfg: SampleConfig) -> dict:
     # bf16 copies on CUDA (the networks themselves on the CPU)
     image_net = inference_net(image_net, device)
     mask_net = inference_net(mask_net, device) if mask_net is not None else None
-    if cfg.compile:  # the first batch compiles; every batch has its shape (padded): no recompile
-        image_net = torch.compile(image_net)
-        mask_net = torch.compile(mask_net) if mask_net is not None else None
 
     # 2. output: same run continues, different run refused
     options = identity(cfg)
@@ -222,6 +224,16 @@ def run(cfg: SampleConfig) -> dict:
     ids = [f"gen{i:06d}" for i in range(cfg.n)]
     done = writer.existing_ids()
     todo = [i for i in range(shard_index, cfg.n, shard_count) if ids[i] not in done]
+    # compile when asked, or, with auto, when the batches to draw repay it (said once); the first batch
+    # compiles, every batch has its shape (padded): no recompile
+    use_compile, why = compile_choice(cfg.compile, device, math.ceil(len(todo) / cfg.batch_size),
+                                      break_even=SAMPLE_BREAK_EVEN_BATCHES, unit="batches")
+    compiled = compile_record(cfg.compile, use_compile, why)
+    if world.is_main:
+        log(f"sample: compile {'on' if use_compile else 'off'} ({why})")
+    if use_compile:
+        image_net = torch.compile(image_net)
+        mask_net = torch.compile(mask_net) if mask_net is not None else None
 
     # 3. draw and write, batch by batch (the writer's thread encodes and writes while the next batch runs)
     with progress_bar("sample", total=len(todo)) as advance:
@@ -254,9 +266,9 @@ def run(cfg: SampleConfig) -> dict:
     # 4. summary, contact sheet, optional quality report (rank 0)
     written = len(read_manifest(writer.root / MANIFEST))
     result = {"out": str(writer.root), "written_now": len(todo), "count": written, "requested": cfg.n,
-              "guidance": guidance}
+              "guidance": guidance, "compile": compiled}
     if world.is_main and written >= cfg.n:
-        info = writer.finalize({"guidance": guidance})
+        info = writer.finalize({"guidance": guidance, "compile": compiled})
         result["contact_sheet"] = str(write_contact_sheet(writer.root))
         result["count"] = info["count"]
         if cfg.report:

@@ -37,8 +37,13 @@ from augforge.models.folder import (
 from augforge.models.unet import MODEL_SIZES, build_denoiser
 from augforge.progress import log, progress_bar
 from augforge.runtime import (
+    TRAIN_DIFFUSION_BREAK_EVEN_STEPS,
+    adam_kwargs,
     atomic_write_json,
     barrier,
+    check_compile_mode,
+    compile_choice,
+    compile_record,
     generator_for,
     init_distributed,
     resolve_device,
@@ -77,6 +82,7 @@ def _check(cfg: TrainDiffusionConfig) -> None:
         raise AugforgeError(f"--cond-drop must be in [0, 1], got {cfg.cond_drop}")
     if cfg.schedule not in ("", "linear", "cosine"):
         raise AugforgeError(f"--schedule must be linear or cosine, got {cfg.schedule!r}")
+    check_compile_mode(cfg.compile)
     if cfg.kind == "image-diffusion" and cfg.prediction not in PREDICTIONS:
         raise AugforgeError(f"--prediction must be one of {', '.join(PREDICTIONS)}, got {cfg.prediction!r}")
 
@@ -114,10 +120,12 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     except ValueError as e:
         raise AugforgeError(f"--image-size / --model-size: {e}") from None
 
+    compiled: dict | None = None  # this run's compile choice, once made (config.json records the last run's)
+
     def config(steps_done: int, train_seconds: float = 0.0) -> dict:
         return {**make_config(cfg.kind, network=model.unet_kwargs, image_size=size, process=process,
                               data_fingerprint=ds.fingerprint(), made_by=made_by, steps_done=steps_done),
-                "train_seconds": round(train_seconds, 1)}
+                "train_seconds": round(train_seconds, 1), **({"compile": compiled} if compiled else {})}
 
     if world.is_main and not (out / CONFIG).exists():
         atomic_write_json(out / CONFIG, config(0))
@@ -126,8 +134,7 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     # 3. built objects: network, EMA, optimiser; restored from train_state.pt when continuing
     model.to(device)
     ema = EMA(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, **adam_kwargs(device))
     start, seconds_before = 0, 0.0
     state = load_train_state(out) if resumed else None
     if cfg.resume and state is None:
@@ -149,7 +156,14 @@ def run(cfg: TrainDiffusionConfig) -> dict:
         log(f"train-{cfg.kind}: {out}: {note}")
         return {"out": str(out), "kind": cfg.kind, "steps_done": start, "image_size": size,
                 "train_seconds": round(seconds_before, 1), "note": note}
-    net = torch.compile(model) if cfg.compile else model
+    # 4. compile (the step's loss, network and loss together) when asked, or, with auto, when the steps
+    # planned repay it; said once, recorded in config.json and the summary
+    use_compile, why = compile_choice(cfg.compile, device, cfg.steps - start,
+                                      break_even=TRAIN_DIFFUSION_BREAK_EVEN_STEPS)
+    compiled = compile_record(cfg.compile, use_compile, why)
+    if world.is_main:
+        log(f"train-{cfg.kind}: compile {'on' if use_compile else 'off'} ({why})")
+    net = model
     if world.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -158,7 +172,8 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     generator = generator_for(cfg.seed, world.rank, start, device=device)
     # --batch-size is per step over all ranks: each rank draws its share
     loop = DiffusionTrainLoop(net, diffusion, pairs, optimizer, ema, cfg.batch_size // world.world_size, generator,
-                              condition_on_mask=cfg.kind == "image-diffusion", cond_drop=cfg.cond_drop)
+                              condition_on_mask=cfg.kind == "image-diffusion", cond_drop=cfg.cond_drop,
+                              compile=use_compile)
 
     def on_log(row: dict) -> None:
         if world.is_main:
@@ -172,7 +187,7 @@ def run(cfg: TrainDiffusionConfig) -> dict:
                                    "ema_updates": ema.num_updates, "optimizer": optimizer.state_dict(),
                                    "step": step, "train_seconds": seconds})
 
-    # 4. train; Ctrl-C saves a resumable state, a NaN loss keeps the last good checkpoint
+    # 5. train; Ctrl-C saves a resumable state, a NaN loss keeps the last good checkpoint
     last, t_start = start, time.perf_counter()
     with progress_bar(f"train {cfg.kind}", total=cfg.steps, completed=start) as advance:
         def track(n: int = 1, **fields) -> None:
@@ -194,5 +209,5 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     final = history[-1] if history else {}
     return {"out": str(out), "kind": cfg.kind, "steps_done": loop.steps_done, "image_size": size,
             "train_seconds": round(seconds_before + time.perf_counter() - t_start, 1),
-            "final_loss": final.get("loss"), "steps_per_s": final.get("steps_per_s"),
+            "final_loss": final.get("loss"), "steps_per_s": final.get("steps_per_s"), "compile": compiled,
             "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}

@@ -37,9 +37,14 @@ from augforge.models.folder import (
 )
 from augforge.progress import log, progress_bar
 from augforge.runtime import (
+    TRAIN_SEG_BREAK_EVEN_STEPS,
+    adam_kwargs,
     atomic_write_bytes,
     atomic_write_json,
     barrier,
+    check_compile_mode,
+    compile_choice,
+    compile_record,
     generator_for,
     init_distributed,
     read_json,
@@ -87,6 +92,7 @@ def _check(cfg: TrainSegConfig) -> dict:
         raise AugforgeError(f"--loss must be one of {', '.join(LOSS_KINDS)}, got {cfg.loss!r}")
     if cfg.schedule not in SCHEDULES:
         raise AugforgeError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    check_compile_mode(cfg.compile)
     try:
         return segmenter_config(cfg.arch, cfg.encoder, cfg.encoder_weights)
     except ValueError as e:
@@ -195,7 +201,7 @@ def run(cfg: TrainSegConfig) -> dict:
         raise AugforgeError(f"--encoder-weights: {e}") from None
     if init_weights is not None:
         _load_init(model, init_weights)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **adam_kwargs(device))
     # stepped per optimizer step: anneals to 0 over the whole budget (a --minutes stop comes before)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.total_steps)
                  if cfg.schedule == "cosine" else None)
@@ -206,9 +212,16 @@ def run(cfg: TrainSegConfig) -> dict:
     if state is not None and read_json(out / CONFIG).get("data_fingerprint") != config["data_fingerprint"]:
         raise AugforgeError(f"{out}: was trained on different data under the same paths; pass --overwrite to start over")
 
+    # compile the forward when asked, or, with auto, when the steps still planned repay it (said once)
+    use_compile, why = compile_choice(cfg.compile, device, plan.total_steps - (int(state["step"]) if state else 0),
+                                      break_even=TRAIN_SEG_BREAK_EVEN_STEPS)
+    compiled = compile_record(cfg.compile, use_compile, why)
+    if world.is_main:
+        log(f"train-seg: compile {'on' if use_compile else 'off'} ({why})")
+
     def record(loop: TrainLoop) -> dict:
         """config.json's account of the training so far (the weights are those of ``best``)."""
-        return {**config, "steps_done": loop.best["step"], "best": loop.best, "training": {
+        return {**config, "steps_done": loop.best["step"], "best": loop.best, "compile": compiled, "training": {
             "steps": loop.step, "total_steps": plan.total_steps, "epochs": loop.epoch,
             "steps_per_epoch": plan.steps_per_epoch, "batch_size": plan.batch_size,
             "real_per_batch": plan.real if plan.stratified else None,
@@ -231,7 +244,7 @@ def run(cfg: TrainSegConfig) -> dict:
     loop = TrainLoop(model, optimizer, scheduler, train, val, epochs=cfg.epochs, steps=cfg.steps,
                      batch_size=cfg.batch_size, device=device, generator=generator_for(cfg.seed, device=device),
                      seed=cfg.seed, extra_ratio=cfg.extra_ratio, augment=augment, loss=cfg.loss,
-                     extra_weight=cfg.extra_weight, compile=cfg.compile,
+                     extra_weight=cfg.extra_weight, compile=use_compile,
                      rank=world.rank, world_size=world.world_size, channels_last=device.type == "cuda",
                      time_budget_s=cfg.minutes * 60.0 if cfg.minutes else None,
                      on_step=lambda: advance(1), on_epoch_end=on_epoch_end)
@@ -275,5 +288,6 @@ def run(cfg: TrainSegConfig) -> dict:
         "last_loss": rows[-1]["loss"] if rows else None,
         "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows) if rows else None,
         "train_seconds_per_epoch": sum(r["train_seconds"] for r in rows) / len(rows) if rows else None,
+        "compile": compiled,
         **({"note": note} if note else {}),
     }
