@@ -228,6 +228,12 @@ def compile_choice(mode: str, device: torch.device | str, planned: int, *, break
     return True, f"auto: {planned} {unit} planned, at least the {break_even} estimated to repay the compile"
 
 
+def compile_worth_saying(mode: str, device: torch.device | str) -> bool:
+    """Whether a run prints its compile choice: on CUDA, where ``auto`` decides, or when --compile was
+    set; a CPU run under ``auto`` (never compiled) only records it, so every CPU run is not one line longer."""
+    return mode != "auto" or torch.device(device).type == "cuda"
+
+
 def compile_record(mode: str, used: bool, reason: str) -> dict:
     """What a run records of its compile choice (config.json, dataset.json, the --json summary)."""
     return {"mode": mode, "used": used, "reason": reason}

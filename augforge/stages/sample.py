@@ -45,6 +45,7 @@ from augforge.runtime import (
     check_compile_mode,
     compile_choice,
     compile_record,
+    compile_worth_saying,
     init_distributed,
     rank_zero_first,
     resolve_device,
@@ -229,7 +230,7 @@ def run(cfg: SampleConfig) -> dict:
     use_compile, why = compile_choice(cfg.compile, device, math.ceil(len(todo) / cfg.batch_size),
                                       break_even=SAMPLE_BREAK_EVEN_BATCHES, unit="batches")
     compiled = compile_record(cfg.compile, use_compile, why)
-    if world.is_main:
+    if world.is_main and compile_worth_saying(cfg.compile, device):
         log(f"sample: compile {'on' if use_compile else 'off'} ({why})")
     if use_compile:
         image_net = torch.compile(image_net)

@@ -44,6 +44,7 @@ from augforge.runtime import (
     check_compile_mode,
     compile_choice,
     compile_record,
+    compile_worth_saying,
     generator_for,
     init_distributed,
     resolve_device,
@@ -161,7 +162,7 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     use_compile, why = compile_choice(cfg.compile, device, cfg.steps - start,
                                       break_even=TRAIN_DIFFUSION_BREAK_EVEN_STEPS)
     compiled = compile_record(cfg.compile, use_compile, why)
-    if world.is_main:
+    if world.is_main and compile_worth_saying(cfg.compile, device):
         log(f"train-{cfg.kind}: compile {'on' if use_compile else 'off'} ({why})")
     net = model
     if world.world_size > 1:

@@ -45,6 +45,7 @@ from augforge.runtime import (
     check_compile_mode,
     compile_choice,
     compile_record,
+    compile_worth_saying,
     generator_for,
     init_distributed,
     read_json,
@@ -216,7 +217,7 @@ def run(cfg: TrainSegConfig) -> dict:
     use_compile, why = compile_choice(cfg.compile, device, plan.total_steps - (int(state["step"]) if state else 0),
                                       break_even=TRAIN_SEG_BREAK_EVEN_STEPS)
     compiled = compile_record(cfg.compile, use_compile, why)
-    if world.is_main:
+    if world.is_main and compile_worth_saying(cfg.compile, device):
         log(f"train-seg: compile {'on' if use_compile else 'off'} ({why})")
 
     def record(loop: TrainLoop) -> dict:
