@@ -238,15 +238,15 @@ def compile_choice(mode: str, device: torch.device | str, planned: int, *, break
     return True, f"auto: {planned} {unit} planned, at least the {break_even} estimated to repay the compile"
 
 
-def compile_worth_saying(mode: str, device: torch.device | str) -> bool:
-    """Whether a run prints its compile choice: on CUDA, where ``auto`` decides, or when --compile was
-    set; a CPU run under ``auto`` (never compiled) only records it, so every CPU run is not one line longer."""
-    return mode != "auto" or torch.device(device).type == "cuda"
-
-
-def compile_record(mode: str, used: bool, reason: str) -> dict:
-    """What a run records of its compile choice (config.json, dataset.json, the --json summary)."""
-    return {"mode": mode, "used": used, "reason": reason}
+def compile_decision(name: str, mode: str, device: torch.device | str, planned: int, *, break_even: int,
+                     unit: str = "steps") -> tuple[bool, dict, str | None]:
+    """A stage's compile choice (:func:`compile_choice`) as (used, record, message). record: what the run
+    records (config.json, dataset.json, the --json summary); message: the one log line, or None for a
+    CPU run under ``auto`` (never compiled: recorded, not said, so every CPU run is not a line longer)."""
+    used, reason = compile_choice(mode, device, planned, break_even=break_even, unit=unit)
+    say = mode != "auto" or torch.device(device).type == "cuda"
+    message = f"{name}: compile {'on' if used else 'off'} ({reason})" if say else None
+    return used, {"mode": mode, "used": used, "reason": reason}, message
 
 
 def adam_kwargs(device: torch.device | str) -> dict:

@@ -43,9 +43,7 @@ from augforge.runtime import (
     atomic_write_bytes,
     barrier,
     check_compile_mode,
-    compile_choice,
-    compile_record,
-    compile_worth_saying,
+    compile_decision,
     init_distributed,
     rank_zero_first,
     resolve_device,
@@ -227,11 +225,11 @@ def run(cfg: SampleConfig) -> dict:
     todo = [i for i in range(shard_index, cfg.n, shard_count) if ids[i] not in done]
     # compile when asked, or, with auto, when the batches to draw repay it (said once); the first batch
     # compiles, every batch has its shape (padded): no recompile
-    use_compile, why = compile_choice(cfg.compile, device, math.ceil(len(todo) / cfg.batch_size),
-                                      break_even=SAMPLE_BREAK_EVEN_BATCHES, unit="batches")
-    compiled = compile_record(cfg.compile, use_compile, why)
-    if world.is_main and compile_worth_saying(cfg.compile, device):
-        log(f"sample: compile {'on' if use_compile else 'off'} ({why})")
+    use_compile, compiled, message = compile_decision("sample", cfg.compile, device,
+                                                      math.ceil(len(todo) / cfg.batch_size),
+                                                      break_even=SAMPLE_BREAK_EVEN_BATCHES, unit="batches")
+    if world.is_main and message:
+        log(message)
     if use_compile:
         image_net = torch.compile(image_net)
         mask_net = torch.compile(mask_net) if mask_net is not None else None

@@ -42,9 +42,7 @@ from augforge.runtime import (
     atomic_write_json,
     barrier,
     check_compile_mode,
-    compile_choice,
-    compile_record,
-    compile_worth_saying,
+    compile_decision,
     generator_for,
     init_distributed,
     resolve_device,
@@ -159,11 +157,10 @@ def run(cfg: TrainDiffusionConfig) -> dict:
                 "train_seconds": round(seconds_before, 1), "note": note}
     # 4. compile (the step's loss, network and loss together) when asked, or, with auto, when the steps
     # planned repay it; said once, recorded in config.json and the summary
-    use_compile, why = compile_choice(cfg.compile, device, cfg.steps - start,
-                                      break_even=TRAIN_DIFFUSION_BREAK_EVEN_STEPS)
-    compiled = compile_record(cfg.compile, use_compile, why)
-    if world.is_main and compile_worth_saying(cfg.compile, device):
-        log(f"train-{cfg.kind}: compile {'on' if use_compile else 'off'} ({why})")
+    use_compile, compiled, message = compile_decision(f"train-{cfg.kind}", cfg.compile, device, cfg.steps - start,
+                                                      break_even=TRAIN_DIFFUSION_BREAK_EVEN_STEPS)
+    if world.is_main and message:
+        log(message)
     net = model
     if world.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)

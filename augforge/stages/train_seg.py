@@ -43,9 +43,7 @@ from augforge.runtime import (
     atomic_write_json,
     barrier,
     check_compile_mode,
-    compile_choice,
-    compile_record,
-    compile_worth_saying,
+    compile_decision,
     generator_for,
     init_distributed,
     read_json,
@@ -214,11 +212,11 @@ def run(cfg: TrainSegConfig) -> dict:
         raise AugforgeError(f"{out}: was trained on different data under the same paths; pass --overwrite to start over")
 
     # compile the forward when asked, or, with auto, when the steps still planned repay it (said once)
-    use_compile, why = compile_choice(cfg.compile, device, plan.total_steps - (int(state["step"]) if state else 0),
-                                      break_even=TRAIN_SEG_BREAK_EVEN_STEPS)
-    compiled = compile_record(cfg.compile, use_compile, why)
-    if world.is_main and compile_worth_saying(cfg.compile, device):
-        log(f"train-seg: compile {'on' if use_compile else 'off'} ({why})")
+    use_compile, compiled, message = compile_decision(
+        "train-seg", cfg.compile, device, plan.total_steps - (int(state["step"]) if state else 0),
+        break_even=TRAIN_SEG_BREAK_EVEN_STEPS)
+    if world.is_main and message:
+        log(message)
 
     def record(loop: TrainLoop) -> dict:
         """config.json's account of the training so far (the weights are those of ``best``)."""
