@@ -171,3 +171,19 @@ def test_an_option_the_method_does_not_use_continues_the_run(tmp_path, cli, synt
     assert "note: --steps, --image-model, --beta do nothing for --method fgsm" in r.stderr
     r = cli(*args, "--eps", 4)
     assert r.exit_code == 2 and "different run (--eps differ)" in r.output
+
+
+def test_a_segmenter_retrained_under_its_path_makes_another_run(tmp_path, cli, synthetic_dataset, folders):
+    """Pairs attacked against one segmenter are not continued against another saved under the same path."""
+    import shutil
+
+    seg = tmp_path / "seg"
+    shutil.copytree(folders / "seg", seg)
+    args = ("attack", synthetic_dataset, "--segmenter", seg, "--method", "fgsm", "--out", tmp_path / "a",
+            "--split", "val", "--device", "cpu")
+    assert cli(*args).exit_code == 0
+    torch.manual_seed(1)
+    network = segmenter_config("unet", "resnet18")
+    save_model(seg, make_config("segmenter", network=network, image_size=32), build_segmenter(network).state_dict())
+    r = cli(*args)
+    assert r.exit_code == 2 and "different run (the --segmenter's weights differ)" in r.output, r.output

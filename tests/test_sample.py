@@ -192,6 +192,27 @@ def test_guidance_auto_is_the_models_own_and_is_recorded(tmp_path, cli, models, 
     assert r.exit_code == 2 and "different run" in r.output
 
 
+def test_a_model_retrained_in_its_folder_makes_another_run(tmp_path, cli, models):
+    """The models count by what they compute: the same folder holding other weights after the same steps
+    (another seed, --cond-drop or --prediction) is a different run, not a continuation."""
+    import shutil
+
+    import torch
+
+    image = tmp_path / "image"
+    shutil.copytree(models[1], image)
+    args = _args((models[0], image), tmp_path / "g", "--n", 2, "--sampler", "ddim", "--sample-steps", 2,
+                 "--mask-sample-steps", 2)
+    assert cli(*args).exit_code == 0
+    r = cli(*args, "--n", 3, "--json")  # the same models: continued
+    assert r.exit_code == 0 and json.loads(r.stdout)["written_now"] == 1, r.output
+    torch.manual_seed(1)  # "retrained": new weights, the same config.json
+    cfg = json.loads((image / "config.json").read_text())
+    save_model(image, cfg, Denoiser(cfg["network"]).state_dict())
+    r = cli(*args, "--n", 4)
+    assert r.exit_code == 2 and "different run (the --image-model's weights differ)" in r.output, r.output
+
+
 @pytest.mark.parametrize("guidance", ["3", "0.5"])
 def test_guidance_on_a_model_trained_without_cond_drop_is_refused(tmp_path, cli, models, guidance):
     r = cli(*_args(models, tmp_path / "g", "--guidance", guidance))

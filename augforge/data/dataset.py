@@ -500,8 +500,14 @@ def _spelled(command: str, keys: list[str]) -> str:
     from augforge.commands import COMMANDS
 
     names = {f.name for f in fields(COMMANDS[command].config)} if command in COMMANDS else set()
-    return ", ".join("--" + k.replace("_", "-") if k in names else k for k in keys[:3]) + \
+    return ", ".join(FINGERPRINTS.get(k) or ("--" + k.replace("_", "-") if k in names else k) for k in keys[:3]) + \
         (" ..." if len(keys) > 3 else "")
+
+
+# the input fingerprints a run records beside its options, as a user would say what changed
+FINGERPRINTS = {"data_fingerprint": "the data's pairs", "image_model_fingerprint": "the --image-model's weights",
+                "mask_model_fingerprint": "the --mask-model's weights",
+                "segmenter_fingerprint": "the --segmenter's weights", "init_from_fingerprint": "the --init-from weights"}
 
 
 def open_output(out: Path, made_by: dict, *, overwrite: bool, marker: str) -> bool:

@@ -7,6 +7,7 @@ Weights are safetensors (never unpickled); ``train_state.pt`` is loaded with ``w
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -68,6 +69,19 @@ def load_network(model_dir: Path, *, kind: str, image_size: int | None = None,
         raise AugforgeError(f"{Path(model_dir) / WEIGHTS}: weights do not fit the network in {CONFIG} "
                             f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
     return net.to(device).eval(), config
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """What a model folder computes, as 16 hex digits: sha256 of its weights file and of the network,
+    process and image size config.json rebuilds it from. A stage that reads a model records this in its
+    run identity, so a model retrained in the same folder (other seed, settings or steps) makes a rerun
+    a different run instead of continuing the old one."""
+    model_dir = Path(model_dir)
+    config = read_json(model_dir / CONFIG, "model config")
+    digest = hashlib.sha256((model_dir / WEIGHTS).read_bytes())
+    digest.update(json.dumps({k: config.get(k) for k in ("kind", "network", "process", "image_size")},
+                             sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def make_config(kind: str, *, network: dict, image_size: int, process: dict | None = None,

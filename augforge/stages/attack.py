@@ -33,7 +33,7 @@ from augforge.data.dataset import (
 )
 from augforge.diffusion.process import build_diffusion
 from augforge.errors import AugforgeError
-from augforge.models.folder import load_network
+from augforge.models.folder import load_network, model_fingerprint
 from augforge.models.inference import inference_net
 from augforge.progress import log, progress_bar
 from augforge.ranges import intensity_to_unit, to_uint8_images
@@ -164,6 +164,11 @@ def run(cfg: AttackConfig) -> dict:
     options = identity(cfg)
     if "eps" in options:
         options["eps"] = eps255
+    # the inputs by content: other pairs or a retrained model under the same path make another run
+    options["data_fingerprint"] = ds.fingerprint()
+    options["segmenter_fingerprint"] = model_fingerprint(Path(cfg.segmenter))
+    if cfg.method == "diff-pgd":
+        options["image_model_fingerprint"] = model_fingerprint(Path(cfg.image_model))
     made_by = run_record("attack", options)
     writer = rank_zero_first(lambda: DatasetWriter(Path(cfg.out), made_by, ds.image_size,
                                                    overwrite=cfg.overwrite and world.is_main))

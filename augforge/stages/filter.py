@@ -24,7 +24,6 @@ Resumable: ``scores.csv`` is written before any pair, and a rerun of the same ru
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 from pathlib import Path
@@ -48,7 +47,7 @@ from augforge.data.dataset import (
     run_record,
 )
 from augforge.errors import AugforgeError
-from augforge.models.folder import WEIGHTS, load_network
+from augforge.models.folder import load_network, model_fingerprint
 from augforge.progress import progress_bar
 from augforge.runtime import atomic_write_bytes, read_json, resolve_device
 from augforge.seg.metrics import per_image_scores
@@ -131,11 +130,6 @@ def consistency_scores(seg: torch.nn.Module, ds: Dataset, rows: list[dict], batc
             out.append(per_image_scores(torch.sigmoid(logits) > THRESHOLD, masks.to(device))["dice"])
             advance(len(images))
     return torch.cat(out).cpu().tolist()
-
-
-def segmenter_fingerprint(model_dir: Path) -> str:
-    """sha256 of the segmenter's weights file, 16 hex digits (as train-seg records --init-from)."""
-    return hashlib.sha256((Path(model_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- files
@@ -223,7 +217,7 @@ def run(cfg: FilterConfig) -> dict:
     keep = keep_count(cfg.keep_top, len(rows))
     seg, _ = load_network(Path(cfg.segmenter), kind="segmenter", image_size=ds.image_size, device=device)
     made_by = run_record("filter", {**identity(cfg), "data_fingerprint": ds.fingerprint(),
-                                    "segmenter_fingerprint": segmenter_fingerprint(Path(cfg.segmenter))})
+                                    "segmenter_fingerprint": model_fingerprint(Path(cfg.segmenter))})
 
     # 1. a finished same run: nothing to do; a different run: refused before any work (unless --overwrite)
     out = Path(cfg.out)

@@ -33,7 +33,7 @@ from augforge.data.dataset import (
 from augforge.diffusion.gaussian import SAMPLERS
 from augforge.diffusion.process import build_diffusion
 from augforge.errors import AugforgeError
-from augforge.models.folder import load_network
+from augforge.models.folder import load_network, model_fingerprint
 from augforge.models.inference import inference_net
 from augforge.progress import log, progress_bar
 from augforge.ranges import from_model_range, to_uint8_images
@@ -214,9 +214,10 @@ def run(cfg: SampleConfig) -> dict:
     options = identity(cfg)
     # the scale used (auto resolved), as the option's text: "auto" and the value it stands for are one run
     options["guidance"] = str(guidance)
-    options["image_model_fingerprint"] = image_cfg["data_fingerprint"] + f"@{image_cfg['steps_done']}"
+    # the models by what they compute (weights and config): a model retrained in its folder is another run
+    options["image_model_fingerprint"] = model_fingerprint(Path(cfg.image_model))
     if mask_cfg:
-        options["mask_model_fingerprint"] = mask_cfg["data_fingerprint"] + f"@{mask_cfg['steps_done']}"
+        options["mask_model_fingerprint"] = model_fingerprint(Path(cfg.mask_model))
     made_by = run_record("sample", options)
     writer = rank_zero_first(lambda: DatasetWriter(Path(cfg.out), made_by, size,
                                                    overwrite=cfg.overwrite and world.is_main))

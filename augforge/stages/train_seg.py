@@ -30,6 +30,7 @@ from augforge.models.folder import (
     append_metrics,
     load_train_state,
     make_config,
+    model_fingerprint,
     read_config,
     read_metrics,
     save_model,
@@ -106,7 +107,7 @@ def _fingerprint(roots: list[Path]) -> str:
 
 def _init_source(cfg: TrainSegConfig, network: dict, image_size: int) -> tuple[Path, str]:
     """--init-from: check that the segmenter there has this run's network and image size; returns its
-    weights file and their fingerprint (sha256 of the file, 16 hex digits)."""
+    weights file and the folder's :func:`model_fingerprint`."""
     source = Path(cfg.init_from)
     try:
         theirs = read_config(source, kind="segmenter")  # no folder, wrong kind, no weights
@@ -119,8 +120,7 @@ def _init_source(cfg: TrainSegConfig, network: dict, image_size: int) -> tuple[P
     if int(theirs["image_size"]) != image_size:
         raise AugforgeError(f"--init-from {source}: trained on {theirs['image_size']}px images, the data is "
                             f"{image_size}px")
-    weights = source / WEIGHTS
-    return weights, hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return source / WEIGHTS, model_fingerprint(source)
 
 
 def _load_init(model: torch.nn.Module, weights: Path) -> None:
