@@ -24,7 +24,9 @@ pairs and seeded with g:
 S defaults to 2 E epochs' steps, so that G, GF and DASP at r = 0.5 present each real pair as often as R
 does, while R' gets twice R's real presentations: the comparison to R' is at equal steps and favours R'.
 The difference of each arm to R' is taken per held-out image, averaged within groups, and given a 95 %
-interval by :func:`augforge.seg.metrics.hierarchical_bootstrap_ci` (groups and images resampled together).
+interval by :func:`augforge.seg.metrics.hierarchical_bootstrap_ci` (groups and images resampled together;
+the groups share held-out images, seeds all of them and subsets the test split and most unused pairs, so
+each resample draws one image sample, by id, for every group).
 
 Decision rule, fixed before any run: an arm **helps** when the lower end of that interval is above 0 and
 every group's mean difference is positive; it **hurts** when the upper end is below 0 and every group's
@@ -249,7 +251,7 @@ def collect(a: argparse.Namespace) -> dict:
     control = {g: held_out(a, "R'", g) for g in groups}
     for arm in arms:
         cell: dict = {"per_group": {}}
-        diffs = []
+        diffs, diff_ids = [], []
         for g in groups:
             scores = held_out(a, arm, g)
             if scores is None:
@@ -261,9 +263,11 @@ def collect(a: argparse.Namespace) -> dict:
                      "pooled_dice": dice_pooled, "pooled_iou": iou_pooled, "n_images": len(ids),
                      "train": train_record(a, arm, g)}
             if arm != "R'" and control.get(g) is not None:
-                d = np.array([scores[i][0] - control[g][i][0] for i in ids if i in control[g]])
+                both = [i for i in ids if i in control[g]]
+                d = np.array([scores[i][0] - control[g][i][0] for i in both])
                 entry["delta_vs_control"] = float(d.mean())
                 diffs.append(d)
+                diff_ids.append(both)
             cell["per_group"][str(g)] = entry
         if not cell["per_group"]:
             continue
@@ -271,7 +275,9 @@ def collect(a: argparse.Namespace) -> dict:
         for key in ("mDice", "mIoU", "pooled_dice", "pooled_iou"):
             cell[key] = float(np.mean([e[key] for e in per]))
         if diffs and len(diffs) == len(per):
-            mean, lo, hi = hierarchical_bootstrap_ci(diffs, n_boot=a.bootstrap_delta, seed=0)
+            # the groups share held-out images (seeds: the test split; subsets: test and most unused pairs),
+            # so each resample draws one image sample, by id, for all of them
+            mean, lo, hi = hierarchical_bootstrap_ci(diffs, n_boot=a.bootstrap_delta, seed=0, image_ids=diff_ids)
             group_means = [float(d.mean()) for d in diffs]
             cell["delta_vs_control"] = {"mean": mean, "ci95": [lo, hi], "per_group": group_means,
                                         "verdict": verdict(lo, hi, group_means)}

@@ -313,27 +313,27 @@ def verdict(lo: float, hi: float, seed_deltas: list[float]) -> str:
 def delta_to_basic(row_images: dict[str, dict], basic_images: dict[str, dict], n_boot: int) -> dict | None:
     """Δ of a row to Basic in per-image mDice over the seeds both have: per seed, the per-image differences
     on the test images both scored; the mean over seeds of their means, with a 95 % interval that resamples
-    seeds and images together (hierarchical_bootstrap_ci), each seed's Δ and the verdict. Kept beside it:
+    seeds and images together (hierarchical_bootstrap_ci; one image draw for all seeds, which share the
+    test split), each seed's Δ and the verdict. Kept beside it:
     the paired bootstrap over images of the seed-averaged differences (models held fixed)."""
     from augforge.seg.metrics import hierarchical_bootstrap_ci
 
     seeds = [s for s in row_images if s in basic_images]
     if not seeds:
         return None
-    groups, common_all = [], None
-    for s in seeds:
-        ids = sorted(set(row_images[s]) & set(basic_images[s]))
-        groups.append(np.array([row_images[s][i]["dice"] - basic_images[s][i]["dice"] for i in ids]))
-        common_all = set(ids) if common_all is None else common_all & set(ids)
-    mean, lo, hi = hierarchical_bootstrap_ci(groups, n_boot=n_boot, seed=0)
+    # the seeds score one test split: the images every seed scored in both rows, drawn for all seeds at once
+    ids = sorted(set.intersection(*(set(row_images[s]) & set(basic_images[s]) for s in seeds)))
+    if not ids:
+        return None
+    groups = [np.array([row_images[s][i]["dice"] - basic_images[s][i]["dice"] for i in ids]) for s in seeds]
+    mean, lo, hi = hierarchical_bootstrap_ci(groups, n_boot=n_boot, seed=0, image_ids=[ids] * len(groups))
     per_seed = [float(g.mean()) for g in groups]
-    ids = sorted(common_all)
     seed_mean = np.array([statistics.mean(row_images[s][i]["dice"] - basic_images[s][i]["dice"] for s in seeds)
                           for i in ids])
     lo_img, hi_img = paired_bootstrap(seed_mean)
     return {"mean": mean, "ci95": [lo, hi], "per_seed": per_seed, "seeds": [int(s) for s in seeds],
             "verdict": verdict(lo, hi, per_seed), "n_images": len(ids), "ci95_images_only": [lo_img, hi_img],
-            "interval": "seeds and test images resampled together (hierarchical bootstrap)"}
+            "interval": "seeds and test images resampled together (crossed bootstrap: one image draw for all seeds)"}
 
 
 def robustness(a: argparse.Namespace) -> dict | None:

@@ -111,6 +111,38 @@ def test_hierarchical_bootstrap_widens_with_disagreeing_groups():
         hierarchical_bootstrap_ci([np.array([])])
 
 
+def test_hierarchical_bootstrap_over_shared_images_keeps_the_image_part_of_the_interval():
+    """Seeds scored on one test set: image difficulty is shared, so the image part of the interval does
+    not shrink with the number of seeds (closed form sd = sd(images) / sqrt(N) when the seeds agree)."""
+    rng = np.random.default_rng(4)
+    image_effect = rng.normal(0.0, 0.2, size=300)
+    groups = [0.05 + image_effect + rng.normal(0, 0.005, size=300) for _ in range(3)]
+    ids = [list(range(300))] * 3
+    mean, lo, hi = hierarchical_bootstrap_ci(groups, n_boot=4000, seed=0, image_ids=ids)
+    assert mean == pytest.approx(np.mean(groups))
+    assert (hi - lo) / (2 * 1.96) == pytest.approx(image_effect.std() / np.sqrt(300), rel=0.15)
+    # drawing images afresh per group treats them as 900 independent images: about sqrt(3) too narrow
+    _, lo1, hi1 = hierarchical_bootstrap_ci(groups, n_boot=4000, seed=0)
+    assert (hi - lo) / (hi1 - lo1) == pytest.approx(np.sqrt(3), rel=0.2)
+    # the ids, not the order, say which image is which
+    order = rng.permutation(300)
+    shuffled = hierarchical_bootstrap_ci([groups[0][order], *groups[1:]], n_boot=4000, seed=0,
+                                         image_ids=[list(order), *ids[1:]])
+    assert shuffled[2] - shuffled[1] == pytest.approx(hi - lo, rel=0.1)
+    # disagreeing seeds still widen it; one group is the image bootstrap
+    spread = [g + c for g, c in zip(groups, (-0.1, 0.0, 0.1))]
+    assert np.diff(hierarchical_bootstrap_ci(spread, n_boot=4000, image_ids=ids)[1:])[0] > 2 * (hi - lo)
+    one = hierarchical_bootstrap_ci(groups[:1], n_boot=4000, seed=0, image_ids=ids[:1])
+    assert one[2] - one[1] == pytest.approx(np.diff(bootstrap_ci(groups[0], n_boot=4000, seed=0))[0], rel=0.1)
+    # disjoint images: a group drawn twice in a resample keeps its one image draw, so the image part is
+    # sqrt(E[sum of squared pick counts] / G) = sqrt(5/3) times the fresh draws' for G = 3 (conservative)
+    disjoint = hierarchical_bootstrap_ci(groups, n_boot=4000, seed=0,
+                                         image_ids=[[(g, i) for i in range(300)] for g in range(3)])
+    assert (disjoint[2] - disjoint[1]) / (hi1 - lo1) == pytest.approx(np.sqrt(5 / 3), rel=0.1)
+    with pytest.raises(ValueError, match="one id per value"):
+        hierarchical_bootstrap_ci([np.zeros(3), np.zeros(4)], image_ids=[[0, 1, 2], [0, 1, 2]])
+
+
 def test_summarize_rejects_no_images():
     with pytest.raises(ValueError, match="zero images"):
         summarize({k: np.array([]) for k in ("iou", "dice", "precision", "recall")}, (0, 0, 0))
