@@ -59,6 +59,7 @@ ARM_HELP = {"R": "real only, E epochs", "R'": "real only, S steps (control)",
             "G": "real + generated, S steps", "GF": "real + filtered generated, S steps",
             "DASP": "real + filtered + Diff-PGD(W), S steps",
             "P": "GF's pairs alone S/2 steps, then real only S/2 steps"}
+NO_HARM_MARGIN = -0.02  # full data: an arm "no longer hurts" when the lower end of its Δ to R' is above this
 SLUG = {"R": "r", "R'": "r-steps", "G": "g", "GF": "gf", "DASP": "dasp", "P": "p"}
 
 PRESETS = {
@@ -336,6 +337,12 @@ def render(a: argparse.Namespace, doc: dict) -> str:
         per = ", ".join(f"{x:+.3f}" for x in d["per_group"]) if d else "—"
         out.append(f"| {arm} | {ARM_HELP[arm]} | {cell['mDice']:.3f} | {cell['mIoU']:.3f} | {cell['pooled_dice']:.3f} "
                    f"| {cell['pooled_iou']:.3f} | {delta} | {per} | {d['verdict'] if d else 'control'} |")
+    if a.mode == "full":  # the full-data criterion: at fair budgets generated pairs no longer hurt
+        lows = {arm: cell["delta_vs_control"]["ci95"][0] for arm, cell in doc["arms"].items()
+                if arm in ("G", "GF") and cell.get("delta_vs_control")}
+        if lows:
+            out += ["", f"Full data: do generated pairs no longer hurt (the lower end of Δ above {NO_HARM_MARGIN})? "
+                    + "; ".join(f"{arm}: {lo:+.3f}, {'yes' if lo > NO_HARM_MARGIN else 'no'}" for arm, lo in lows.items())]
     out += ["", f"Per {unit[:-1]} (mDice; training budget as recorded):", "",
             f"| arm | {unit[:-1]} | mDice | pooled Dice | steps | real presentations | extra presentations |",
             "|---|---|---|---|---|---|---|"]

@@ -297,3 +297,22 @@ def test_evidence_toy_preset_compares_arms_at_equal_steps(tmp_path):
     kept = [json.loads(line) for line in (out / "filtered-s0" / "manifest.jsonl").read_text().splitlines()]
     assert len(kept) == 4 and all("score" in row for row in kept)
     assert "Δ mDice vs R'" in (tmp_path / "table.md").read_text()
+
+
+def test_evidence_full_mode_summary_answers_the_no_harm_question():
+    """Full data: the summary says, for G and GF, whether the lower end of Δ to R' is above −0.02."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import evidence
+
+    a = evidence.parse_args(["--preset", "cpu-full"])
+
+    def cell(lo: float) -> dict:
+        return {"mDice": 0.7, "mIoU": 0.6, "pooled_dice": 0.7, "pooled_iou": 0.6, "per_group": {},
+                "delta_vs_control": {"mean": lo + 0.01, "ci95": [lo, lo + 0.02], "per_group": [lo + 0.01] * 3,
+                                     "verdict": "no difference shown"}}
+
+    doc = {"arms": {"R'": {"mDice": 0.7, "mIoU": 0.6, "pooled_dice": 0.7, "pooled_iou": 0.6, "per_group": {}},
+                    "G": cell(-0.031), "GF": cell(-0.012)}, "steps": 2000, "curves": {}, "filters": {}}
+    table = evidence.render(a, doc)
+    assert "G: -0.031, no; GF: -0.012, yes" in table and "(full, 64 px, 3 seeds)" in table
+    assert "no longer hurt" not in evidence.render(evidence.parse_args(["--preset", "cpu-low"]), doc)
