@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from augforge.data.dataset import read_dataset, read_manifest
-from augforge.models.folder import make_config, save_model
+from augforge.models.folder import make_config, model_fingerprint, save_model
 from augforge.models.unet import Denoiser
 from augforge.visual import TITLE_BAND
 
@@ -190,6 +190,27 @@ def test_guidance_auto_is_the_models_own_and_is_recorded(tmp_path, cli, models, 
     # auto on the guided model and the scale 2 are different runs
     r = cli(*_args(guided_models, tmp_path / "g2", "--n", 2))
     assert r.exit_code == 2 and "different run" in r.output
+
+
+def test_model_fingerprint_follows_weights_and_network_not_bookkeeping(tmp_path, models):
+    """The fingerprint changes with the weights or the network/process config.json rebuilds; the record of
+    steps done, seconds or the command line does not enter it."""
+    import shutil
+
+    import torch
+
+    folder = tmp_path / "m"
+    shutil.copytree(models[1], folder)
+    first = model_fingerprint(folder)
+    assert len(first) == 16 and first == model_fingerprint(models[1])
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "steps_done": 7, "made_by": {"options": {"lr": 1}}}))
+    assert model_fingerprint(folder) == first
+    (folder / "config.json").write_text(json.dumps({**cfg, "process": {**cfg["process"], "prediction": "v"}}))
+    assert model_fingerprint(folder) != first  # the same weights read as another process
+    torch.manual_seed(1)
+    save_model(folder, cfg, Denoiser(cfg["network"]).state_dict())
+    assert model_fingerprint(folder) != first
 
 
 def test_a_model_retrained_in_its_folder_makes_another_run(tmp_path, cli, models):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from augforge.data.dataset import PairSet, load_pairset, read_dataset
-from augforge.models.folder import load_network, load_train_state, read_metrics
+from augforge.models.folder import load_network, load_train_state, model_fingerprint, read_metrics
 from augforge.models.segmenter import build_segmenter, segmenter_config
 from augforge.seg.train import TrainLoop, predict
 
@@ -409,8 +409,6 @@ def test_steps_and_extra_ratio_through_the_cli_record_the_budget_and_resume_exac
 # --------------------------------------------------------------------------- --init-from
 
 def test_init_from_starts_at_the_source_predictions_and_trains_on(tmp_path, monkeypatch, trained, synthetic_dataset):
-    import hashlib
-
     source, _ = trained
     net, _ = load_network(source, kind="segmenter", image_size=32)
     val = load_pairset([synthetic_dataset], "val")
@@ -432,7 +430,7 @@ def test_init_from_starts_at_the_source_predictions_and_trains_on(tmp_path, monk
     source_weights = load_file(str(source / "model.safetensors"))
     assert any(not torch.allclose(v, source_weights[k]) for k, v in tuned.items() if v.is_floating_point())
     config = json.loads((out / "config.json").read_text())
-    fingerprint = hashlib.sha256((source / "model.safetensors").read_bytes()).hexdigest()[:16]
+    fingerprint = model_fingerprint(source)
     assert config["init_from"] == {"path": str(source.resolve()), "fingerprint": fingerprint}
     assert config["made_by"]["options"]["init_from_fingerprint"] == fingerprint  # part of the run's identity
     # another source is another run
