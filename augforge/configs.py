@@ -175,6 +175,8 @@ class EvaluateConfig:
     weighted: bool = option(False, "DASP uncertainty weighting W of the attack loss (Eq. 10; not asma/noise).",
                             flag=True)
     image_model: str = option("", "Image-diffusion model: the diff-pgd purifier.")
+    purify_guidance: str = option("1", "diff-pgd: classifier-free guidance of the purifier's denoiser (as attack "
+                                       "--purify-guidance).")
     max_iter: int = option(300, "asma: iteration cap per image.")
     beta: str = option("search", "asma: β of the step multiplier β·IoU + τ, a comma list, or 'search' (1e-6,5e-6,1e-5); "
                                  "per image the β of highest target IoU.")
@@ -274,8 +276,10 @@ class AttackConfig:
     sigma2: float = option(4.0, "σ² of the uncertainty weights W = exp(-z²/2σ²).", when={"weighted": (True,)})
     weight_mode: str = option("loss", "loss: weight the loss (the paper's Eq. 10); step: scale each pixel's step.",
                               when={"weighted": (True,)})
-    image_model: str = option("", "Image-diffusion model (diff-pgd purifier; it denoises unguided, guidance 1).",
-                              when={"method": ("diff-pgd",)})
+    image_model: str = option("", "Image-diffusion model (the diff-pgd purifier).", when={"method": ("diff-pgd",)})
+    purify_guidance: str = option("1", "Classifier-free guidance of the purifier's denoiser: a scale (1: the "
+                                       "conditional model alone, as DASP), or auto (3 for a model trained with "
+                                       "--cond-drop > 0, else 1).", when={"method": ("diff-pgd",)})
     sdedit_steps: int = option(3, "SDEdit start T^s on the DDIM grid: T^s + 1 denoiser calls (3 of 50: t = 60, 40, "
                                   "20, 0).", when={"method": ("diff-pgd",)})
     grid_steps: int = option(50, "DDIM grid size for SDEdit.", when={"method": ("diff-pgd",)})

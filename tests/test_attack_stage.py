@@ -149,6 +149,7 @@ def test_attacked_pair_does_not_depend_on_batch_size_or_shard(tmp_path, cli, syn
     (["--method", "fgsm", "--random-start"], "--random-start applies to pgd and diff-pgd, not fgsm"),
     (["--method", "asma", "--target", "shift", "--target-file", "m.png"], "--target-file is the target of --target file"),
     (["--method", "asma", "--asma-mask", "dynamic"], "--asma-mask"), (["--method", "asma", "--multiplier", "x"], "--multiplier"),
+    (["--method", "diff-pgd", "--image-model", "x", "--purify-guidance", "strong"], "--purify-guidance must be auto"),
 ])
 def test_attack_bad_options(tmp_path, cli, synthetic_dataset, folders, extra, expected):
     r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--out", tmp_path / "a", *extra)
@@ -187,3 +188,31 @@ def test_a_segmenter_retrained_under_its_path_makes_another_run(tmp_path, cli, s
     save_model(seg, make_config("segmenter", network=network, image_size=32), build_segmenter(network).state_dict())
     r = cli(*args)
     assert r.exit_code == 2 and "different run (the --segmenter's weights differ)" in r.output, r.output
+
+
+def test_purifier_guidance_is_checked_against_the_model_and_recorded(tmp_path, cli, synthetic_dataset, folders):
+    """--purify-guidance: a scale above 1 needs a model trained with --cond-drop > 0; auto is 3 for such a
+    model; the scale used is in every row and in the run's identity (auto and 3 are one run)."""
+    import json
+    import shutil
+
+    base = ("attack", synthetic_dataset, "--segmenter", folders / "seg", "--method", "diff-pgd", "--steps", "1",
+            "--split", "val", "--device", "cpu")
+    r = cli(*base, "--image-model", folders / "image", "--out", tmp_path / "x", "--purify-guidance", "2")
+    assert r.exit_code == 2 and "--purify-guidance 2" in r.output and "--cond-drop 0" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+    guided = tmp_path / "guided"
+    shutil.copytree(folders / "image", guided)
+    cfg = json.loads((guided / "config.json").read_text())
+    cfg["made_by"] = {"command": "train-image-diffusion", "options": {"cond_drop": 0.1}}
+    (guided / "config.json").write_text(json.dumps(cfg))
+    for out, extra in (("g1", []), ("g3", ["--purify-guidance", "auto"])):
+        r = cli(*base, "--image-model", guided, "--out", tmp_path / out, *extra)
+        assert r.exit_code == 0, r.output
+    rows = {out: read_manifest(tmp_path / out / "manifest.jsonl") for out in ("g1", "g3")}
+    assert {x["method"]["purify_guidance"] for x in rows["g1"]} == {1.0}
+    assert {x["method"]["purify_guidance"] for x in rows["g3"]} == {3.0}
+    one, three = _attacked_pixels(tmp_path / "g1"), _attacked_pixels(tmp_path / "g3")
+    assert any(np.abs(one[k] - three[k]).max() > 0 for k in one)  # the guided denoiser purifies otherwise
+    r = cli(*base, "--image-model", guided, "--out", tmp_path / "g3", "--purify-guidance", "3", "--json")
+    assert r.exit_code == 0 and '"written_now": 0' in r.stdout, r.output

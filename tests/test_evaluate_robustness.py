@@ -147,6 +147,30 @@ def test_bad_combinations_get_one_line(folders, synthetic_dataset, tmp_path):
     _one_line_error(run("--attack", "fgsm", "--attack-segmenter", big), "a transfer attack needs the same image size")
 
 
+def test_diff_pgd_purifier_guidance(folders, synthetic_dataset, tmp_path):
+    """--purify-guidance as in `augforge attack`: checked against the image model, the scale used reported."""
+    import torch
+
+    from augforge.models.folder import make_config, save_model
+    from augforge.models.unet import Denoiser
+
+    kw = dict(sample_size=32, in_channels=4, out_channels=3, block_out_channels=[16, 16], layers_per_block=1,
+              down_block_types=["DownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "UpBlock2D"],
+              norm_num_groups=8)
+    torch.manual_seed(0)
+    weights = Denoiser(kw).state_dict()
+    process = {"timesteps": 1000, "schedule": "linear"}
+    save_model(tmp_path / "plain", make_config("image-diffusion", network=kw, image_size=32, process=process), weights)
+    save_model(tmp_path / "guided", make_config("image-diffusion", network=kw, image_size=32, process=process,
+                                                made_by={"options": {"cond_drop": 0.1}}), weights)
+    args = [synthetic_dataset, "--segmenter", folders / "seg0", "--attack", "diff-pgd", "--eps", "8",
+            "--attack-steps", 1, "--limit", 2]
+    run = lambda *a: _invoke("evaluate", *args, "--device", "cpu", *a)  # noqa: E731
+    _one_line_error(run("--image-model", tmp_path / "plain", "--purify-guidance", "2"), "--cond-drop 0")
+    _one_line_error(run("--image-model", tmp_path / "plain", "--purify-guidance", "strong"), "--purify-guidance")
+    assert _rows(*args, "--image-model", tmp_path / "guided", "--purify-guidance", "auto")["purify_guidance"] == 3.0
+
+
 def test_report_plots_score_against_eps_a_line_per_segmenter(folders, synthetic_dataset, tmp_path):
     """`augforge report` on `evaluate --attack ... --out` files: a PNG per attack and a table whose cells are the
     evaluation's own mIoU, the clean row as the eps = 0 point of every line; ASMA rows (no eps) stay out."""

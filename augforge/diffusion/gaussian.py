@@ -416,6 +416,7 @@ class GaussianDiffusion:
         generator: Generators = None,
         differentiable: bool = False,
         checkpoint: bool = False,
+        guidance: float = 1.0,
     ) -> Tensor:
         """Run the reverse process from x_t (B, 3, H, W) at timestep t_start down to x_0 in [-1, 1].
 
@@ -424,6 +425,7 @@ class GaussianDiffusion:
         (what DDIM's step to t < 0 returns). mask: (B, 1, H, W) in {0, 1}. ``differentiable`` keeps the
         autograd graph (Diff-PGD with full gradients); ``checkpoint`` then recomputes each model call
         in backward (torch.utils.checkpoint) so memory does not grow with the activations per step.
+        ``guidance`` != 1: classifier-free guidance against the null mask (two model rows per image).
         """
         grid = self.denoise_grid(t_start, steps)
         scheduler = self._scheduler(sampler)
@@ -433,7 +435,7 @@ class GaussianDiffusion:
             scheduler.set_timesteps(timesteps=grid)
         with torch.enable_grad() if differentiable else torch.no_grad():
             return self._reverse(
-                model, x_t, grid, mask=mask, scheduler=scheduler, generator=generator,
+                model, x_t, grid, mask=mask, scheduler=scheduler, generator=generator, guidance=guidance,
                 checkpoint=checkpoint and differentiable,
             )
 
@@ -448,6 +450,7 @@ class GaussianDiffusion:
         generator: Generators = None,
         differentiable: bool = False,
         checkpoint: bool = False,
+        guidance: float = 1.0,
     ) -> Tensor:
         """SDEdit purification (Meng et al. 2022) as used by Diff-PGD (Xue et al. 2023) and DASP.
 
@@ -456,7 +459,8 @@ class GaussianDiffusion:
         With T^s = ``sdedit_steps`` on the ``grid_steps`` DDIM grid over T (diffusers "leading": 980,
         960, ..., 0 for 50 of 1000), t_start is the grid point ``sdedit_steps`` + 1 from the end, as
         in Diff-PGD's reference code: 60 for the defaults, run 60, 40, 20, 0 (4 denoiser calls,
-        noise std sqrt(1 - alphabar_60) = 0.204 for the linear schedule). Returns images
+        noise std sqrt(1 - alphabar_60) = 0.204 for the linear schedule). ``guidance``: the denoiser's
+        classifier-free guidance scale (1, DASP's: the conditional model alone). Returns images
         (B, 3, H, W) in [0, 1].
         """
         if not 1 <= sdedit_steps < grid_steps:
@@ -469,6 +473,6 @@ class GaussianDiffusion:
         # 3. DDIM back to x_0 over the last sdedit_steps + 1 grid points (T^s, ..., 0), conditioned on the mask
         x0 = self.denoise_from(
             model, x_t, t_start, mask=mask01, steps=sdedit_steps + 1, sampler="ddim",
-            generator=generator, differentiable=differentiable, checkpoint=checkpoint,
+            generator=generator, differentiable=differentiable, checkpoint=checkpoint, guidance=guidance,
         )
         return from_model_range(x0)

@@ -33,6 +33,7 @@ from augforge.data.dataset import (
 )
 from augforge.diffusion.process import build_diffusion
 from augforge.errors import AugforgeError
+from augforge.guidance import parse_guidance, resolve_guidance
 from augforge.models.folder import load_network, model_fingerprint
 from augforge.models.inference import inference_net
 from augforge.progress import log, progress_bar
@@ -84,6 +85,7 @@ def _check(cfg: AttackConfig) -> None:
         raise AugforgeError(f"--weighted applies to {', '.join(WEIGHTABLE)}, not {cfg.method}")
     if cfg.method == "diff-pgd" and not cfg.image_model:
         raise AugforgeError("--method diff-pgd needs --image-model (the image-diffusion purifier)")
+    parse_guidance(cfg.purify_guidance, "--purify-guidance")
     if cfg.grad not in ("bpda", "full"):
         raise AugforgeError(f"--grad must be bpda or full, got {cfg.grad!r}")
     if cfg.weight_mode not in ("loss", "step"):
@@ -158,7 +160,8 @@ def run(cfg: AttackConfig) -> dict:
                                             image_size=ds.image_size, device=device)
         image_net.requires_grad_(False)
         # bf16 weights on CUDA (input cast inside; with --grad full the gradient reaches the float32 image)
-        purifier = (inference_net(image_net, device), build_diffusion("image-diffusion", image_cfg["process"]))
+        purifier = (inference_net(image_net, device), build_diffusion("image-diffusion", image_cfg["process"]),
+                    resolve_guidance(cfg.purify_guidance, image_cfg, cfg.image_model, "--purify-guidance"))
 
     # 2. output: the run's identity holds only the options this method uses (configs: when=)
     options = identity(cfg)
@@ -169,6 +172,7 @@ def run(cfg: AttackConfig) -> dict:
     options["segmenter_fingerprint"] = model_fingerprint(Path(cfg.segmenter))
     if cfg.method == "diff-pgd":
         options["image_model_fingerprint"] = model_fingerprint(Path(cfg.image_model))
+        options["purify_guidance"] = str(purifier[2])  # the scale used: auto and its value are one run
     made_by = run_record("attack", options)
     writer = rank_zero_first(lambda: DatasetWriter(Path(cfg.out), made_by, ds.image_size,
                                                    overwrite=cfg.overwrite and world.is_main))
@@ -182,7 +186,8 @@ def run(cfg: AttackConfig) -> dict:
     if cfg.weighted:
         method.update(weighted=True, sigma2=cfg.sigma2, weight_mode=cfg.weight_mode)
     if cfg.method == "diff-pgd":
-        method.update(sdedit_steps=cfg.sdedit_steps, grid_steps=cfg.grid_steps, grad=cfg.grad)
+        method.update(sdedit_steps=cfg.sdedit_steps, grid_steps=cfg.grid_steps, grad=cfg.grad,
+                      purify_guidance=purifier[2])
     if cfg.method == "asma":
         betas = asma_betas(cfg)
         method = {"name": "asma", "target": cfg.target, "max_iter": cfg.max_iter,
@@ -219,12 +224,12 @@ def run(cfg: AttackConfig) -> dict:
                 if cfg.method in ("pgd", "diff-pgd"):
                     kwargs.update(step_size=step_size, steps=cfg.steps, random_start=cfg.random_start)
                 if cfg.method == "diff-pgd":
-                    net, diffusion = purifier
+                    net, diffusion, guidance = purifier
                     pair_gens = PairStreams.for_pairs(cfg.seed, index, SDEDIT_STREAM, device)
 
                     def purify(images01: torch.Tensor, _y=y, _gens=pair_gens) -> torch.Tensor:
                         return diffusion.sdedit(net, images01, mask01=_y, sdedit_steps=cfg.sdedit_steps,
-                                                grid_steps=cfg.grid_steps, generator=_gens,
+                                                grid_steps=cfg.grid_steps, generator=_gens, guidance=guidance,
                                                 differentiable=cfg.grad == "full", checkpoint=cfg.grad == "full")
 
                     kwargs.update(purify=purify, grad=cfg.grad)

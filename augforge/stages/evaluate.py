@@ -35,6 +35,7 @@ import torch
 from augforge.configs import EvaluateConfig
 from augforge.data.dataset import SPLITS, UNUSED, PairSet, load_pairset, read_dataset
 from augforge.errors import AugforgeError
+from augforge.guidance import parse_guidance, resolve_guidance
 from augforge.progress import progress_bar
 from augforge.ranges import intensity_to_unit
 from augforge.runtime import atomic_write_bytes, autocast, resolve_device
@@ -218,6 +219,7 @@ def _check_attack_options(cfg: EvaluateConfig) -> list[float]:
         raise AugforgeError("--attack diff-pgd needs --image-model (the image-diffusion purifier)")
     if cfg.image_model and cfg.attack != "diff-pgd":
         raise AugforgeError(f"--image-model is the diff-pgd purifier; --attack {cfg.attack} does not use it")
+    parse_guidance(cfg.purify_guidance, "--purify-guidance")
     return [] if cfg.attack == "asma" else parse_budgets(cfg.eps, allow_zero=True)
 
 
@@ -232,14 +234,15 @@ def _asma_config(cfg: EvaluateConfig):
 
 
 def _purifier(cfg: EvaluateConfig, image_size: int, device: torch.device):
-    """(network, diffusion) of the diff-pgd purifier, as `augforge attack` builds it."""
+    """(network, diffusion, guidance) of the diff-pgd purifier, as `augforge attack` builds it."""
     from augforge.diffusion.process import build_diffusion
     from augforge.models.folder import load_network
     from augforge.models.inference import inference_net
 
     net, image_cfg = load_network(Path(cfg.image_model), kind="image-diffusion", image_size=image_size, device=device)
     net.requires_grad_(False)
-    return inference_net(net, device), build_diffusion("image-diffusion", image_cfg["process"])
+    return (inference_net(net, device), build_diffusion("image-diffusion", image_cfg["process"]),
+            resolve_guidance(cfg.purify_guidance, image_cfg, cfg.image_model, "--purify-guidance"))
 
 
 def _attack_batch(cfg: EvaluateConfig, attacker, x, y, index: list[int], eps: float, purifier,
@@ -259,12 +262,12 @@ def _attack_batch(cfg: EvaluateConfig, attacker, x, y, index: list[int], eps: fl
     if cfg.attack == "noise":
         kwargs["generator"] = PairStreams.for_pairs(cfg.seed, index, NOISE_STREAM, device)
     if cfg.attack == "diff-pgd":
-        net, diffusion = purifier
+        net, diffusion, guidance = purifier
         gens = PairStreams.for_pairs(cfg.seed, index, SDEDIT_STREAM, device)
 
         def purify(images01: torch.Tensor) -> torch.Tensor:
             return diffusion.sdedit(net, images01, mask01=y, sdedit_steps=AttackConfig.sdedit_steps,
-                                    grid_steps=AttackConfig.grid_steps, generator=gens)
+                                    grid_steps=AttackConfig.grid_steps, generator=gens, guidance=guidance)
 
         kwargs.update(purify=purify, grad="bpda")
     return ATTACKS[cfg.attack](attacker, x, y, **kwargs)
@@ -425,7 +428,7 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
     mode = f"transfer (attack computed on {cfg.attack_segmenter})" if cfg.attack_segmenter else "white-box"
     title = f"robustness under {cfg.attack}" + (f", transferred from {attack_name}" if attack_name else "")
     result: dict = {"segmenter": cfg.segmenter, "attack": cfg.attack, "attack_mode": mode, "split": cfg.split,
-                    "threshold": cfg.threshold}
+                    "threshold": cfg.threshold, **({"purify_guidance": purifier[2]} if purifier else {})}
     if len(paths) == 1 and len(segmenters) == 1:
         clean_row = rows[0]
         result.update(data=cfg.data, **{k: v for k, v in clean_row.items() if k not in (

@@ -33,6 +33,7 @@ from augforge.data.dataset import (
 from augforge.diffusion.gaussian import SAMPLERS
 from augforge.diffusion.process import build_diffusion
 from augforge.errors import AugforgeError
+from augforge.guidance import parse_guidance, resolve_guidance
 from augforge.models.folder import load_network, model_fingerprint
 from augforge.models.inference import inference_net
 from augforge.progress import log, progress_bar
@@ -53,10 +54,6 @@ from augforge.runtime import (
 from augforge.visual import contact_sheet, overlay
 
 MASK_STREAM, IMAGE_STREAM = 0, 1  # the two per-pair random streams
-# --guidance auto for a model trained with --cond-drop > 0: on a demo image model (cond-drop 0.1) consistency
-# 0.19 / 0.45 / 0.69 / 0.74 and encoder Frechet 476 / 394 / 211 / 70 at guidance 1 / 2 / 3 / 4
-# (docs/image-diffusion.md); above 3 polyps get more pronounced than real ones
-TRAINED_GUIDANCE = 3.0
 
 
 def pair_streams(seed: int, indices: list[int], stream: int, device: torch.device) -> PairStreams:
@@ -119,42 +116,6 @@ def draw_batch(idx: list[int], *, batch_size: int, image_net, image_process: dic
     images = render_images(image_net, image_process, masks, run_idx, sampler=sampler, steps=sample_steps,
                            guidance=guidance, seed=seed)
     return images[:len(idx)], masks[:len(idx)]
-
-
-def trained_cond_drop(image_cfg: dict) -> float:
-    """The ``--cond-drop`` an image model was trained with, from its config.json's ``made_by`` (0 for a
-    folder without that record: trained before the option existed, or written by hand)."""
-    return float(image_cfg.get("made_by", {}).get("options", {}).get("cond_drop", 0.0))
-
-
-def parse_guidance(text: str) -> float | None:
-    """``--guidance``: None for ``auto``, else the scale (a finite number >= 0)."""
-    if str(text).strip().lower() == "auto":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise AugforgeError(f"--guidance must be auto or a number >= 0 (1: none), got {text!r}")
-    return value
-
-
-def resolve_guidance(text: str, image_cfg: dict, image_model: str) -> float:
-    """The classifier-free guidance scale to sample with.
-
-    ``auto``: :data:`TRAINED_GUIDANCE` for an image model trained with ``--cond-drop`` > 0, else 1.
-    A scale other than 1 on a model trained with ``--cond-drop 0`` is refused: guidance mixes in the
-    unconditional output eps(x_t, null), which such a model never learned (Ho & Salimans 2022)."""
-    cond_drop = trained_cond_drop(image_cfg)
-    value = parse_guidance(text)
-    if value is None:
-        return TRAINED_GUIDANCE if cond_drop > 0 else 1.0
-    if value != 1.0 and cond_drop == 0.0:
-        raise AugforgeError(f"--guidance {value:g}: {image_model} was trained with --cond-drop 0, so its "
-                            "unconditional branch is untrained; use --guidance auto (1 for this model) or an image "
-                            "model trained with --cond-drop > 0")
-    return value
 
 
 def write_contact_sheet(root: Path, limit: int = 16) -> Path:
