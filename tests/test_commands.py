@@ -100,7 +100,7 @@ def test_an_attack_identity_holds_only_the_options_its_method_uses():
         "eps", "attack_loss", "weighted", "step_size", "steps", "random_start", "sigma2", "weight_mode"}
     assert set(identity(build({**base, "method": "diff-pgd"}))) == common | {
         "eps", "attack_loss", "weighted", "step_size", "steps", "random_start", "image_model", "sdedit_steps",
-        "grid_steps", "grad"}
+        "grid_steps", "grad", "purify_guidance"}
     assert set(identity(build({**base, "method": "asma", "target": "file"}))) == common | {
         "target", "target_file", "max_iter", "beta", "tau", "asma_mask", "multiplier"}
 

@@ -172,7 +172,7 @@ def run(cfg: AttackConfig) -> dict:
     options["segmenter_fingerprint"] = model_fingerprint(Path(cfg.segmenter))
     if cfg.method == "diff-pgd":
         options["image_model_fingerprint"] = model_fingerprint(Path(cfg.image_model))
-        options["purify_guidance"] = str(purifier[2])  # the scale used: auto and its value are one run
+        options["purify_guidance"] = f"{purifier[2]:g}"  # the scale used: auto and its value are one run
     made_by = run_record("attack", options)
     writer = rank_zero_first(lambda: DatasetWriter(Path(cfg.out), made_by, ds.image_size,
                                                    overwrite=cfg.overwrite and world.is_main))
