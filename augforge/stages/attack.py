@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -31,6 +32,7 @@ from augforge.data.dataset import (
     read_mask,
     run_record,
 )
+from augforge.diffusion.gaussian import GaussianDiffusion
 from augforge.diffusion.process import build_diffusion
 from augforge.errors import AugforgeError
 from augforge.guidance import parse_guidance, resolve_guidance
@@ -54,6 +56,30 @@ from augforge.visual import contact_sheet, gray_to_rgb, heatmap
 
 WEIGHTABLE = ("fgsm", "inverse-fgsm", "pgd", "diff-pgd")
 RANDOM_START_STREAM, ASMA_TARGET_STREAM, SDEDIT_STREAM = 13, 7, 11  # keys of the per-pair generators
+
+
+class Purifier(NamedTuple):
+    """The diff-pgd purifier: SDEdit with a mask-conditioned image model (bf16 copy on CUDA), at a guidance scale."""
+
+    net: torch.nn.Module
+    diffusion: GaussianDiffusion
+    guidance: float
+
+    def __call__(self, images01: torch.Tensor, *, mask01: torch.Tensor, generator, sdedit_steps: int,
+                 grid_steps: int, full_grad: bool = False) -> torch.Tensor:
+        return self.diffusion.sdedit(self.net, images01, mask01=mask01, sdedit_steps=sdedit_steps,
+                                     grid_steps=grid_steps, generator=generator, guidance=self.guidance,
+                                     differentiable=full_grad, checkpoint=full_grad)
+
+
+def load_purifier(image_model: str, guidance: str, image_size: int, device: torch.device) -> Purifier:
+    """The purifier of `attack` and `evaluate --attack diff-pgd`: the image model (kind and size checked),
+    frozen; ``guidance`` as --purify-guidance takes it (checked against how the model was trained)."""
+    net, image_cfg = load_network(Path(image_model), kind="image-diffusion", image_size=image_size, device=device)
+    net.requires_grad_(False)
+    # bf16 weights on CUDA (input cast inside; with --grad full the gradient reaches the float32 image)
+    return Purifier(inference_net(net, device), build_diffusion("image-diffusion", image_cfg["process"]),
+                    resolve_guidance(guidance, image_cfg, image_model, "--purify-guidance"))
 
 
 def default_eps(cfg: AttackConfig) -> float:
@@ -154,14 +180,8 @@ def run(cfg: AttackConfig) -> dict:
         raise AugforgeError(f"{cfg.data}: no pairs in split {cfg.split!r}")
     seg, _ = load_network(Path(cfg.segmenter), kind="segmenter", image_size=ds.image_size, device=device)
     seg.requires_grad_(False)
-    purifier = None
-    if cfg.method == "diff-pgd":
-        image_net, image_cfg = load_network(Path(cfg.image_model), kind="image-diffusion",
-                                            image_size=ds.image_size, device=device)
-        image_net.requires_grad_(False)
-        # bf16 weights on CUDA (input cast inside; with --grad full the gradient reaches the float32 image)
-        purifier = (inference_net(image_net, device), build_diffusion("image-diffusion", image_cfg["process"]),
-                    resolve_guidance(cfg.purify_guidance, image_cfg, cfg.image_model, "--purify-guidance"))
+    purifier = (load_purifier(cfg.image_model, cfg.purify_guidance, ds.image_size, device)
+                if cfg.method == "diff-pgd" else None)
 
     # 2. output: the run's identity holds only the options this method uses (configs: when=)
     options = identity(cfg)
@@ -172,7 +192,7 @@ def run(cfg: AttackConfig) -> dict:
     options["segmenter_fingerprint"] = model_fingerprint(Path(cfg.segmenter))
     if cfg.method == "diff-pgd":
         options["image_model_fingerprint"] = model_fingerprint(Path(cfg.image_model))
-        options["purify_guidance"] = f"{purifier[2]:g}"  # the scale used: auto and its value are one run
+        options["purify_guidance"] = f"{purifier.guidance:g}"  # the scale used: auto and its value are one run
     made_by = run_record("attack", options)
     writer = rank_zero_first(lambda: DatasetWriter(Path(cfg.out), made_by, ds.image_size,
                                                    overwrite=cfg.overwrite and world.is_main))
@@ -187,7 +207,7 @@ def run(cfg: AttackConfig) -> dict:
         method.update(weighted=True, sigma2=cfg.sigma2, weight_mode=cfg.weight_mode)
     if cfg.method == "diff-pgd":
         method.update(sdedit_steps=cfg.sdedit_steps, grid_steps=cfg.grid_steps, grad=cfg.grad,
-                      purify_guidance=purifier[2])
+                      purify_guidance=purifier.guidance)
     if cfg.method == "asma":
         betas = asma_betas(cfg)
         method = {"name": "asma", "target": cfg.target, "max_iter": cfg.max_iter,
@@ -224,13 +244,11 @@ def run(cfg: AttackConfig) -> dict:
                 if cfg.method in ("pgd", "diff-pgd"):
                     kwargs.update(step_size=step_size, steps=cfg.steps, random_start=cfg.random_start)
                 if cfg.method == "diff-pgd":
-                    net, diffusion, guidance = purifier
                     pair_gens = PairStreams.for_pairs(cfg.seed, index, SDEDIT_STREAM, device)
 
                     def purify(images01: torch.Tensor, _y=y, _gens=pair_gens) -> torch.Tensor:
-                        return diffusion.sdedit(net, images01, mask01=_y, sdedit_steps=cfg.sdedit_steps,
-                                                grid_steps=cfg.grid_steps, generator=_gens, guidance=guidance,
-                                                differentiable=cfg.grad == "full", checkpoint=cfg.grad == "full")
+                        return purifier(images01, mask01=_y, generator=_gens, sdedit_steps=cfg.sdedit_steps,
+                                        grid_steps=cfg.grid_steps, full_grad=cfg.grad == "full")
 
                     kwargs.update(purify=purify, grad=cfg.grad)
                 x_adv = ATTACKS[cfg.method](seg, x, y, **kwargs)

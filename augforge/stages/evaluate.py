@@ -35,7 +35,7 @@ import torch
 from augforge.configs import EvaluateConfig
 from augforge.data.dataset import SPLITS, UNUSED, PairSet, load_pairset, read_dataset
 from augforge.errors import AugforgeError
-from augforge.guidance import parse_guidance, resolve_guidance
+from augforge.guidance import parse_guidance
 from augforge.progress import progress_bar
 from augforge.ranges import intensity_to_unit
 from augforge.runtime import atomic_write_bytes, autocast, resolve_device
@@ -233,18 +233,6 @@ def _asma_config(cfg: EvaluateConfig):
     return acfg, asma_betas(acfg)
 
 
-def _purifier(cfg: EvaluateConfig, image_size: int, device: torch.device):
-    """(network, diffusion, guidance) of the diff-pgd purifier, as `augforge attack` builds it."""
-    from augforge.diffusion.process import build_diffusion
-    from augforge.models.folder import load_network
-    from augforge.models.inference import inference_net
-
-    net, image_cfg = load_network(Path(cfg.image_model), kind="image-diffusion", image_size=image_size, device=device)
-    net.requires_grad_(False)
-    return (inference_net(net, device), build_diffusion("image-diffusion", image_cfg["process"]),
-            resolve_guidance(cfg.purify_guidance, image_cfg, cfg.image_model, "--purify-guidance"))
-
-
 def _attack_batch(cfg: EvaluateConfig, attacker, x, y, index: list[int], eps: float, purifier,
                   device: torch.device) -> torch.Tensor:
     """x_adv for one batch (eps in [0, 1] units), computed on ``attacker``; randomness from per-pair streams."""
@@ -262,12 +250,11 @@ def _attack_batch(cfg: EvaluateConfig, attacker, x, y, index: list[int], eps: fl
     if cfg.attack == "noise":
         kwargs["generator"] = PairStreams.for_pairs(cfg.seed, index, NOISE_STREAM, device)
     if cfg.attack == "diff-pgd":
-        net, diffusion, guidance = purifier
         gens = PairStreams.for_pairs(cfg.seed, index, SDEDIT_STREAM, device)
 
         def purify(images01: torch.Tensor) -> torch.Tensor:
-            return diffusion.sdedit(net, images01, mask01=y, sdedit_steps=AttackConfig.sdedit_steps,
-                                    grid_steps=AttackConfig.grid_steps, generator=gens, guidance=guidance)
+            return purifier(images01, mask01=y, generator=gens, sdedit_steps=AttackConfig.sdedit_steps,
+                            grid_steps=AttackConfig.grid_steps)
 
         kwargs.update(purify=purify, grad="bpda")
     return ATTACKS[cfg.attack](attacker, x, y, **kwargs)
@@ -363,7 +350,11 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
                                     f"prepare it with --size {size}")
     for net, _ in models + ([attacker] if attacker else []):
         net.requires_grad_(False)
-    purifier = _purifier(cfg, datasets[0].image_size, device) if cfg.attack == "diff-pgd" else None
+    purifier = None
+    if cfg.attack == "diff-pgd":  # as `augforge attack` builds it
+        from augforge.stages.attack import load_purifier
+
+        purifier = load_purifier(cfg.image_model, cfg.purify_guidance, datasets[0].image_size, device)
     seg_names, data_names = _names(segmenters), _names(paths)
     attack_name = _names([cfg.attack_segmenter])[0] if cfg.attack_segmenter else ""
     variants = ([v for v in ASMA_VARIANTS if cfg.ablation or v[1] and v[2]] if cfg.attack == "asma"
@@ -428,7 +419,7 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
     mode = f"transfer (attack computed on {cfg.attack_segmenter})" if cfg.attack_segmenter else "white-box"
     title = f"robustness under {cfg.attack}" + (f", transferred from {attack_name}" if attack_name else "")
     result: dict = {"segmenter": cfg.segmenter, "attack": cfg.attack, "attack_mode": mode, "split": cfg.split,
-                    "threshold": cfg.threshold, **({"purify_guidance": purifier[2]} if purifier else {})}
+                    "threshold": cfg.threshold, **({"purify_guidance": purifier.guidance} if purifier else {})}
     if len(paths) == 1 and len(segmenters) == 1:
         clean_row = rows[0]
         result.update(data=cfg.data, **{k: v for k, v in clean_row.items() if k not in (
