@@ -245,43 +245,52 @@ def verdict(lo: float, hi: float, group_means: list[float]) -> str:
     return "no difference shown"
 
 
+def delta_to(a: argparse.Namespace, scores: dict[int, dict], reference: dict[int, dict]) -> dict | None:
+    """Per-image Dice of an arm minus a reference arm, per group, with the interval and verdict of the
+    decision rule; None unless every group of the arm has the reference scored."""
+    diffs, diff_ids = [], []
+    for g, own in scores.items():
+        if reference.get(g) is None:
+            return None
+        both = [i for i in sorted(own) if i in reference[g]]
+        diffs.append(np.array([own[i][0] - reference[g][i][0] for i in both]))
+        diff_ids.append(both)
+    if not diffs:
+        return None
+    # the groups share held-out images (seeds: the test split; subsets: test and most unused pairs),
+    # so each resample draws one image sample, by id, for all of them
+    mean, lo, hi = hierarchical_bootstrap_ci(diffs, n_boot=a.bootstrap_delta, seed=0, image_ids=diff_ids)
+    group_means = [float(d.mean()) for d in diffs]
+    return {"mean": mean, "ci95": [lo, hi], "per_group": group_means, "verdict": verdict(lo, hi, group_means)}
+
+
 def collect(a: argparse.Namespace) -> dict:
     """Every number of the summary as one JSON-able document."""
     groups, arms = parse_groups(a.groups), selected_arms(a)
     doc: dict = {"arms": {}, "groups": groups, "steps": step_budget(a), "filters": {}, "curves": {}}
-    control = {g: held_out(a, "R'", g) for g in groups}
+    scored = {arm: {g: s for g in groups if (s := held_out(a, arm, g)) is not None} for arm in ("R", "R'", *arms)}
     for arm in arms:
+        if not scored[arm]:
+            continue
         cell: dict = {"per_group": {}}
-        diffs, diff_ids = [], []
-        for g in groups:
-            scores = held_out(a, arm, g)
-            if scores is None:
-                continue
+        for g, scores in scored[arm].items():
             ids = sorted(scores)
             table = np.stack([scores[i] for i in ids])
             dice_pooled, iou_pooled = pooled(table)
-            entry = {"mDice": float(table[:, 0].mean()), "mIoU": float(table[:, 1].mean()),
-                     "pooled_dice": dice_pooled, "pooled_iou": iou_pooled, "n_images": len(ids),
-                     "train": train_record(a, arm, g)}
-            if arm != "R'" and control.get(g) is not None:
-                both = [i for i in ids if i in control[g]]
-                d = np.array([scores[i][0] - control[g][i][0] for i in both])
-                entry["delta_vs_control"] = float(d.mean())
-                diffs.append(d)
-                diff_ids.append(both)
-            cell["per_group"][str(g)] = entry
-        if not cell["per_group"]:
-            continue
+            cell["per_group"][str(g)] = {"mDice": float(table[:, 0].mean()), "mIoU": float(table[:, 1].mean()),
+                                         "pooled_dice": dice_pooled, "pooled_iou": iou_pooled,
+                                         "n_images": len(ids), "train": train_record(a, arm, g)}
         per = list(cell["per_group"].values())
         for key in ("mDice", "mIoU", "pooled_dice", "pooled_iou"):
             cell[key] = float(np.mean([e[key] for e in per]))
-        if diffs and len(diffs) == len(per):
-            # the groups share held-out images (seeds: the test split; subsets: test and most unused pairs),
-            # so each resample draws one image sample, by id, for all of them
-            mean, lo, hi = hierarchical_bootstrap_ci(diffs, n_boot=a.bootstrap_delta, seed=0, image_ids=diff_ids)
-            group_means = [float(d.mean()) for d in diffs]
-            cell["delta_vs_control"] = {"mean": mean, "ci95": [lo, hi], "per_group": group_means,
-                                        "verdict": verdict(lo, hi, group_means)}
+        # against R' (step-matched: the decision) and against R (fewer steps, as many real presentations as
+        # the mixing arms at r = 0.5 and S = 2 E: what the generated half of each batch is worth)
+        for key, reference in (("delta_vs_control", "R'"), ("delta_vs_R", "R")):
+            d = delta_to(a, scored[arm], scored[reference]) if arm != reference else None
+            if d is not None:
+                cell[key] = d
+                for g, mean in zip(scored[arm], d["per_group"]):
+                    cell["per_group"][str(g)][key] = mean
         doc["arms"][arm] = cell
     for g in groups:
         path = Path(a.out) / f"filtered-s{g}" / "dataset.json"
@@ -343,6 +352,15 @@ def render(a: argparse.Namespace, doc: dict) -> str:
         if lows:
             out += ["", f"Full data: do generated pairs no longer hurt (the lower end of Δ above {NO_HARM_MARGIN})? "
                     + "; ".join(f"{arm}: {lo:+.3f}, {'yes' if lo > NO_HARM_MARGIN else 'no'}" for arm, lo in lows.items())]
+    against_r = {arm: cell["delta_vs_R"] for arm, cell in doc["arms"].items() if cell.get("delta_vs_R")}
+    if against_r:  # what the generated part of a batch is worth when it does not displace real presentations
+        same_real = a.extra_ratio == 0.5 and doc["steps"] == 2 * a.epochs * real_steps_per_epoch(a)
+        out += ["", "Against R (real only, E epochs: half of S steps"
+                + (", so G, GF and DASP present each real pair as often as R" if same_real else "")
+                + "; same interval and rule):", "",
+                f"| arm | Δ mDice vs R [95 % CI] | Δ per {unit[:-1]} | verdict |", "|---|---|---|---|"]
+        out += [f"| {arm} | {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
+                + ", ".join(f"{x:+.3f}" for x in d["per_group"]) + f" | {d['verdict']} |" for arm, d in against_r.items()]
     out += ["", f"Per {unit[:-1]} (mDice; training budget as recorded):", "",
             f"| arm | {unit[:-1]} | mDice | pooled Dice | steps | real presentations | extra presentations |",
             "|---|---|---|---|---|---|---|"]

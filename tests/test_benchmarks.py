@@ -293,10 +293,15 @@ def test_evidence_toy_preset_compares_arms_at_equal_steps(tmp_path):
             d = cell["delta_vs_control"]
             assert d["ci95"][0] <= d["mean"] <= d["ci95"][1] and len(d["per_group"]) == 2
             assert d["verdict"] in ("helps", "hurts", "no difference shown")
+        if arm != "R":  # and against R, the same per-image differences against another reference
+            d, per_group = cell["delta_vs_R"], cell["per_group"]
+            assert d["per_group"] == [per_group[g]["delta_vs_R"] for g in ("0", "1")]
+            assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
     # GF trains on the pairs the filter kept (half of 8), DASP on their attacked copies
     kept = [json.loads(line) for line in (out / "filtered-s0" / "manifest.jsonl").read_text().splitlines()]
     assert len(kept) == 4 and all("score" in row for row in kept)
     assert "Δ mDice vs R'" in (tmp_path / "table.md").read_text()
+    assert "Δ mDice vs R [95 % CI]" in (tmp_path / "table.md").read_text()
 
 
 def test_evidence_full_mode_summary_answers_the_no_harm_question():
@@ -313,6 +318,10 @@ def test_evidence_full_mode_summary_answers_the_no_harm_question():
 
     doc = {"arms": {"R'": {"mDice": 0.7, "mIoU": 0.6, "pooled_dice": 0.7, "pooled_iou": 0.6, "per_group": {}},
                     "G": cell(-0.031), "GF": cell(-0.012)}, "steps": 2000, "curves": {}, "filters": {}}
+    doc["arms"]["GF"]["delta_vs_R"] = {"mean": 0.004, "ci95": [-0.01, 0.018], "per_group": [0.001, 0.002, 0.009],
+                                       "verdict": "no difference shown"}
     table = evidence.render(a, doc)
     assert "G: -0.031, no; GF: -0.012, yes" in table and "(full, 64 px, 3 seeds)" in table
+    # S = 2000 = 2 x 20 epochs of 50 steps at r = 0.5: the mixing arms present each real pair as often as R
+    assert "as often as R" in table and "| GF | +0.004 [-0.010, +0.018] | +0.001, +0.002, +0.009 |" in table
     assert "no longer hurt" not in evidence.render(evidence.parse_args(["--preset", "cpu-low"]), doc)
