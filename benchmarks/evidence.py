@@ -51,6 +51,8 @@ import numpy as np
 from kvasir_protocol import hardware  # benchmarks/ is on sys.path when a script of it runs
 
 from augforge.configs import PipelineConfig
+from augforge.data.dataset import load_pairs, read_dataset
+from augforge.quality import mask_quality_report
 from augforge.seg.metrics import hierarchical_bootstrap_ci
 from augforge.stages import pipeline
 
@@ -236,6 +238,32 @@ def val_curve(a: argparse.Namespace, arm: str, g: int) -> list[tuple[int, float]
     return [(r["step"], r["val_mDice"]) for r in rows if "val_mDice" in r and "step" in r]
 
 
+def generated_masks(a: argparse.Namespace, g: int) -> dict | None:
+    """How far group g's generated masks (all, and those its filter kept) are from its real training masks:
+    area distribution, one-component share, empty share (augforge.quality.mask_quality_report), with the
+    group's held-out real masks (val + test) for scale. None before sampling."""
+    run = Path(a.out)
+    data = read_dataset(run / (f"data-s{g}" if a.mode == "low-data" else "data"))
+    gen_path = run / (f"gen-s{g}" if a.mode == "low-data" else "gen") / "generated"
+    if not (gen_path / "manifest.jsonl").exists():
+        return None
+    train = load_pairs(data, data.split("train"))[1]
+    sets = {"held-out real": load_pairs(data, data.split("val") + data.split("test"))[1]}
+    gen = read_dataset(gen_path)
+    sets["generated"] = load_pairs(gen)[1]
+    kept_path = run / f"filtered-s{g}"
+    if (kept_path / "manifest.jsonl").exists():
+        sets["kept by the filter"] = load_pairs(read_dataset(kept_path))[1]
+    out = {}
+    for name, masks in sets.items():
+        r = mask_quality_report(masks, train)
+        out[name] = {"n": r["n_generated"], "area_mean": r["area"]["generated_mean"], "real_area_mean": r["area"]["real_mean"],
+                     "area_w1": r["area"]["wasserstein1"], "area_ks": r["area"]["ks"],
+                     "one_component": r["components"]["generated_hist"]["1"],
+                     "real_one_component": r["components"]["real_hist"]["1"], "empty": r["empty"]["generated"]}
+    return out
+
+
 def verdict(lo: float, hi: float, group_means: list[float]) -> str:
     """The decision rule of the module docstring."""
     if lo > 0 and all(d > 0 for d in group_means):
@@ -300,6 +328,10 @@ def collect(a: argparse.Namespace) -> dict:
         curve = val_curve(a, "R'", g)
         if curve:
             doc["curves"][str(g)] = curve
+        if a.mode == "low-data" or g == groups[0]:  # full data: one generated set for all seeds
+            masks = generated_masks(a, g)
+            if masks:
+                doc.setdefault("generated_masks", {})[str(g)] = masks
     state = Path(a.out) / "pipeline-state.json"
     if state.exists():
         recorded = json.loads(state.read_text())["stages"]
@@ -378,6 +410,16 @@ def render(a: argparse.Namespace, doc: dict) -> str:
             sc = f.get("scores", {})
             out.append(f"- {unit[:-1]} {g}: {f.get('kept')} of {f.get('scored')} kept (Dice ≥ {f.get('score_cut', 0):.3f}); "
                        + ", ".join(f"{k} mean {sc[k]['mean']:.3f}" for k in ("all", "kept", "dropped") if k in sc))
+    if doc.get("generated_masks"):
+        out += ["", "Generated masks against the real training masks (`augforge.quality.mask_quality_report`; the "
+                "held-out real masks show the level of a real sample):", "",
+                "| set | " + ("subset | " if a.mode == "low-data" else "") + "masks | area mean (train) | area W1 | "
+                "area KS | one component (train) | empty |", "|---|---|---|---|---|---|---|" + ("---|" if a.mode == "low-data" else "")]
+        for g, sets in doc["generated_masks"].items():
+            for name, m in sets.items():
+                out.append(f"| {name} | " + (f"{g} | " if a.mode == "low-data" else "")
+                           + f"{m['n']} | {m['area_mean']:.3f} ({m['real_area_mean']:.3f}) | {m['area_w1']:.3f} | "
+                           f"{m['area_ks']:.3f} | {m['one_component']:.2f} ({m['real_one_component']:.2f}) | {m['empty']:.3f} |")
     if doc.get("seconds"):
         total = sum(doc["seconds"].values())
         out += ["", f"Stages took {total / 60:.1f} min in all (pipeline-state.json)."]

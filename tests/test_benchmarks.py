@@ -300,6 +300,10 @@ def test_evidence_toy_preset_compares_arms_at_equal_steps(tmp_path):
     # GF trains on the pairs the filter kept (half of 8), DASP on their attacked copies
     kept = [json.loads(line) for line in (out / "filtered-s0" / "manifest.jsonl").read_text().splitlines()]
     assert len(kept) == 4 and all("score" in row for row in kept)
+    # the generated masks' distance from the real training masks, beside the held-out real masks' own
+    masks = doc["generated_masks"]["0"]
+    assert {name: m["n"] for name, m in masks.items()} == {"held-out real": 5 + 5, "generated": 8, "kept by the filter": 4}
+    assert all(0.0 <= m["one_component"] <= 1.0 and m["area_w1"] >= 0.0 for m in masks.values())
     assert "Δ mDice vs R'" in (tmp_path / "table.md").read_text()
     assert "Δ mDice vs R [95 % CI]" in (tmp_path / "table.md").read_text()
 
