@@ -264,6 +264,43 @@ def generated_masks(a: argparse.Namespace, g: int) -> dict | None:
     return out
 
 
+def held_out_areas(a: argparse.Namespace, g: int) -> dict[str, float]:
+    """{held-out image id (as in held_out): foreground fraction of its real mask} for group g."""
+    data = read_dataset(Path(a.out) / (f"data-s{g}" if a.mode == "low-data" else "data"))
+    areas: dict[str, float] = {}
+    for split in held_out_splits(a):
+        rows = data.split(split)
+        masks = load_pairs(data, rows)[1].float().mean(dim=(1, 2, 3))
+        areas.update({f"{split}/{r['id']}": float(m) for r, m in zip(rows, masks)})
+    return areas
+
+
+SIZE_BINS = ("small", "medium", "large")
+
+
+def by_polyp_size(a: argparse.Namespace, scored: dict[str, dict[int, dict]]) -> dict:
+    """Δ to R' within thirds of the held-out images by their real polyp's area (cut at each group's
+    tertiles): where the generated pairs gain or cost. Same interval and rule as the whole-set Δ."""
+    groups = sorted({g for per_arm in scored.values() for g in per_arm})
+    areas = {g: held_out_areas(a, g) for g in groups}
+    cuts = {g: [float(c) for c in np.quantile(list(areas[g].values()), [1 / 3, 2 / 3])] for g in groups}
+
+    def size_bin(g: int, image: str) -> int:
+        return int(np.searchsorted(cuts[g], areas[g][image], side="right"))
+
+    def part(scores: dict[int, dict], k: int) -> dict[int, dict]:
+        return {g: {i: v for i, v in s.items() if size_bin(g, i) == k} for g, s in scores.items()}
+
+    out: dict = {"cuts": {str(g): c for g, c in cuts.items()}, "arms": {}}
+    for arm, per_group in scored.items():
+        if arm == "R'" or not per_group:
+            continue
+        deltas = [delta_to(a, part(per_group, k), part(scored["R'"], k)) for k in range(len(SIZE_BINS))]
+        if all(d is not None for d in deltas):
+            out["arms"][arm] = deltas
+    return out
+
+
 def verdict(lo: float, hi: float, group_means: list[float]) -> str:
     """The decision rule of the module docstring."""
     if lo > 0 and all(d > 0 for d in group_means):
@@ -289,7 +326,8 @@ def delta_to(a: argparse.Namespace, scores: dict[int, dict], reference: dict[int
     # so each resample draws one image sample, by id, for all of them
     mean, lo, hi = hierarchical_bootstrap_ci(diffs, n_boot=a.bootstrap_delta, seed=0, image_ids=diff_ids)
     group_means = [float(d.mean()) for d in diffs]
-    return {"mean": mean, "ci95": [lo, hi], "per_group": group_means, "verdict": verdict(lo, hi, group_means)}
+    return {"mean": mean, "ci95": [lo, hi], "per_group": group_means, "verdict": verdict(lo, hi, group_means),
+            "n_images": [len(d) for d in diffs]}
 
 
 def collect(a: argparse.Namespace) -> dict:
@@ -320,6 +358,8 @@ def collect(a: argparse.Namespace) -> dict:
                 for g, mean in zip(scored[arm], d["per_group"]):
                     cell["per_group"][str(g)][key] = mean
         doc["arms"][arm] = cell
+    if scored["R'"] and any(scored[arm] for arm in arms if arm != "R'"):
+        doc["by_size"] = by_polyp_size(a, {arm: scored[arm] for arm in dict.fromkeys(("R", *arms))})
     for g in groups:
         path = Path(a.out) / f"filtered-s{g}" / "dataset.json"
         if path.exists():
@@ -393,6 +433,13 @@ def render(a: argparse.Namespace, doc: dict) -> str:
                 f"| arm | Δ mDice vs R [95 % CI] | Δ per {unit[:-1]} | verdict |", "|---|---|---|---|"]
         out += [f"| {arm} | {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
                 + ", ".join(f"{x:+.3f}" for x in d["per_group"]) + f" | {d['verdict']} |" for arm, d in against_r.items()]
+    if doc.get("by_size", {}).get("arms"):
+        cuts = "; ".join(f"{unit[:-1]} {g}: {c[0]:.3f}, {c[1]:.3f}" for g, c in doc["by_size"]["cuts"].items())
+        out += ["", "Δ mDice vs R' by the held-out polyp's size (thirds of the images by the real mask's area; "
+                f"area cuts {cuts}; same interval and rule):", "",
+                "| arm | " + " | ".join(SIZE_BINS) + " |", "|---|" + "---|" * len(SIZE_BINS)]
+        out += [f"| {arm} | " + " | ".join(f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] {d['verdict']}"
+                                         for d in deltas) + " |" for arm, deltas in doc["by_size"]["arms"].items()]
     out += ["", f"Per {unit[:-1]} (mDice; training budget as recorded):", "",
             f"| arm | {unit[:-1]} | mDice | pooled Dice | steps | real presentations | extra presentations |",
             "|---|---|---|---|---|---|---|"]

@@ -304,6 +304,16 @@ def test_evidence_toy_preset_compares_arms_at_equal_steps(tmp_path):
     masks = doc["generated_masks"]["0"]
     assert {name: m["n"] for name, m in masks.items()} == {"held-out real": 5 + 5, "generated": 8, "kept by the filter": 4}
     assert all(0.0 <= m["one_component"] <= 1.0 and m["area_w1"] >= 0.0 for m in masks.values())
+    # Δ to R' within thirds of the held-out images by polyp area: each third holds a third of the images
+    size = doc["by_size"]
+    assert list(size["arms"]) == ["R", "G", "GF", "DASP", "P"] and set(size["cuts"]) == {"0", "1"}
+    for g, (low, high) in size["cuts"].items():
+        assert 0.0 <= low <= high <= 1.0
+    for deltas in size["arms"].values():
+        assert len(deltas) == 3 and all(d["ci95"][0] <= d["mean"] <= d["ci95"][1] for d in deltas)
+        assert [sum(n) for n in zip(*(d["n_images"] for d in deltas))] == [31, 31]  # each image in one third
+        assert all(n >= 31 // 3 - 1 for d in deltas for n in d["n_images"])
+    assert "by the held-out polyp's size" in (tmp_path / "table.md").read_text()
     assert "Δ mDice vs R'" in (tmp_path / "table.md").read_text()
     assert "Δ mDice vs R [95 % CI]" in (tmp_path / "table.md").read_text()
 
