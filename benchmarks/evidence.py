@@ -434,7 +434,10 @@ def render(a: argparse.Namespace, doc: dict) -> str:
         out += [f"| {arm} | {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
                 + ", ".join(f"{x:+.3f}" for x in d["per_group"]) + f" | {d['verdict']} |" for arm, d in against_r.items()]
     if doc.get("by_size", {}).get("arms"):
-        cuts = "; ".join(f"{unit[:-1]} {g}: {c[0]:.3f}, {c[1]:.3f}" for g, c in doc["by_size"]["cuts"].items())
+        per_group = doc["by_size"]["cuts"]
+        cuts = ("; ".join(f"{unit[:-1]} {g}: {c[0]:.3f}, {c[1]:.3f}" for g, c in per_group.items())
+                if len({tuple(c) for c in per_group.values()}) > 1  # seeds share their held-out images
+                else "{0:.3f}, {1:.3f}".format(*next(iter(per_group.values()))))
         out += ["", "Δ mDice vs R' by the held-out polyp's size (thirds of the images by the real mask's area; "
                 f"area cuts {cuts}; same interval and rule):", "",
                 "| arm | " + " | ".join(SIZE_BINS) + " |", "|---|" + "---|" * len(SIZE_BINS)]
