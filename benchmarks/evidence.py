@@ -291,11 +291,12 @@ def by_polyp_size(a: argparse.Namespace, scored: dict[str, dict[int, dict]]) -> 
     def part(scores: dict[int, dict], k: int) -> dict[int, dict]:
         return {g: {i: v for i, v in s.items() if size_bin(g, i) == k} for g, s in scores.items()}
 
+    reference = [part(scored["R'"], k) for k in range(len(SIZE_BINS))]
     out: dict = {"cuts": {str(g): c for g, c in cuts.items()}, "arms": {}}
     for arm, per_group in scored.items():
         if arm == "R'" or not per_group:
             continue
-        deltas = [delta_to(a, part(per_group, k), part(scored["R'"], k)) for k in range(len(SIZE_BINS))]
+        deltas = [delta_to(a, part(per_group, k), reference[k]) for k in range(len(SIZE_BINS))]
         if all(d is not None for d in deltas):
             out["arms"][arm] = deltas
     return out

@@ -134,12 +134,13 @@ def test_padded_batches_make_pairs_bit_identical_at_a_given_batch_size(guided_mo
         return out
 
     one = pairs([[0, 1, 2], [3, 4, 5], [6]], 3)
+    exact = gemm_rows_independent()
     for split in ([[0, 2, 4], [6], [1, 3, 5]],  # shards 0/2 and 1/2 (or two ranks)
                   [[2, 3, 4], [5, 6], [0, 1]]):  # a rerun after pairs 0 and 1 were written, then those
         other = pairs(split, 3)
         for i in range(7):
             assert torch.equal(one[i][1], other[i][1]), i
-            if gemm_rows_independent():
+            if exact:
                 assert torch.equal(one[i][0], other[i][0]), i
             else:  # rows rounded by their position in the batch (see gemm_rows_independent)
                 torch.testing.assert_close(other[i][0], one[i][0], rtol=0, atol=1e-4)
