@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -151,18 +149,42 @@ def test_padded_batches_make_pairs_bit_identical_at_a_given_batch_size(guided_mo
     assert not torch.equal(one[0][0], one[1][0])
 
 
+KILLED_MID_WRITE = """
+import os, signal, sys
+from augforge.data.dataset import DatasetWriter
+append, calls = DatasetWriter._append_lines, []
+
+def append_then_die(self, text):
+    # the third batch's pair files are renamed into place; die (kill -9) half-way through its manifest line,
+    # leaving a torn line and a temporary file of a pair in flight, as a kill at the worst moment would
+    calls.append(text)
+    if len(calls) == 3:
+        append(self, text[: len(text) // 2])
+        (self.root / "images" / f".gen000005.png.tmp{os.getpid()}").write_bytes(b"partial")
+        os.kill(os.getpid(), signal.SIGKILL)
+    append(self, text)
+
+DatasetWriter._append_lines = append_then_die
+from augforge.cli import main
+sys.argv[0] = "augforge"
+main()
+"""
+
+
 def test_kill_and_resume_gives_exactly_n(tmp_path, models):
+    """A run killed mid-write (here by itself, so the moment does not depend on the machine's speed) leaves
+    two whole rows and a torn third; the rerun repairs the manifest and finishes exactly the missing pairs."""
     out = tmp_path / "gen"
-    cmd = [sys.executable, "-m", "augforge", *map(str, _args(models, out, "--batch-size", 1))]
-    cmd[cmd.index("--n") + 1] = "8"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(read_manifest(out / "manifest.jsonl")) < 2:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    written = len(read_manifest(out / "manifest.jsonl"))
-    assert 2 <= written < 8, "the run should have been killed midway"
+    args = [*map(str, _args(models, out, "--batch-size", 1))][1:]  # after "sample"
+    args[args.index("--n") + 1] = "8"
+    script = tmp_path / "killed_mid_write.py"
+    script.write_text(KILLED_MID_WRITE)
+    killed = subprocess.run([sys.executable, str(script), "sample", *args], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (out / "manifest.jsonl").read_bytes().endswith(b"\n")  # the torn line is there
+    assert len(read_manifest(out / "manifest.jsonl")) == 2
+    assert list(out.glob("images/.*.tmp*"))
+    cmd = [sys.executable, "-m", "augforge", "sample", *args]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = read_manifest(out / "manifest.jsonl")
     assert sorted(r["id"] for r in rows) == [f"gen{i:06d}" for i in range(8)]
