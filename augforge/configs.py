@@ -318,6 +318,11 @@ class FilterConfig:
                                   "pairs (0.5: the better half, dropping the least mask-consistent generated pairs as "
                                   "FreeMask/ControlPolypNet do; 1.0: all); ties by id.")
     min_score: float = option(0.0, "Also drop pairs scoring below this Dice in [0, 1] (0: no floor).")
+    # the mask-realism gate: consistency says whether the image shows its mask, not whether the mask is a polyp
+    max_components: int = option(0, "Mask gate: drop masks with more 8-connected foreground components than this, "
+                                    "before ranking (1: one blob, as 96 % of Kvasir-SEG masks; 0: any number).")
+    min_area: float = option(0.0, "Mask gate: drop masks whose foreground fraction is below this, before ranking.")
+    max_area: float = option(1.0, "Mask gate: drop masks whose foreground fraction is above this, before ranking.")
     split: str = option("all", "Pairs to score: all | train | val | test | unused.")
     batch_size: int = option(16, "Images per prediction batch.", identity=False)
     device: str = _device()

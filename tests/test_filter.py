@@ -17,7 +17,7 @@ from augforge.models.folder import load_network, make_config, save_model
 from augforge.models.segmenter import build_segmenter, segmenter_config
 from augforge.models.unet import Denoiser
 from augforge.seg.train import predict
-from augforge.stages.filter import keep_count, select
+from augforge.stages.filter import keep_count, mask_gate, select
 from augforge.visual import TITLE_BAND
 
 NET = segmenter_config("linknet", "mobilenet_v2")
@@ -94,6 +94,21 @@ def test_select_ranks_by_score_ties_by_id_then_applies_both_cuts():
     _, kept = select(ids, scores, keep=2, min_score=0.6)  # both: the stricter one wins
     assert kept == [False, True, False, False, False]
     assert select(ids[::-1], scores[::-1], keep=3, min_score=0.0)[0] == ranks[::-1]  # input order does not matter
+
+
+def test_the_mask_gate_comes_before_the_ranking():
+    components, areas = [1, 2, 0, 1, 1], [0.10, 0.20, 0.0, 0.90, 0.01]
+    assert mask_gate(components, areas, 0, 0.0, 1.0) == [True] * 5  # the defaults: no gate
+    assert mask_gate(components, areas, 1, 0.0, 1.0) == [True, False, True, True, True]  # an empty mask: 0 components
+    assert mask_gate(components, areas, 1, 0.05, 0.5) == [True, False, False, False, False]
+    assert mask_gate(components, areas, 2, 0.01, 0.2) == [True, True, False, False, True]  # bounds are inclusive
+    ids, scores = ["d", "b", "a", "c", "e"], [0.5, 0.9, 0.5, 0.5, 0.1]
+    passes = [True, False, True, True, True]
+    ranks, kept = select(ids, scores, keep=3, min_score=0.0, passes=passes)
+    assert ranks == [4, 1, 2, 3, 5]  # ranks among all scored pairs, as without a gate
+    assert kept == [True, False, True, True, False]  # the best 3 of those that pass: a, c, d
+    assert select(ids, scores, keep=3, min_score=0.5, passes=passes)[1] == kept
+    assert select(ids, scores, keep=5, min_score=0.0, passes=[False] * 5)[1] == [False] * 5
 
 
 def test_filter_keeps_the_consistent_pairs_with_their_rows_files_and_scores(tmp_path, cli, generated, models):
@@ -174,11 +189,17 @@ def test_an_interrupted_filter_continues_and_a_different_run_is_refused(tmp_path
     for line in lines[5:]:
         row = json.loads(line)
         (out / row["image"]).unlink()
+    # ... by a version before the mask gate: no gate options recorded, scores.csv without its columns
     info = json.loads((out / "dataset.json").read_text())
-    (out / "dataset.json").write_text(json.dumps({**info, "complete": False}))
+    options = {k: v for k, v in info["made_by"]["options"].items() if k not in ("max_components", "min_area", "max_area")}
+    (out / "dataset.json").write_text(json.dumps({**info, "complete": False,
+                                                  "made_by": {**info["made_by"], "options": options}}))
+    scores = (out / "scores.csv").read_text().splitlines()
+    (out / "scores.csv").write_text("\n".join(",".join(x.split(",")[:5] + x.split(",")[-1:]) for x in scores) + "\n")
     r = _run(cli, generated, out, "--segmenter", models / "seg", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["written_now"] == 7
     assert sorted((out / "manifest.jsonl").read_text().splitlines()) == full
+    assert (out / "scores.csv").read_text().splitlines() == scores  # scored again, with the gate's columns
     assert read_dataset(out, require_complete=True).info["count"] == 12
 
     _one_line_error(_run(cli, generated, out, "--segmenter", models / "seg", "--keep-top", "0.25"),
@@ -195,6 +216,8 @@ def test_an_interrupted_filter_continues_and_a_different_run_is_refused(tmp_path
     (["--min-score", "-0.1"], ["--min-score", "[0, 1]"]),
     (["--split", "unused"], ["no pairs in split 'unused'"]),
     (["--split", "everything"], ["--split must be one of"]),
+    (["--max-components", "-1"], ["--max-components", ">= 0"]),
+    (["--min-area", "0.6", "--max-area", "0.5"], ["--min-area 0.6", "min <= max"]),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, cli, generated, models, args, needles):
     _one_line_error(_run(cli, generated, tmp_path / "x", "--segmenter", models / "seg", *args), *needles)
@@ -210,6 +233,54 @@ def test_bad_inputs_are_one_line_errors(tmp_path, cli, generated, models):
     DatasetWriter(empty, run_record("sample", {}), 32).finalize()
     _one_line_error(_run(cli, empty, tmp_path / "x", "--segmenter", models / "seg"), "dataset has no pairs")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory, synthetic_dataset):
+    """12 pairs whose masks are known shapes: one disc, two discs, or a disc covering most of the image
+    (radius 5, 5+5, 15 at 32 px), four of each."""
+    out = tmp_path_factory.mktemp("shapes") / "shapes"
+    ds = read_dataset(synthetic_dataset)
+    images, _ = load_pairs(ds, ds.rows[:12])
+    writer = DatasetWriter(out, run_record("sample", {"seed": 1}), 32)
+    for k in range(12):
+        mask = np.zeros((32, 32), np.uint8)
+        kind = ("one", "two", "big")[k % 3]
+        for centre, radius in {"one": [((10, 10), 5)], "two": [((8, 8), 5), ((24, 24), 5)],
+                               "big": [((16, 16), 15)]}[kind]:
+            cv2.circle(mask, centre, radius, 255, -1)
+        writer.append(f"{kind}{k:02d}", images[k].permute(1, 2, 0).numpy(), mask,
+                      {"split": "train", "source": "generated", "parent": ds.rows[k]["id"], "method": {}})
+    writer.finalize()
+    return out
+
+
+def test_the_mask_gate_drops_fragmented_and_oversized_masks_before_ranking(tmp_path, cli, shapes, models):
+    out = tmp_path / "gated"
+    r = _run(cli, shapes, out, "--segmenter", models / "seg", "--keep-top", "0.25", "--max-components", "1",
+             "--max-area", "0.5", "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["gate"] == {"max_components": 1, "min_area": 0.0, "max_area": 0.5, "passed": 4, "gated_out": 8}
+    assert result["kept"] == 3  # a quarter of the 12 scored, all from the 4 single small discs
+    table = list(csv.DictReader((out / "scores.csv").open()))
+    shape = {"one": (1, "1"), "two": (2, "0"), "big": (1, "0")}
+    for row in table:
+        components, gate = shape[row["id"][:3]]
+        assert (int(row["components"]), row["gate"]) == (components, gate), row
+        mask = cv2.imread(str(shapes / "masks" / f"{row['id']}.png"), cv2.IMREAD_GRAYSCALE)
+        assert float(row["area"]) == pytest.approx((mask > 127).mean())
+    passing = [x for x in table if x["gate"] == "1"]  # best first: the kept ones are the first 3 that pass
+    assert [x["kept"] for x in passing] == ["1", "1", "1", "0"]
+    assert {x["id"] for x in read_manifest(out / "manifest.jsonl")} == {x["id"] for x in passing[:3]}
+    assert json.loads((out / "dataset.json").read_text())["made_by"]["options"]["max_components"] == 1
+    # a continued run reads the mask statistics back; a gate that passes nothing is a one-line error
+    again = _run(cli, shapes, out, "--segmenter", models / "seg", "--keep-top", "0.25", "--max-components", "1",
+                 "--max-area", "0.5", "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["written_now"] == 0
+    _one_line_error(_run(cli, shapes, tmp_path / "none", "--segmenter", models / "seg", "--min-area", "0.9"),
+                    "no mask passes", "areas")
+    assert not (tmp_path / "none").exists()
 
 
 def test_a_filtered_dataset_is_an_extra_set_for_train_seg(tmp_path, cli, synthetic_dataset, generated, models):

@@ -6,14 +6,18 @@ figure ``sample --report`` averages as ``consistency_mDice`` and ``evaluate`` re
 metric, :func:`augforge.seg.metrics.per_image_scores`, same empty-mask convention: an empty prediction
 on an empty mask scores 1, any other prediction on an empty mask 0). Pairs are ranked by score, ties
 by id, and the top ``--keep-top`` (a count, or a fraction of the scored pairs) that also score at
-least ``--min-score`` are kept. Filtering out the least consistent synthetic pairs is what made
+least ``--min-score`` are kept. An optional *mask-realism gate* comes first: ``--max-components`` (8-connected
+foreground components) and ``--min-area``/``--max-area`` (foreground fraction) drop masks unlike real
+polyps, whatever their consistency: the judge scores whether the image shows its mask, not whether the
+mask is a plausible polyp (docs/evidence-cpu.md measured fragmented generated masks kept by consistency).
+The top ``--keep-top`` are then taken among the pairs that pass. Filtering out the least consistent synthetic pairs is what made
 generated data help in FreeMask (Yang et al., NeurIPS 2023) and ControlPolypNet (Sharma et al.,
 CVPRW 2024).
 
 The output is a dataset (docs/artifacts.md) of the kept pairs: same ids, image and mask files copied
 byte for byte, manifest rows with their fields (split, source, parent, method, ...) plus ``score`` and
 ``rank`` (1: the most consistent of all scored pairs). Beside it: ``scores.csv`` (every scored pair
-with its rank, score and kept flag) and ``contact_sheet.png`` (the best kept against the worst dropped
+with its rank, score, mask components and area, gate and kept flags) and ``contact_sheet.png`` (the best kept against the worst dropped
 pairs: image | mask | prediction). ``dataset.json`` records the options, the data and segmenter
 fingerprints, the counts, the score distribution of kept and dropped pairs and the cut applied.
 
@@ -49,6 +53,7 @@ from augforge.data.dataset import (
 from augforge.errors import AugforgeError
 from augforge.models.folder import load_network, model_fingerprint
 from augforge.progress import progress_bar
+from augforge.quality import area_fractions, component_counts
 from augforge.runtime import atomic_write_bytes, read_json, resolve_device
 from augforge.seg.metrics import per_image_scores
 from augforge.seg.train import predict
@@ -90,17 +95,31 @@ def keep_count(keep_top: str, n: int) -> int:
     return max(1, int(math.floor(fraction * n + 0.5)))
 
 
-def select(ids: list[str], scores: list[float], keep: int, min_score: float) -> tuple[list[int], list[bool]]:
-    """Rank pairs by score (highest first, ties by id) and keep the top ``keep`` scoring >= ``min_score``.
+def mask_gate(components: list[int], areas: list[float], max_components: int, min_area: float,
+              max_area: float) -> list[bool]:
+    """Whether each mask looks like a real polyp mask: at most ``max_components`` 8-connected foreground
+    components (0: any number) and a foreground fraction in [``min_area``, ``max_area``]."""
+    return [(max_components == 0 or c <= max_components) and min_area <= a <= max_area
+            for c, a in zip(components, areas)]
 
-    ids, scores: one per pair (scores in [0, 1]). Returns (rank of each pair, 1 = best; kept flag of
-    each pair), both in the input order.
+
+def select(ids: list[str], scores: list[float], keep: int, min_score: float,
+           passes: list[bool] | None = None) -> tuple[list[int], list[bool]]:
+    """Rank pairs by score (highest first, ties by id) and keep the top ``keep`` of those that pass the
+    mask gate (``passes``; None: all pass) and score >= ``min_score``.
+
+    ids, scores: one per pair (scores in [0, 1]). Returns (rank of each pair among all pairs, 1 = best;
+    kept flag of each pair), both in the input order.
     """
+    passes = [True] * len(ids) if passes is None else passes
     order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))
-    ranks = [0] * len(ids)
+    ranks, kept = [0] * len(ids), [False] * len(ids)
+    taken = 0
     for r, i in enumerate(order, start=1):
         ranks[i] = r
-    kept = [ranks[i] <= keep and scores[i] >= min_score for i in range(len(ids))]
+        if passes[i] and taken < keep:
+            taken += 1
+            kept[i] = scores[i] >= min_score
     return ranks, kept
 
 
@@ -114,48 +133,57 @@ def score_stats(values: list[float]) -> dict:
 # --------------------------------------------------------------------------- scoring
 
 @torch.no_grad()
-def consistency_scores(seg: torch.nn.Module, ds: Dataset, rows: list[dict], batch_size: int,
-                       device: torch.device) -> list[float]:
-    """Per-pair Dice (in [0, 1]) of the segmenter's prediction against each row's mask, in row order.
+def score_pairs(seg: torch.nn.Module, ds: Dataset, rows: list[dict], batch_size: int,
+                device: torch.device) -> dict[str, list]:
+    """Each row's consistency ``score``: Dice (in [0, 1]) of the segmenter's prediction against its mask;
+    and its mask's ``components`` (8-connected) and ``area`` (foreground fraction), in row order.
 
     Pairs are decoded ``CHUNK`` batches at a time and predicted in batches of ``batch_size``
     (:func:`augforge.seg.train.predict`); the scores reach the host once, at the end.
     """
-    out = []
+    scores, components, areas = [], [], []
     step = batch_size * CHUNK
     with progress_bar("filter: scoring", total=len(rows)) as advance:
         for start in range(0, len(rows), step):
             images, masks = load_pairs(ds, rows[start:start + step])
             logits = predict(seg, images, batch_size, device)
-            out.append(per_image_scores(torch.sigmoid(logits) > THRESHOLD, masks.to(device))["dice"])
+            scores.append(per_image_scores(torch.sigmoid(logits) > THRESHOLD, masks.to(device))["dice"])
+            components += component_counts(masks).tolist()
+            areas += area_fractions(masks).tolist()
             advance(len(images))
-    return torch.cat(out).cpu().tolist()
+    return {"score": torch.cat(scores).cpu().tolist(), "components": components, "area": areas}
 
 
 # --------------------------------------------------------------------------- files
 
-def scores_csv(rows: list[dict], scores: list[float], ranks: list[int], kept: list[bool]) -> bytes:
-    """scores.csv: rank, id, split, source, score, kept (1/0), one line per scored pair, best first."""
+def scores_csv(rows: list[dict], scored: dict[str, list], ranks: list[int], passes: list[bool],
+               kept: list[bool]) -> bytes:
+    """scores.csv: rank, id, split, source, score, components, area, gate (1/0: the mask passed), kept (1/0),
+    one line per scored pair, best first."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["rank", "id", "split", "source", "score", "kept"])
+    writer.writerow(["rank", "id", "split", "source", "score", "components", "area", "gate", "kept"])
     for i in sorted(range(len(rows)), key=lambda i: ranks[i]):
-        writer.writerow([ranks[i], rows[i]["id"], rows[i]["split"], rows[i]["source"], repr(scores[i]), int(kept[i])])
+        writer.writerow([ranks[i], rows[i]["id"], rows[i]["split"], rows[i]["source"], repr(scored["score"][i]),
+                         scored["components"][i], repr(scored["area"][i]), int(passes[i]), int(kept[i])])
     return buf.getvalue().encode()
 
 
-def read_scores(path: Path, rows: list[dict]) -> list[float] | None:
-    """The scores a run wrote to scores.csv, in ``rows`` order; None if the file is missing or does not
-    list exactly these pairs (then they are scored again)."""
+def read_scores(path: Path, rows: list[dict]) -> dict[str, list] | None:
+    """What a run wrote to scores.csv (score, components, area), in ``rows`` order; None if the file is
+    missing, lacks a column (written before the gate) or does not list exactly these pairs (then they
+    are scored again)."""
     if not path.exists():
         return None
     try:
-        recorded = {r["id"]: float(r["score"]) for r in csv.DictReader(io.StringIO(path.read_text()))}
-    except (KeyError, ValueError, csv.Error):
+        recorded = {r["id"]: (float(r["score"]), int(r["components"]), float(r["area"]))
+                    for r in csv.DictReader(io.StringIO(path.read_text()))}
+    except (KeyError, ValueError, TypeError, csv.Error):
         return None
     if set(recorded) != {r["id"] for r in rows}:
         return None
-    return [recorded[r["id"]] for r in rows]
+    columns = list(zip(*(recorded[r["id"]] for r in rows)))
+    return {"score": list(columns[0]), "components": list(columns[1]), "area": list(columns[2])}
 
 
 def _label(text: list[str], size: int, kept: bool) -> np.ndarray:
@@ -197,6 +225,11 @@ def _check(cfg: FilterConfig) -> None:
         raise AugforgeError(f"--min-score must be in [0, 1] (a Dice score), got {cfg.min_score}")
     if cfg.batch_size < 1:
         raise AugforgeError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.max_components < 0:
+        raise AugforgeError(f"--max-components must be >= 0 (0: any number), got {cfg.max_components}")
+    if not 0.0 <= cfg.min_area <= cfg.max_area <= 1.0:
+        raise AugforgeError(f"--min-area {cfg.min_area:g} / --max-area {cfg.max_area:g}: need 0 <= min <= max <= 1 "
+                            "(foreground fractions)")
 
 
 def _summary(info: dict, out: Path, written_now: int) -> dict:
@@ -204,6 +237,7 @@ def _summary(info: dict, out: Path, written_now: int) -> dict:
     return {"out": str(out), "scored": f["scored"], "kept": f["kept"], "dropped": f["dropped"],
             "written_now": written_now, "keep_top": f["keep_top"], "keep_count": f["keep_count"],
             "min_score": f["min_score"], "score_cut": f["score_cut"], "scores": f["scores"],
+            "gate": f["gate"],
             "scores_file": str(out / SCORES), "contact_sheet": str(out / SHEET)}
 
 
@@ -229,17 +263,23 @@ def run(cfg: FilterConfig) -> dict:
             return _summary(info, out, 0)
 
     # 2. scores (read back when continuing, so every pair keeps the score it was kept for), ranks, kept
-    scores = read_scores(out / SCORES, rows) if resumed else None
-    if scores is None:
-        scores = consistency_scores(seg, ds, rows, cfg.batch_size, device)
-    ids = [r["id"] for r in rows]
-    ranks, kept = select(ids, scores, keep, cfg.min_score)
+    scored = read_scores(out / SCORES, rows) if resumed else None
+    if scored is None:
+        scored = score_pairs(seg, ds, rows, cfg.batch_size, device)
+    scores, ids = scored["score"], [r["id"] for r in rows]
+    passes = mask_gate(scored["components"], scored["area"], cfg.max_components, cfg.min_area, cfg.max_area)
+    if not any(passes):
+        raise AugforgeError(f"--max-components {cfg.max_components} --min-area {cfg.min_area:g} --max-area "
+                            f"{cfg.max_area:g}: no mask passes (components {min(scored['components'])}.."
+                            f"{max(scored['components'])}, areas {min(scored['area']):.4f}..{max(scored['area']):.4f})")
+    ranks, kept = select(ids, scores, keep, cfg.min_score, passes)
     if not any(kept):
-        raise AugforgeError(f"--min-score {cfg.min_score:g}: no pair kept (the best score is {max(scores):.4f})")
+        best = max(s for s, ok in zip(scores, passes) if ok)
+        raise AugforgeError(f"--min-score {cfg.min_score:g}: no pair kept (the best score is {best:.4f})")
 
     # 3. the dataset of kept pairs: files copied byte for byte, rows with their score and rank
     writer = DatasetWriter(out, made_by, ds.image_size, overwrite=cfg.overwrite)
-    atomic_write_bytes(writer.root / SCORES, scores_csv(rows, scores, ranks, kept))
+    atomic_write_bytes(writer.root / SCORES, scores_csv(rows, scored, ranks, passes, kept))
     keep_ids = {ids[i] for i in range(len(rows)) if kept[i]}
     done = writer.existing_ids()
     if done - keep_ids:
@@ -268,6 +308,8 @@ def run(cfg: FilterConfig) -> dict:
                "segmenter_fingerprint": made_by["options"]["segmenter_fingerprint"],
                "prediction_threshold": THRESHOLD, "keep_top": cfg.keep_top, "keep_count": keep,
                "min_score": cfg.min_score, "score_cut": min(kept_scores),
+               "gate": {"max_components": cfg.max_components, "min_area": cfg.min_area, "max_area": cfg.max_area,
+                        "passed": sum(passes), "gated_out": len(rows) - sum(passes)},
                "scored": len(rows), "kept": len(kept_scores), "dropped": len(dropped_scores),
                "scores": {"all": score_stats(scores), "kept": score_stats(kept_scores),
                           "dropped": score_stats(dropped_scores)}}
