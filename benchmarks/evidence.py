@@ -16,7 +16,8 @@ pairs and seeded with g:
   R     real only, ``--epochs`` E (the usual recipe, not step-matched)
   R'    real only, ``--steps`` S: the step-matched control every other arm is compared with
   G     real + N' unfiltered generated pairs, S steps, each batch ``--extra-ratio`` r generated
-  GF    real + the generated pairs ``augforge filter`` keeps (judge: R of group g), S steps, ratio r
+  GF    real + the generated pairs ``augforge filter`` keeps (judge: R of group g; with ``--max-components``,
+        ``--min-area``, ``--max-area`` only among masks that pass its mask gate), S steps, ratio r
   DASP  real + GF's pairs attacked by Diff-PGD(W) against R of group g, S steps, ratio r
   P     GF's pairs alone for S/2 steps (``train-seg --extra-ratio 1``), then fine-tuned on the real pairs
         alone for S/2 steps (``--init-from``): pre-training instead of mixing, S steps in all
@@ -106,6 +107,12 @@ def held_out_splits(a: argparse.Namespace) -> list[str]:
     return ["test", "unused"] if a.mode == "low-data" else ["test"]
 
 
+def mask_gate(a: argparse.Namespace) -> dict:
+    """The filter's mask-gate options that differ from its defaults (none: the stage is as before the gate)."""
+    gate = dict(max_components=a.max_components, min_area=a.min_area, max_area=a.max_area)
+    return {k: v for k, v in gate.items() if v != {"max_components": 0, "min_area": 0.0, "max_area": 1.0}[k]}
+
+
 def stages(a: argparse.Namespace) -> list[dict]:
     """Every stage as {name, command, options...}, in an order that respects inputs."""
     run = a.out
@@ -152,7 +159,7 @@ def stages(a: argparse.Namespace) -> list[dict]:
         if needs_filter:
             out.append(dict(name=f"filter-s{g}", command="filter", data=f"{gen}/generated",
                             segmenter=f"{run}/seg/r-s{g}", out=f"{run}/filtered-s{g}", keep_top=a.keep_top,
-                            batch_size=a.batch, device=a.device))
+                            **mask_gate(a), batch_size=a.batch, device=a.device))
         if "DASP" in arms:
             out.append(dict(name=f"attack-s{g}", command="attack", data=f"{run}/filtered-s{g}",
                             segmenter=f"{run}/seg/r-s{g}", out=f"{run}/attacked-s{g}", method="diff-pgd",
@@ -392,6 +399,8 @@ def render(a: argparse.Namespace, doc: dict) -> str:
     groups = parse_groups(a.groups)
     unit = "subsets" if a.mode == "low-data" else "seeds"
     held = " + ".join(held_out_splits(a))
+    gate = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in mask_gate(a).items())
+    gate = f" among the pairs whose mask passes {gate}" if gate else ""
     out = [f"# Do generated pairs help? ({a.mode}, {a.size} px, {len(groups)} {unit})", "",
            f"Written by `python benchmarks/evidence.py {' '.join(sys.argv[1:])}` on {date.today()}.", "",
            "| setting | value |", "|---|---|",
@@ -405,7 +414,7 @@ def render(a: argparse.Namespace, doc: dict) -> str:
            f"| generators | per {'subset' if a.mode == 'low-data' else 'run'}: `{a.model_size}` mask model "
            f"{a.mask_steps} steps, image model {a.image_steps} steps (v, cond-drop {a.cond_drop}), lr "
            f"{a.diffusion_lr}, batch {a.diffusion_batch}; N' = {a.generated} pairs, guidance {a.guidance} |",
-           f"| filter | keep-top {a.keep_top} by consistency (R's Dice against the pair's mask) |",
+           f"| filter | keep-top {a.keep_top} by consistency (R's Dice against the pair's mask){gate} |",
            f"| DASP | Diff-PGD(W) of GF's pairs against R: K = {a.attack_steps}, γ = 1, T^s = 3, σ² = 4 |",
            f"| hardware | {hardware(a.device)} |", "",
            "Δ: the arm minus R' (step-matched, real only) in per-image Dice on the held-out images, averaged per "
@@ -507,6 +516,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--mask-sample-steps", type=int, default=100)
     ap.add_argument("--keep-top", default="0.5", help="filter --keep-top (a count or a fraction)")
+    ap.add_argument("--max-components", type=int, default=0, help="filter's mask gate (0: any number)")
+    ap.add_argument("--min-area", type=float, default=0.0, help="filter's mask gate: least foreground fraction")
+    ap.add_argument("--max-area", type=float, default=1.0, help="filter's mask gate: largest foreground fraction")
     ap.add_argument("--attack-steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=32, help="batch of sample, filter and attack")
     ap.add_argument("--bootstrap", type=int, default=200, help="evaluate's own bootstrap resamples")

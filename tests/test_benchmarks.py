@@ -339,3 +339,19 @@ def test_evidence_full_mode_summary_answers_the_no_harm_question():
     # S = 2000 = 2 x 20 epochs of 50 steps at r = 0.5: the mixing arms present each real pair as often as R
     assert "as often as R" in table and "| GF | +0.004 [-0.010, +0.018] | +0.001, +0.002, +0.009 |" in table
     assert "no longer hurt" not in evidence.render(evidence.parse_args(["--preset", "cpu-low"]), doc)
+
+
+def test_evidence_passes_the_mask_gate_to_its_filter_stages():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import evidence
+
+    def filters(*extra):
+        a = evidence.parse_args(["--preset", "cpu-full", "--out", "/tmp/x", *extra])
+        return a, [s for s in evidence.stages(a) if s["command"] == "filter"]
+
+    a, plain = filters()
+    assert len(plain) == 3 and not {"max_components", "min_area", "max_area"} & set(plain[0])  # as before the gate
+    a, gated = filters("--max-components", "1", "--min-area", "0.0122", "--max-area", "0.6179")
+    assert all((s["max_components"], s["min_area"], s["max_area"]) == (1, 0.0122, 0.6179) for s in gated)
+    doc = {"arms": {}, "steps": 2000, "curves": {}, "filters": {}}
+    assert "passes --max-components 1, --min-area 0.0122, --max-area 0.6179 |" in evidence.render(a, doc)
