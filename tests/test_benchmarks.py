@@ -70,7 +70,9 @@ def test_hot_paths_prints_every_ratio():
     assert forward["dtype"] == "float32"  # the inference net of the CPU (bf16 on CUDA: tests/test_cuda.py)
     # the FLOP budget of 1600 pairs: 2 mask steps + the default sampler's steps, at an H100's peak (reference)
     budget = result["budget"]
-    assert math.isclose(budget["image_gflops_per_forward"], forward["gflops"] / 4, rel_tol=1e-6)  # batch 1 vs 4
+    # batch 1 against a quarter of batch 4: on the CPU a batch at one timestep computes its time embedding
+    # once (augforge.models.unet.TimeLinear), a few hundredths of a percent of the forward's FLOPs
+    assert math.isclose(budget["image_gflops_per_forward"], forward["gflops"] / 4, rel_tol=1e-3)
     # guidance auto samples a model trained with the default --cond-drop at guidance 3: two image UNet calls a step
     per_pair = 2 * budget["mask_gflops_per_forward"] + 2 * SampleConfig.sample_steps * budget["image_gflops_per_forward"]
     assert math.isclose(budget["tflops_per_pair"], per_pair / 1e3, rel_tol=1e-9)
