@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from kvasir_protocol import hardware  # benchmarks/ is on sys.path when a script of it runs
 
-from augforge.configs import PipelineConfig
+from augforge.configs import FilterConfig, PipelineConfig
 from augforge.data.dataset import load_pairs, read_dataset
 from augforge.quality import mask_quality_report
 from augforge.seg.metrics import hierarchical_bootstrap_ci
@@ -107,10 +107,12 @@ def held_out_splits(a: argparse.Namespace) -> list[str]:
     return ["test", "unused"] if a.mode == "low-data" else ["test"]
 
 
+GATE = ("max_components", "min_area", "max_area")  # FilterConfig's mask-gate fields
+
+
 def mask_gate(a: argparse.Namespace) -> dict:
     """The filter's mask-gate options that differ from its defaults (none: the stage is as before the gate)."""
-    gate = dict(max_components=a.max_components, min_area=a.min_area, max_area=a.max_area)
-    return {k: v for k, v in gate.items() if v != {"max_components": 0, "min_area": 0.0, "max_area": 1.0}[k]}
+    return {k: getattr(a, k) for k in GATE if getattr(a, k) != getattr(FilterConfig, k)}
 
 
 def stages(a: argparse.Namespace) -> list[dict]:
@@ -516,9 +518,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--mask-sample-steps", type=int, default=100)
     ap.add_argument("--keep-top", default="0.5", help="filter --keep-top (a count or a fraction)")
-    ap.add_argument("--max-components", type=int, default=0, help="filter's mask gate (0: any number)")
-    ap.add_argument("--min-area", type=float, default=0.0, help="filter's mask gate: least foreground fraction")
-    ap.add_argument("--max-area", type=float, default=1.0, help="filter's mask gate: largest foreground fraction")
+    for name in GATE:  # the filter's own defaults: gate nothing
+        ap.add_argument("--" + name.replace("_", "-"), type=type(getattr(FilterConfig, name)),
+                        default=getattr(FilterConfig, name), help=f"filter --{name.replace('_', '-')} (mask gate)")
     ap.add_argument("--attack-steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=32, help="batch of sample, filter and attack")
     ap.add_argument("--bootstrap", type=int, default=200, help="evaluate's own bootstrap resamples")

@@ -79,7 +79,7 @@ def test_pair_does_not_depend_on_batch_size_or_shard(tmp_path, cli, guided_model
     a, b, c = _pixels(tmp_path / "b3"), _pixels(tmp_path / "b2"), _pixels(tmp_path / "sh")
     assert sorted(a) == sorted(b) == sorted(c) and len(a) == 5
     for k in a:
-        assert np.array_equal(a[k][1], c[k][1]) and np.array_equal(a[k][0], c[k][0])  # same batch size: same files
+        assert np.array_equal(a[k][0], c[k][0]) and np.array_equal(a[k][1], c[k][1])  # same batch size: same pixels
         assert np.array_equal(a[k][1], b[k][1])  # another batch size: masks identical (here)
         assert np.abs(a[k][0] - b[k][0]).mean() <= 1.0  # images within 1 intensity level on average
     assert len({a[k][0].tobytes() for k in a}) == 5  # different pairs differ
@@ -120,7 +120,7 @@ def test_padded_batches_make_pairs_bit_identical_at_a_given_batch_size(guided_mo
                   [[2, 3, 4], [5, 6], [0, 1]]):  # a rerun after pairs 0 and 1 were written, then those
         other = pairs(split, 3)
         for i in range(7):
-            assert torch.equal(one[i][1], other[i][1]) and torch.equal(one[i][0], other[i][0]), i
+            assert torch.equal(one[i][0], other[i][0]) and torch.equal(one[i][1], other[i][1]), i
     for batch_size in (1, 4):
         other = pairs([list(range(k, min(k + batch_size, 7))) for k in range(0, 7, batch_size)], batch_size)
         for i in range(7):

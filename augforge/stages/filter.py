@@ -6,20 +6,20 @@ figure ``sample --report`` averages as ``consistency_mDice`` and ``evaluate`` re
 metric, :func:`augforge.seg.metrics.per_image_scores`, same empty-mask convention: an empty prediction
 on an empty mask scores 1, any other prediction on an empty mask 0). Pairs are ranked by score, ties
 by id, and the top ``--keep-top`` (a count, or a fraction of the scored pairs) that also score at
-least ``--min-score`` are kept. An optional *mask-realism gate* comes first: ``--max-components`` (8-connected
-foreground components) and ``--min-area``/``--max-area`` (foreground fraction) drop masks unlike real
-polyps, whatever their consistency: the judge scores whether the image shows its mask, not whether the
-mask is a plausible polyp (docs/evidence-cpu.md measured fragmented generated masks kept by consistency).
-The top ``--keep-top`` are then taken among the pairs that pass. Filtering out the least consistent synthetic pairs is what made
-generated data help in FreeMask (Yang et al., NeurIPS 2023) and ControlPolypNet (Sharma et al.,
-CVPRW 2024).
+least ``--min-score`` are kept. An optional *mask-realism gate* comes first: ``--max-components``
+(8-connected foreground components) and ``--min-area``/``--max-area`` (foreground fraction) drop masks
+unlike real polyps whatever their consistency, since the judge scores whether the image shows its mask,
+not whether the mask is a plausible polyp; the top ``--keep-top`` are then taken among the pairs that
+pass. Filtering out the least consistent synthetic pairs is what made generated data help in FreeMask
+(Yang et al., NeurIPS 2023) and ControlPolypNet (Sharma et al., CVPRW 2024).
 
 The output is a dataset (docs/artifacts.md) of the kept pairs: same ids, image and mask files copied
 byte for byte, manifest rows with their fields (split, source, parent, method, ...) plus ``score`` and
 ``rank`` (1: the most consistent of all scored pairs). Beside it: ``scores.csv`` (every scored pair
-with its rank, score, mask components and area, gate and kept flags) and ``contact_sheet.png`` (the best kept against the worst dropped
-pairs: image | mask | prediction). ``dataset.json`` records the options, the data and segmenter
-fingerprints, the counts, the score distribution of kept and dropped pairs and the cut applied.
+with its rank, score, mask components and area, gate and kept flags) and ``contact_sheet.png`` (the
+best kept against the worst dropped pairs: image | mask | prediction). ``dataset.json`` records the
+options, the data and segmenter fingerprints, the counts, the score distribution of kept and dropped
+pairs, the cut applied and the gate's counts.
 
 Resumable: ``scores.csv`` is written before any pair, and a rerun of the same run reads it back
 (whatever the device) and copies only the missing pairs; a finished run is a no-op.
