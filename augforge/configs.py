@@ -264,8 +264,8 @@ class AttackConfig:
     method: str = option("fgsm", "fgsm | inverse-fgsm | pgd | diff-pgd | asma | noise (random signs of the --eps "
                                  "budget: a control).")
     # when=: the methods an option acts on; for the others it is no part of the run (configs.applies)
-    eps: float = option(-1.0, "L∞ budget in 0-255 units (-1: fgsm 8, pgd/diff-pgd steps × step size).",
-                        when={"method": LINF_ATTACKS})
+    eps: float = option(-1.0, "L∞ budget in 0-255 units (-1: fgsm/inverse-fgsm/noise 8, pgd/diff-pgd steps × step "
+                              "size).", when={"method": (*LINF_ATTACKS, "noise")})
     step_size: float = option(1.0, "PGD step γ in 0-255 units.", when={"method": ITERATIVE_ATTACKS})
     steps: int = option(10, "PGD / Diff-PGD iterations K.", when={"method": ITERATIVE_ATTACKS})
     random_start: bool = option(False, "PGD: start from a random point of the ball.", flag=True,

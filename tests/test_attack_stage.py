@@ -141,6 +141,36 @@ def test_attacked_pair_does_not_depend_on_batch_size_or_shard(tmp_path, cli, syn
         assert np.abs(a[k] - other[k]).mean() > 3  # another seed draws another start
 
 
+def test_noise_draws_from_each_pair_s_stream_and_its_budget_is_part_of_the_run(tmp_path, cli, synthetic_dataset,
+                                                                               folders):
+    """--method noise: a pair's signs come from its own stream (shards, batch sizes and reruns give the pairs of
+    one run); --eps is the run's budget (default 8, FGSM's), so another --eps into the same --out is refused."""
+    def attack(out, *extra):
+        return cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--method", "noise",
+                   "--out", tmp_path / out, "--split", "val", "--device", "cpu", *extra)
+
+    assert attack("one").exit_code == 0
+    assert attack("again", "--batch-size", 2).exit_code == 0
+    for shard in ("1/2", "0/2"):
+        r = attack("sh", "--eps", 8, "--shard", shard, "--batch-size", 1)
+        assert r.exit_code == 0, r.output
+    r = attack("sh", "--eps", 64, "--shard", "0/2")
+    assert r.exit_code == 2 and "different run (--eps differ)" in r.output, r.output
+    one, again, sharded = (_attacked_pixels(tmp_path / d) for d in ("one", "again", "sh"))
+    assert sorted(one) == sorted(again) == sorted(sharded) and len(one) == 6
+    clean = {r["id"]: cv2.imread(str(synthetic_dataset / r["image"])).astype(np.int16)
+             for r in read_dataset(synthetic_dataset).rows}
+    changes = {k: one[k] - clean[k.removesuffix("-noise")] for k in one}
+    for k in one:
+        assert np.array_equal(one[k], again[k]) and np.array_equal(one[k], sharded[k])
+        assert np.abs(changes[k]).max() <= 8 + 1  # the default budget, FGSM's
+    # pairs draw different signs (not one pattern repeated from a shared global stream)
+    first, second = (np.sign(changes[k]) for k in sorted(changes)[:2])
+    assert (first != second).mean() > 0.2
+    rows = read_manifest(tmp_path / "one" / "manifest.jsonl")
+    assert all(r["method"]["eps"] == 8.0 for r in rows)
+
+
 @pytest.mark.parametrize("extra, expected", [
     (["--method", "diff-pgd"], "--image-model"), (["--method", "nope"], "--method"),
     (["--method", "asma", "--weighted"], "--weighted"),

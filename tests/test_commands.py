@@ -103,6 +103,7 @@ def test_an_attack_identity_holds_only_the_options_its_method_uses():
         "grid_steps", "grad", "purify_guidance"}
     assert set(identity(build({**base, "method": "asma", "target": "file"}))) == common | {
         "target", "target_file", "max_iter", "beta", "tau", "asma_mask", "multiplier"}
+    assert set(identity(build({**base, "method": "noise"}))) == common | {"eps"}  # the noise control's budget
 
 
 def test_the_mask_model_defaults_live_in_its_registry_entry():

@@ -55,7 +55,8 @@ from augforge.seg.metrics import per_image_scores
 from augforge.visual import contact_sheet, gray_to_rgb, heatmap
 
 WEIGHTABLE = ("fgsm", "inverse-fgsm", "pgd", "diff-pgd")
-RANDOM_START_STREAM, ASMA_TARGET_STREAM, SDEDIT_STREAM = 13, 7, 11  # keys of the per-pair generators
+# keys of the per-pair generators (evaluate --attack shares them)
+RANDOM_START_STREAM, ASMA_TARGET_STREAM, SDEDIT_STREAM, NOISE_STREAM = 13, 7, 11, 17
 
 
 class Purifier(NamedTuple):
@@ -83,11 +84,14 @@ def load_purifier(image_model: str, guidance: str, image_size: int, device: torc
 
 
 def default_eps(cfg: AttackConfig) -> float:
-    """0-255 units: fgsm/inverse-fgsm 8 (Pervin et al. used 0.1 ≈ 25/255; 8/255 is the common budget),
-    pgd/diff-pgd K·γ (DASP: 10 steps of 1), asma unbounded (its own stopping rule)."""
+    """0-255 units: fgsm/inverse-fgsm 8 (Pervin et al. used 0.1 ≈ 25/255; 8/255 is the common budget) and
+    the noise control at FGSM's budget, pgd/diff-pgd K·γ (DASP: 10 steps of 1), asma unbounded (its own
+    stopping rule)."""
     if cfg.eps >= 0:
         return cfg.eps
-    return {"fgsm": 8.0, "inverse-fgsm": 8.0}.get(cfg.method, cfg.steps * cfg.step_size)
+    if cfg.method in ITERATIVE_ATTACKS:
+        return cfg.steps * cfg.step_size
+    return 8.0
 
 
 def asma_betas(cfg: AttackConfig) -> tuple[float, ...]:
@@ -220,8 +224,10 @@ def run(cfg: AttackConfig) -> dict:
             index = todo[start:start + cfg.batch_size]
             images, masks = load_pairs(ds, [rows[i] for i in index])
             x, y = images.to(device).float() / 255.0, masks.to(device).float()
-            # the random start from per-pair streams: a pair's result does not depend on its batch, --shard or rank
-            generator = PairStreams.for_pairs(cfg.seed, index, RANDOM_START_STREAM, device) if cfg.random_start else None
+            # the random start and the noise signs from per-pair streams: a pair's result does not depend on its
+            # batch, --shard or rank
+            stream = NOISE_STREAM if cfg.method == "noise" else RANDOM_START_STREAM if cfg.random_start else None
+            generator = PairStreams.for_pairs(cfg.seed, index, stream, device) if stream is not None else None
             with torch.no_grad():
                 clean_logits = seg(x)
             weights = uncertainty_weights(clean_logits, cfg.sigma2) if cfg.weighted else None

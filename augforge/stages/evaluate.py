@@ -187,7 +187,6 @@ def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, devi
 # --------------------------------------------------------------------------- robustness (--attack)
 
 WEIGHTABLE = ("fgsm", "inverse-fgsm", "pgd", "diff-pgd")
-NOISE_STREAM = 17  # key of the per-pair sign streams of --attack noise (attack.py uses 7, 11, 13)
 ASMA_VARIANTS = (  # Ozbulak et al. Table 1: (row, adaptive mask, dynamic multiplier)
     ("static mask", False, False), ("adaptive mask", True, False), ("adaptive mask + dynamic multiplier", True, True))
 ROBUST_CSV = ("segmenter", "attack_segmenter", "dataset", "method", "variant", "eps_255", "eps_01", "n_images", "mDice",
@@ -239,7 +238,7 @@ def _attack_batch(cfg: EvaluateConfig, attacker, x, y, index: list[int], eps: fl
     from augforge.attacks import ATTACKS, uncertainty_weights
     from augforge.configs import AttackConfig
     from augforge.rng import PairStreams
-    from augforge.stages.attack import SDEDIT_STREAM
+    from augforge.stages.attack import NOISE_STREAM, SDEDIT_STREAM
 
     kwargs: dict = {"eps": eps}
     if cfg.weighted:
