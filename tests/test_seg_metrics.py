@@ -111,6 +111,18 @@ def test_hierarchical_bootstrap_widens_with_disagreeing_groups():
         hierarchical_bootstrap_ci([np.array([])])
 
 
+@pytest.mark.parametrize("ids", [
+    [[0, 1], [2, 3], [4, 5]],  # disjoint: most draws miss some group's images
+    [[0], [1], [2]],  # one image each
+    [[0, 1, 2], [2, 3], [9]],  # partly shared
+])
+def test_hierarchical_bootstrap_of_a_constant_is_a_point_for_any_id_layout(ids):
+    """A group that scored none of a resample's drawn images is not counted as 0 (it draws its own)."""
+    groups = [np.full(len(i), 0.05) for i in ids]
+    mean, lo, hi = hierarchical_bootstrap_ci(groups, n_boot=500, seed=0, image_ids=ids)
+    assert (mean, lo, hi) == pytest.approx((0.05, 0.05, 0.05))
+
+
 def test_hierarchical_bootstrap_over_shared_images_keeps_the_image_part_of_the_interval():
     """Seeds scored on one test set: image difficulty is shared, so the image part of the interval does
     not shrink with the number of seeds (closed form sd = sd(images) / sqrt(N) when the seeds agree)."""

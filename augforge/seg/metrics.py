@@ -89,7 +89,9 @@ def hierarchical_bootstrap_ci(groups: list[np.ndarray], n_boot: int = 2000, seed
     afresh per group would average that away (with G groups on one test set, the image part of the
     interval would be about sqrt(G) too narrow). A group drawn twice in one resample keeps its one image
     draw, so for groups without shared images this interval is wider than the fresh-draw one (sqrt(5/3)
-    times in its image part for G = 3): conservative where images overlap only in part.
+    times in its image part for G = 3): conservative where images overlap only in part. A group that
+    scored none of the images of a draw (few shared ids) draws its own images with replacement instead,
+    so it never counts as 0.
     Returns (mean, low, high).
     """
     arrays = [np.asarray(g, dtype=np.float64).reshape(-1) for g in groups]
@@ -109,8 +111,12 @@ def hierarchical_bootstrap_ci(groups: list[np.ndarray], n_boot: int = 2000, seed
         per_group = np.empty((n_boot, n_groups))
         for g in range(n_groups):
             drawn = table[g][images]
-            counts = np.maximum((~np.isnan(drawn)).sum(axis=1), 1)
-            per_group[:, g] = np.nansum(drawn, axis=1) / counts
+            counts = (~np.isnan(drawn)).sum(axis=1)
+            per_group[:, g] = np.nansum(drawn, axis=1) / np.maximum(counts, 1)
+            empty = np.flatnonzero(counts == 0)  # none of this group's images drawn: a draw within the group
+            if empty.size:
+                a = arrays[g]
+                per_group[empty, g] = a[rng.integers(0, len(a), size=(empty.size, len(a)))].mean(axis=1)
         boot = np.take_along_axis(per_group, picks, axis=1).mean(axis=1)
         lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
         return float(np.mean([a.mean() for a in arrays])), float(lo), float(hi)
