@@ -208,6 +208,12 @@ def test_guidance_auto_is_the_models_own_and_is_recorded(tmp_path, cli, models, 
         info["made_by"]["options"]["guidance"] = expected
         (out / "dataset.json").write_text(json.dumps(info))
         assert run(m, out, "--n", 4)["written_now"] == 1
+        # one from before --guidance existed (no record: its ``before`` 1.0, read as today's text) sampled
+        # unguided: auto on the unguided model continues it
+        del info["made_by"]["options"]["guidance"]
+        (out / "dataset.json").write_text(json.dumps(info))
+        r = cli(*_args(m, out, "--n", 5, "--sampler", "ddim", "--sample-steps", 2, "--mask-sample-steps", 2))
+        assert (r.exit_code == 0) == (expected == 1.0), r.output
     assert run(guided_models, tmp_path / "g2", "--guidance", "2")["guidance"] == 2.0
     # auto on the guided model and the scale 2 are different runs
     r = cli(*_args(guided_models, tmp_path / "g2", "--n", 2))

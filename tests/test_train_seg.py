@@ -133,6 +133,7 @@ def test_resume_without_a_saved_state_is_an_error(tmp_path, synthetic_dataset):
 @pytest.mark.parametrize("args, expected", [
     (["--aug", "basic+nope"], "--aug"), (["--batch-size", "1"], "--batch-size"),
     (["--arch", "fpnx"], "--arch"), (["--schedule", "step"], "--schedule"), (["--loss", "l2"], "--loss"),
+    (["--extra-ratio", "1", "--extra-weight", "0"], "nothing would train"),
 ])
 def test_bad_train_options(tmp_path, synthetic_dataset, args, expected):
     _one_line_error(_invoke("train-seg", synthetic_dataset, "--out", tmp_path / "m", *TRAIN, *args), expected)
@@ -361,6 +362,44 @@ def test_extra_ratio_one_trains_on_the_extra_pairs_alone_in_epochs_over_them():
     assert counts == [2] * 7 + [3] * 2  # 20 presentations of 9 pairs: each seen 2 or 3 times
     assert loop.plan.steps_per_epoch == 2 and [(r["epoch"], r["step"]) for r in history] == [(1, 2), (2, 4), (3, 5)]
     assert (loop.real_seen, loop.extra_seen, history[-1]["real_passes"]) == (0, 20, 0.0)
+
+
+def _one_step_weights(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    """One SGD step of a one-conv network (no BatchNorm) on a stratified batch of 7 real + 1 extra pairs
+    (B = 8, r = 0.125, λ = 2), as rank ``rank`` of ``world_size`` gloo processes; rank 0 saves the weights."""
+    torch.set_num_threads(1)
+    if world_size > 1:
+        torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                             world_size=world_size)
+    real, extra = _pairs(12, "r", False, 0), _pairs(5, "a", True, 1)
+    train = PairSet(torch.cat([real.images, extra.images]), torch.cat([real.masks, extra.masks]),
+                    torch.cat([real.is_extra, extra.is_extra]), real.ids + extra.ids)
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 1, 3, padding=1)
+    loop = TrainLoop(model, torch.optim.SGD(model.parameters(), lr=1.0), None, train, _pairs(4, "v", False, 9),
+                     steps=1, batch_size=8, extra_ratio=0.125, extra_weight=2.0, seed=3, device="cpu",
+                     generator=torch.Generator().manual_seed(0), rank=rank, world_size=world_size)
+    loop.train_epoch()
+    if rank == 0:
+        torch.save(model.state_dict(), out_file)
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
+def test_extra_weight_means_the_same_on_one_process_and_two_gloo_ranks(tmp_path):
+    """Eq. 11 over the global batch under DDP: with one extra pair in a batch of 8 on 2 ranks (the extra
+    share below N; the real counts 4 and 3), the step equals one process's (each rank divides its sums by
+    the global counts / N; a per-rank mean would halve the extra pair's gradient)."""
+    import torch.multiprocessing as mp
+
+    _one_step_weights(0, 1, "", str(tmp_path / "one.pt"))
+    mp.spawn(_one_step_weights, args=(2, str(tmp_path / "init"), str(tmp_path / "two.pt")), nprocs=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    torch.manual_seed(0)
+    start = torch.nn.Conv2d(3, 1, 3, padding=1).state_dict()
+    assert (one["weight"] - start["weight"]).abs().max() > 1e-3  # the step moved the weights
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("ratio, batch, expected", [(0.5, 8, "--extra-ratio"), (0.05, 8, "0 extra"),

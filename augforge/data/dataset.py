@@ -451,7 +451,7 @@ def options_as_today(command: str, recorded: dict, current: dict) -> dict:
       attack option the method does not use), is dropped;
     - an option the record lacks counts with the value that describes how the run behaved without it:
       the command's fixed value, else the option's ``before`` (``--prediction``: epsilon), else the
-      command's default;
+      command's default, converted like a recorded value;
     - a recorded value is converted to the option's type today (``--beta`` was a number: 1e-06 then
       reads as today's text "1e-6"; an int recorded for a float option, a string for a list).
 
@@ -475,8 +475,8 @@ def options_as_today(command: str, recorded: dict, current: dict) -> dict:
         elif f is not None:
             value = spec.fixed.get(key, f.metadata.get("before", MISSING))
             value = spec.default(f) if value is MISSING else value
-            if value is not MISSING:
-                options[key] = _jsonable(value)
+            if value is not MISSING:  # in today's type, as a recorded value (``before=1.0`` of a text option)
+                options[key] = _jsonable(_as_type(value, f.type, now))
     return options
 
 

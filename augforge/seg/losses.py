@@ -41,18 +41,25 @@ def dasp_loss(
     is_extra: torch.Tensor,
     extra_weight: float = 1.0,
     kind: str = "dice",
+    group_sizes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DASP Eq. 11: mean loss over real pairs + extra_weight * mean loss over extra pairs (scalar).
 
-    is_extra: (B,) bool, True for generated/attacked pairs. A group absent from the batch
-    contributes 0 (its count is clamped to 1), computed without host synchronisation.
+    is_extra: (B,) bool, True for generated/attacked pairs. group_sizes: (2,) the (real, extra) counts
+    each group's sum is divided by; None: this batch's counts. Under DDP, where a rank holds a share of
+    the global batch and the gradients are averaged over N ranks, pass the global batch's counts / N
+    (:func:`augforge.seg.train.rank_group_sizes`): each group's mean is then over the global batch
+    whatever its split over the ranks, so λ means what it says for any N. A group absent from the
+    (global) batch contributes 0 (its count is clamped to 1); no host synchronisation.
     """
     # 1. per-image losses (B,)
     per_image = per_image_loss(logits, y, kind)
     # 2. group indicators and sizes (a missing group has size 0 -> clamped to 1, sum is 0)
     extra = is_extra.to(per_image.dtype)
     real = 1.0 - extra
+    if group_sizes is None:
+        group_sizes = torch.stack([real.sum(), extra.sum()]).clamp_min(1.0)
     # 3. the two group means, weighted
-    real_mean = (per_image * real).sum() / real.sum().clamp_min(1.0)
-    extra_mean = (per_image * extra).sum() / extra.sum().clamp_min(1.0)
+    real_mean = (per_image * real).sum() / group_sizes[0]
+    extra_mean = (per_image * extra).sum() / group_sizes[1]
     return real_mean + extra_weight * extra_mean

@@ -32,9 +32,11 @@ best-val-mDice epoch is tracked.
 Under torchrun (``world_size`` > 1) the network is wrapped in DistributedDataParallel: every rank
 builds the same global batches and takes its own ``batch_size / world_size`` share of each (a
 contiguous slice when mixed, every ``world_size``-th pair when stratified, so that each rank holds
-both kinds), so an epoch covers the data once whatever the number of ranks, and the step count,
+both kinds when each has at least N pairs), so an epoch covers the data once whatever the number of ranks, and the step count,
 the generator state and hence ``train_state.pt`` mean the same for any N (resume with another N
-works). Gradients are averaged by DDP; BatchNorm statistics are synchronised on CUDA
+works). Each rank divides its Eq. 11 group sums by the global batch's group counts / N
+(:func:`rank_group_sizes`), so the gradients DDP averages are those of the whole batch and λ means the
+same for any N; BatchNorm statistics are synchronised on CUDA
 (SyncBatchNorm) and per rank on the CPU (gloo). Every rank validates the whole (small) val split,
 so all ranks agree on the best epoch, and the time budget is one decision for all ranks
 (:func:`~augforge.runtime.any_rank`).
@@ -82,6 +84,20 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: tor
 
 
 REAL_STREAM, EXTRA_STREAM = 1, 2  # generator_for keys of the real and the extra index streams
+
+
+def rank_group_sizes(is_extra: torch.Tensor, world_size: int) -> torch.Tensor:
+    """What each rank divides its (real, extra) loss sums by: (steps, 2) float, the global batches' group
+    counts / ``world_size`` (an absent group counted as 1).
+
+    is_extra: (steps, B) bool, the global batches. DDP averages the ranks' gradients, so a rank whose sums
+    are divided by count / N contributes its share of the global batch's Eq. 11 (:func:`dasp_loss`):
+    the gradient is that of one process holding the whole batch, whatever the split of each group over
+    the ranks (an extra share smaller than N, counts that do not divide by N). With N = 1 these are the
+    batch's own counts.
+    """
+    extra = is_extra.sum(1, dtype=torch.float32)
+    return torch.stack([is_extra.shape[1] - extra, extra], 1).clamp_min(1.0) / world_size
 
 
 def index_stream(seed: int, key: int, size: int, start: int, count: int) -> torch.Tensor:
@@ -325,21 +341,23 @@ class TrainLoop:
         # 1. this epoch's global batches; this rank's share of each
         batches = self.epoch_batches()
         steps = batches.shape[0]
-        extra_seen = self.train_set.is_extra[batches.to(self.train_set.is_extra.device)].sum()
+        is_extra = self.train_set.is_extra[batches.to(self.train_set.is_extra.device)]
+        extra_seen = is_extra.sum()
+        group_sizes = rank_group_sizes(is_extra, self.world_size).to(self.device)  # Eq. 11 over the global batch
         if self.plan.stratified:
             batches = batches[:, self.rank::self.world_size]
         else:
             per_rank = self.batch_size // self.world_size
             batches = batches[:, self.rank * per_rank:(self.rank + 1) * per_rank]
         loss_sum = torch.zeros((), device=self.device)
-        for index in batches:
+        for index, sizes in zip(batches, group_sizes):
             # 2. batch on the device, augmented image and mask together, one optimizer step
             x, y, is_extra = self.train_set.batch(index)
             if self.augment is not None:
                 x, y = self.augment(x, y, self.generator)
             with autocast(self.device):
                 logits = self.train_forward(x.contiguous(memory_format=self.memory_format))
-            loss = dasp_loss(logits.float(), y, is_extra, self.extra_weight, self.loss)
+            loss = dasp_loss(logits.float(), y, is_extra, self.extra_weight, self.loss, group_sizes=sizes)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

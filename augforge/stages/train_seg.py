@@ -83,6 +83,9 @@ def _check(cfg: TrainSegConfig) -> dict:
         raise AugforgeError(f"--lr must be > 0, got {cfg.lr}")
     if cfg.extra_weight < 0:
         raise AugforgeError(f"--extra-weight must be >= 0, got {cfg.extra_weight}")
+    if cfg.extra_ratio == 1 and cfg.extra_weight == 0:
+        raise AugforgeError("--extra-ratio 1 trains on extra pairs alone and --extra-weight 0 gives them no weight: "
+                            "nothing would train")
     if not 0.0 <= cfg.extra_ratio <= 1.0:
         raise AugforgeError(f"--extra-ratio must be in [0, 1] (0: extra pairs mixed in; 1: extra pairs only), "
                             f"got {cfg.extra_ratio}")
