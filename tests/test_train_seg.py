@@ -125,6 +125,45 @@ def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(
     assert all(torch.allclose(v, uninterrupted[k], atol=1e-5) for k, v in resumed.items())
 
 
+def test_a_cosine_run_saved_by_an_older_augforge_continues_on_the_per_step_schedule(
+        tmp_path, monkeypatch, synthetic_dataset):
+    """A train_state.pt in the form of the release before the step budget: the cosine scheduler stepped per
+    epoch (T_max = epochs) and no presentation counters. Continued today, the run's learning rates and
+    counters are those of an uninterrupted run (not lr 0 at the old T_max, not counters from 0)."""
+    args = ["train-seg", synthetic_dataset, *NET, "--epochs", "3", "--batch-size", "8", "--device", "cpu",
+            "--schedule", "cosine", "--lr", "0.01"]
+    r = _invoke(*args, "--out", tmp_path / "ref", "--json")
+    assert r.exit_code == 0, r.output
+    reference = json.loads(r.stdout)
+    out = tmp_path / "old"
+    _interrupt_after_one_epoch(monkeypatch)
+    assert _invoke(*args, "--out", out).exit_code == 130
+    monkeypatch.undo()
+    # the old form: a per-epoch cosine state after epoch 1 of 3, the optimizer at its lr, no counters
+    state = load_train_state(out)
+    for key in ("real_seen", "extra_seen", "schedule_unit"):
+        state.pop(key, None)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=0.01)
+    per_epoch = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)
+    optimizer.step()
+    per_epoch.step()
+    state["scheduler"] = per_epoch.state_dict()
+    state["optimizer"]["param_groups"][0]["lr"] = optimizer.param_groups[0]["lr"]  # 0.0075
+    torch.save(state, out / "train_state.pt")
+
+    r = _invoke(*args, "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    assert [row["lr"] for row in read_metrics(out)] == pytest.approx([row["lr"] for row in read_metrics(tmp_path / "ref")])
+    assert read_metrics(out)[-1]["lr"] > 0
+    assert "saved by an older augforge; rebuilt: learning-rate schedule per epoch -> per step" in " ".join(r.output.split())
+    continued = json.loads(r.stdout)
+    assert (continued["real_seen"], continued["steps"]) == (reference["real_seen"], reference["steps"])
+    assert continued["real_seen"] == reference["steps"] * 8
+    # a state saved today says its unit and continues as saved
+    assert load_train_state(out)["schedule_unit"] == "step"
+
+
 def test_resume_without_a_saved_state_is_an_error(tmp_path, synthetic_dataset):
     r = _invoke("train-seg", synthetic_dataset, "--out", tmp_path / "m", *TRAIN, "--resume")
     _one_line_error(r, "--resume")

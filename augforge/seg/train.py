@@ -392,15 +392,52 @@ class TrainLoop:
             "best": dict(self.best),
             "train_seconds": self.train_seconds,
             "generator": self.generator.get_state(),
+            "schedule_unit": "step",  # the scheduler steps once per optimizer step (per epoch before the step budget)
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> str:
+        """Continue from :meth:`state_dict`'s ``state``, also one an older augforge saved; returns a note saying
+        what of an old state was rebuilt ("" when nothing was).
+
+        States from before the step budget (no ``schedule_unit``, no presentation counters) stepped the
+        scheduler once per epoch: its state means nothing per step, so the schedule is replayed from the
+        start to the step reached (the learning rate an uninterrupted run has there), and the counters are
+        rebuilt from steps x batch (mixed batches: the extra pairs' expected share).
+        """
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), dict(state["best"])
         self.best.setdefault("step", 0)
-        self.real_seen, self.extra_seen = int(state.get("real_seen", 0)), int(state.get("extra_seen", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.generator.set_state(state["generator"])
+        # the per-step schedule and the counters came in together: a state without counters is per epoch
+        per_epoch = state.get("schedule_unit", "step" if "real_seen" in state else "epoch") == "epoch"
+        notes = []
+        if self.scheduler is not None and per_epoch:
+            self._replay_schedule(self.step)
+            notes.append(f"learning-rate schedule per epoch -> per step (lr {self.optimizer.param_groups[0]['lr']:.3g} "
+                         f"at step {self.step})")
+        elif self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if "real_seen" in state:
+            self.real_seen, self.extra_seen = int(state["real_seen"]), int(state.get("extra_seen", 0))
+        else:
+            plan, presented = self.plan, self.step * self.plan.batch_size
+            self.extra_seen = (self.step * plan.extra if plan.stratified
+                               else round(presented * len(self.extra_index) / len(self.train_set)))
+            self.real_seen = presented - self.extra_seen
+            notes.append(f"presentations counted from step x batch ({self.real_seen} real, {self.extra_seen} extra)")
+        return "; ".join(notes)
+
+    def _replay_schedule(self, steps: int) -> None:
+        """Set the (freshly built) scheduler and the optimizer's learning rates to where ``steps`` scheduler
+        steps from the start take them, as an uninterrupted run does."""
+        import warnings
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        self.scheduler.last_epoch = 0
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": no step is skipped here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(steps):
+                self.scheduler.step()

@@ -251,7 +251,9 @@ def run(cfg: TrainSegConfig) -> dict:
                      time_budget_s=cfg.minutes * 60.0 if cfg.minutes else None,
                      on_step=lambda: advance(1), on_epoch_end=on_epoch_end)
     if state is not None:
-        loop.load_state_dict(state)
+        rebuilt = loop.load_state_dict(state)
+        if rebuilt:
+            log(f"train-seg: {out}/{STATE} was saved by an older augforge; rebuilt: {rebuilt}")
         log(f"train-seg: resuming {out} at step {loop.step}/{plan.total_steps} (epoch {loop.epoch})")
     elif world.is_main:
         save_model(out, record(loop), model.state_dict())  # a valid folder from the start (untrained weights)
