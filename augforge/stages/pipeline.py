@@ -90,7 +90,7 @@ def _norm(path: str) -> str:
 
 # --------------------------------------------------------------------------- reading the file
 
-def _substitute(value, variables: dict, where: str):
+def substitute(value, variables: dict, where: str):
     if isinstance(value, str):
         def one(m: re.Match) -> str:
             if m.group(1) not in variables:
@@ -98,7 +98,7 @@ def _substitute(value, variables: dict, where: str):
             return variables[m.group(1)]
         return VAR.sub(one, value)
     if isinstance(value, list):
-        return [_substitute(v, variables, where) for v in value]
+        return [substitute(v, variables, where) for v in value]
     return value
 
 
@@ -147,7 +147,7 @@ def _build(index: int, table: dict, defaults: dict, variables: dict) -> Stage:
             raise AugforgeError(f"{where}: unknown option {key!r}; {command} takes {', '.join(options)}")
         values[key_] = value
     by_name = {f.name: f for f in fields(spec.config)}  # a value an older augforge took (compile = false) as today's
-    values = {k: _coerce(types[k], as_today(by_name[k], _substitute(v, variables, where)),
+    values = {k: _coerce(types[k], as_today(by_name[k], substitute(v, variables, where)),
                          f"{where}, {k.replace('_', '-')}") for k, v in values.items()}
     missing = [name for name in required(spec) if name not in values]
     if missing:
@@ -155,6 +155,21 @@ def _build(index: int, table: dict, defaults: dict, variables: dict) -> Stage:
     if not values.get("out"):
         raise AugforgeError(f"{where}: needs out = ... in a pipeline, so that a rerun can skip it")
     return Stage(name, command, spec.build(values))
+
+
+def resolve_variables(raw: dict, overrides: tuple[str, ...] = ()) -> dict[str, str]:
+    """A file's [vars] with ``--set KEY=VALUE`` overrides, each value a string with ${name} replaced (in
+    order, so a variable may use the ones above it)."""
+    raw = dict(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AugforgeError(f"--set expects KEY=VALUE, got {item!r}")
+        raw[key] = value
+    variables: dict[str, str] = {}
+    for key, value in raw.items():
+        variables[key] = str(substitute(value if isinstance(value, str) else str(value), variables, "[vars]"))
+    return variables
 
 
 def load_pipeline(path: str, overrides: tuple[str, ...] = ()) -> tuple[list[Stage], dict]:
@@ -169,15 +184,7 @@ def load_pipeline(path: str, overrides: tuple[str, ...] = ()) -> tuple[list[Stag
     if unknown:
         raise AugforgeError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; expected [vars], [pipeline], "
                             "[defaults] and [[stage]]")
-    variables: dict[str, str] = {}
-    raw = dict(doc.get("vars", {}))
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise AugforgeError(f"--set expects KEY=VALUE, got {item!r}")
-        raw[key] = value
-    for key, value in raw.items():  # in order, so a variable may use the ones above it
-        variables[key] = str(_substitute(value if isinstance(value, str) else str(value), variables, "[vars]"))
+    variables = resolve_variables(doc.get("vars", {}), overrides)
     stages = [_build(i, t, doc.get("defaults", {}), variables) for i, t in enumerate(doc.get("stage", []))]
     if not stages:
         raise AugforgeError(f"{path}: lists no [[stage]]")
@@ -185,7 +192,7 @@ def load_pipeline(path: str, overrides: tuple[str, ...] = ()) -> tuple[list[Stag
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise AugforgeError(f"{path}: stage names must be unique; give the repeated {', '.join(twice)} a name = ...")
-    settings = {k: _substitute(v, variables, "[pipeline]") for k, v in doc.get("pipeline", {}).items()}
+    settings = {k: substitute(v, variables, "[pipeline]") for k, v in doc.get("pipeline", {}).items()}
     unknown = set(settings) - {"state", "report"}
     if unknown:
         raise AugforgeError(f"{path}: [pipeline] takes state and report, not {', '.join(sorted(unknown))}")
@@ -318,10 +325,126 @@ def join_ranks(stages: list[Stage]) -> DistInfo:
     return world
 
 
+def _stage_config(stage: Stage, overwrite: bool):
+    """The config a stage runs with: ``overwrite`` set when the pipeline replaces an output it made."""
+    return replace(stage.cfg, overwrite=True) if overwrite and hasattr(stage.cfg, "overwrite") else stage.cfg
+
+
+def _record(stages: list[Stage], i: int, records: dict, seconds: float) -> dict:
+    """The state-file record of a stage that just finished, with the run ids of the stages it read, so that
+    their reruns make it stale."""
+    return {"command": stages[i].command, "options": stages[i].options(), "run_id": uuid.uuid4().hex,
+            "upstream": {n: records.get(n, {}).get("run_id") for n in upstream(stages, i)},
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": seconds}
+
+
+def _row(stage: Stage, status: str, seconds: float = 0.0) -> dict:
+    return {"stage": stage.name, "command": stage.command, "status": status, "seconds": seconds}
+
+
+def stage_threads(cfg: PipelineConfig) -> int:
+    """Torch CPU threads of each stage: ``--threads``, else the usable cores shared out among ``--jobs``
+    (0 with one job and no ``--threads``: torch's own default)."""
+    if cfg.threads < 0 or cfg.jobs < 1:
+        raise AugforgeError(f"--jobs must be >= 1 and --threads >= 0, got {cfg.jobs} and {cfg.threads}")
+    if cfg.threads or cfg.jobs == 1:
+        return cfg.threads
+    return max(1, len(os.sched_getaffinity(0)) // cfg.jobs)
+
+
+def _start_worker(threads: int) -> None:
+    """A --jobs worker process: ``threads`` torch threads for every stage it runs."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _run_stage(command: str, stage_cfg) -> float:
+    """Run one stage's command (in a worker process under --jobs); its wall seconds."""
+    t0 = time.perf_counter()
+    COMMANDS[command].run(stage_cfg)
+    return round(time.perf_counter() - t0, 1)
+
+
+def _decide(stages: list[Stage], i: int, records: dict, cfg: PipelineConfig, say) -> tuple[dict | None, str, bool]:
+    """Whether stage i runs: (its table row if it does not, else None; why; whether it replaces the output
+    the pipeline made before). The caller drops a running stage's record, so an interrupted rerun continues."""
+    stage = stages[i]
+    fresh, why = up_to_date(stages, i, records)
+    if fresh and not cfg.force:
+        say(f"[bold]pipeline[/]: {stage.name} is up to date, skipped")
+        return _row(stage, "skipped (up to date)"), why, False
+    if cfg.dry_run:
+        records[stage.name] = {"run_id": "would run"}  # so the stages reading it show as stale too
+        return _row(stage, f"would run ({why})"), why, False
+    # an output the pipeline made earlier with other options/inputs is replaced; anything else (a
+    # half-written output of this same run, or a foreign one) is left to the stage to judge
+    overwrite = cfg.force or (stage.name in records and not continues_its_run(stages, i, records))
+    say(f"[bold]pipeline[/]: {stage.name} ({stage.command}): running ({why})")
+    return None, why, overwrite
+
+
+def _run_parallel(stages: list[Stage], selected: set[str], records: dict, cfg: PipelineConfig, save_state,
+                  say) -> list[dict]:
+    """--jobs N: every selected stage whose inputs are settled (the stages it reads done or skipped) is
+    decided as the one-job loop decides it, and those that run go to N worker processes (spawned, each
+    with :func:`stage_threads` torch threads), so independent stages run side by side. A failure lets the
+    running stages finish, starts no other, and is raised."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    index = {s.name: i for i, s in enumerate(stages)}
+    todo = [i for i, s in enumerate(stages) if s.name in selected]
+    inputs = {i: {index[n] for n in upstream(stages, i)} & set(todo) for i in todo}
+    rows: dict[int, dict] = {}
+    settled: set[int] = set()
+    running: dict = {}  # future -> (stage index, why)
+    failure: tuple[Stage, BaseException] | None = None
+    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(stage_threads(cfg),)) as pool:
+        while True:
+            started = {i for i, _ in running.values()}
+            for i in todo:
+                if failure or i in settled or i in started or not inputs[i] <= settled:
+                    continue
+                row, why, overwrite = _decide(stages, i, records, cfg, say)
+                if row is not None:
+                    rows[i] = row
+                    settled.add(i)
+                    continue
+                if records.pop(stages[i].name, None) is not None:
+                    save_state()
+                running[pool.submit(_run_stage, stages[i].command, _stage_config(stages[i], overwrite))] = (i, why)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i, why = running.pop(future)
+                try:
+                    seconds = future.result()
+                except BaseException as e:  # noqa: BLE001 - reported once the running stages finish
+                    failure = failure or (stages[i], e)
+                    continue
+                records[stages[i].name] = _record(stages, i, records, seconds)
+                save_state()
+                rows[i] = _row(stages[i], f"ran ({why})", seconds)
+                settled.add(i)
+    if failure:
+        stage, e = failure
+        if isinstance(e, (AugforgeError, ValueError)):
+            raise AugforgeError(f"stage {stage.name} ({stage.command}): {e}") from None
+        raise e
+    return [rows[i] for i in sorted(rows)]
+
+
 def run(cfg: PipelineConfig) -> dict:
     stages, settings = load_pipeline(cfg.config, cfg.variables)
     state_path = Path(settings.get("state") or default_state_path(stages))
     world = join_ranks(stages) if not cfg.dry_run else dist_info()
+    if cfg.jobs > 1 and world.world_size > 1:
+        raise AugforgeError("--jobs runs stages in worker processes of one machine; under torchrun use --jobs 1")
+    threads = stage_threads(cfg)
     say = log if world.is_main else (lambda message: None)
     state = read_json(state_path, "pipeline state") if state_path.exists() else {"stages": {}}
     records = state["stages"]
@@ -333,45 +456,11 @@ def run(cfg: PipelineConfig) -> dict:
             state_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(state_path, state)
 
-    rows, ran = [], 0
-    for i, stage in enumerate(stages):
-        if stage.name not in selected:
-            continue
-        fresh, why = up_to_date(stages, i, records)
-        barrier()  # every rank has decided before any writes this stage's output
-        if fresh and not cfg.force:
-            rows.append({"stage": stage.name, "command": stage.command, "status": "skipped (up to date)", "seconds": 0.0})
-            say(f"[bold]pipeline[/]: {stage.name} is up to date, skipped")
-            continue
-        if cfg.dry_run:
-            records[stage.name] = {"run_id": "would run"}  # so the stages reading it show as stale too
-            rows.append({"stage": stage.name, "command": stage.command, "status": f"would run ({why})", "seconds": 0.0})
-            continue
-        # 1. an output the pipeline made earlier with other options/inputs is replaced; anything else
-        #    (a half-written output of this same run, or a foreign one) is left to the stage to judge
-        overwrite = cfg.force or (stage.name in records and not continues_its_run(stages, i, records))
-        if records.pop(stage.name, None) is not None:  # so that an interrupted rerun continues, not restarts
-            save_state()
-        say(f"[bold]pipeline[/]: {stage.name} ({stage.command}): running ({why})")
-        # 2. the same function the command calls: on every rank, or on rank 0 while the others wait
-        t0 = time.perf_counter()
-        if world.is_main or stage.distributed:
-            try:
-                stage_cfg = replace(stage.cfg, overwrite=True) if overwrite and hasattr(stage.cfg, "overwrite") \
-                    else stage.cfg
-                COMMANDS[stage.command].run(stage_cfg)
-            except AugforgeError as e:
-                raise AugforgeError(f"stage {stage.name} ({stage.command}): {e}") from None
-        barrier()
-        seconds = round(time.perf_counter() - t0, 1)
-        # 3. record it, with the run ids of the stages it read, so their reruns make it stale
-        records[stage.name] = {"command": stage.command, "options": stage.options(), "run_id": uuid.uuid4().hex,
-                               "upstream": {n: records.get(n, {}).get("run_id") for n in upstream(stages, i)},
-                               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               "seconds": seconds}
-        save_state()
-        rows.append({"stage": stage.name, "command": stage.command, "status": f"ran ({why})", "seconds": seconds})
-        ran += 1
+    if cfg.jobs > 1 and not cfg.dry_run:
+        rows = _run_parallel(stages, selected, records, cfg, save_state, say)
+    else:
+        rows = _run_in_order(stages, selected, records, cfg, world, save_state, say, threads)
+    ran = sum(r["status"].startswith("ran") for r in rows)
     result = {"config": cfg.config, "state": str(state_path), "ran": ran,
               "skipped": sum(r["status"].startswith("skipped") for r in rows)}
     if settings.get("report") and ran and world.is_main:
@@ -381,3 +470,41 @@ def run(cfg: PipelineConfig) -> dict:
         say(f"[bold]pipeline[/]: {result['message']}")
     result["tables"] = {"stages": rows}
     return result
+
+
+def _run_in_order(stages: list[Stage], selected: set[str], records: dict, cfg: PipelineConfig, world: DistInfo,
+                  save_state, say, threads: int) -> list[dict]:
+    """One job: the selected stages in file order, in this process (under torchrun on every rank, each
+    rank deciding alike from the same state file)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    rows = []
+    try:
+        for i, stage in enumerate(stages):
+            if stage.name not in selected:
+                continue
+            row, why, overwrite = _decide(stages, i, records, cfg, say)
+            barrier()  # every rank has decided before any writes this stage's output
+            if row is not None:
+                rows.append(row)
+                continue
+            if records.pop(stage.name, None) is not None:  # so that an interrupted rerun continues, not restarts
+                save_state()
+            # the same function the command calls: on every rank, or on rank 0 while the others wait
+            t0 = time.perf_counter()
+            if world.is_main or stage.distributed:
+                try:
+                    _run_stage(stage.command, _stage_config(stage, overwrite))
+                except AugforgeError as e:
+                    raise AugforgeError(f"stage {stage.name} ({stage.command}): {e}") from None
+            barrier()
+            seconds = round(time.perf_counter() - t0, 1)
+            records[stage.name] = _record(stages, i, records, seconds)
+            save_state()
+            rows.append(_row(stage, f"ran ({why})", seconds))
+    finally:
+        torch.set_num_threads(before)
+    return rows
