@@ -18,6 +18,7 @@ from augforge.configs import (
     AttackConfig,
     DemoConfig,
     EvaluateConfig,
+    ExperimentConfig,
     FilterConfig,
     PipelineConfig,
     PrepareConfig,
@@ -91,6 +92,10 @@ COMMANDS: dict[str, Command] = {
                     "and write a report.", stage=False),
     "pipeline": Command(PipelineConfig, _stage("pipeline"), "Run the stages a TOML file lists, in order; stages "
                         "already done with the same options are skipped.", stage=False, torchrun=True),
+    "experiment": Command(ExperimentConfig, _stage("experiment"), "Does a training set help my segmenter, at equal "
+                          "compute? Arms (real / generated / filtered / attacked sets, budgets, mixing) against a "
+                          "control over seeds or low-data subsets, with the interval and decision rule the recipe "
+                          "fixes first: summary.md and summary.json.", stage=False),
     "report": Command(ReportConfig, _stage("report"), "Write report.md: loss curves, contact sheets, uncertainty maps "
                       "and the segmenter comparison table.", func="run_report_cli", stage=False),
     "train-seg": Command(TrainSegConfig, _stage("train_seg"), "Train a binary segmenter on real (+ generated/attacked) "

@@ -366,9 +366,35 @@ class PipelineConfig:
     variables: tuple[str, ...] = option((), "Override a [vars] entry: KEY=VALUE (repeatable).", names=("--set",))
     force: bool = option(False, "Rerun the selected stages even when they are up to date.", flag=True)
     dry_run: bool = option(False, "Say what would run and why, run nothing.", flag=True)
+    jobs: int = option(1, "Run up to N independent stages at once, each in its own worker process (a stage starts "
+                          "when the stages it reads are done).")
+    threads: int = option(0, "Torch CPU threads of each stage (0: the cores shared out among --jobs; with one job, "
+                             "torch's default). On a CPU a stage's numbers depend on it: to reproduce a run, keep it.")
 
 
 @dataclass(frozen=True)
 class ReportConfig:
     run_dirs: tuple[str, ...] = option(help="Run folders to scan; report.md goes into the first.", path=True,
                                        argument=True)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """``augforge experiment RECIPE --data DATA --out DIR``: arms of training sets compared at equal compute
+    against a control, with the groups, interval and decision rule the recipe fixes before anything trains."""
+
+    recipe: str = option(help="A shipped recipe (evidence-low, evidence-full, dasp-ablation, mixing, robustness) or "
+                              "a recipe TOML file (copy a shipped one from augforge/recipes/ and edit it).",
+                         argument=True)
+    out: str = _out("Folder of the whole experiment (continued if it holds the same run).")
+    data: str = option("", "Your dataset as distributed (any layout prepare reads): the recipe's ${data}.", path=True)
+    variables: tuple[str, ...] = option((), "Override a recipe [vars] entry: KEY=VALUE (repeatable), e.g. size=128.",
+                                        names=("--set",))
+    device: str = _device()
+    jobs: int = option(1, "Run up to N independent stages at once, each in its own worker process.", identity=False)
+    threads: int = option(0, "Torch CPU threads of each stage (0: the cores shared out among --jobs; with one job, "
+                             "torch's default). On a CPU a stage's numbers depend on it.", identity=False)
+    summary_only: bool = option(False, "Run no stage: summarise what OUT holds.", flag=True, identity=False)
+    dry_run: bool = option(False, "Write the stage list and say what would run, run nothing.", flag=True,
+                           identity=False)
+    overwrite: bool = _overwrite("Delete OUT and start the experiment afresh.")

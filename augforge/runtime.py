@@ -268,3 +268,15 @@ def adam_kwargs(device: torch.device | str) -> dict:
     if torch.device(device).type == "cuda":
         return {"fused": True}
     return {"foreach": False}
+
+
+def describe_hardware(device: str) -> str:
+    """The machine a run used, in words: the GPU, or the CPU model and core count (and torch's version)."""
+    import platform
+
+    if device != "cpu" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    info = Path("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if info.exists() else "CPU"
+    return f"{cpu}, {os.cpu_count()} cores, no GPU (torch {torch.__version__})"
