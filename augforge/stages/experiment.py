@@ -580,7 +580,7 @@ def run(cfg: ExperimentConfig) -> dict:
     doc.update(wall_seconds=round(time.perf_counter() - t0, 1), hardware=describe_hardware(cfg.device))
     command = f"augforge experiment {cfg.recipe} --out {cfg.out}" + (f" --data {cfg.data}" if cfg.data else "") + \
         "".join(f" --set {v}" for v in cfg.variables)
-    atomic_write_json(out / "summary.json", doc)
+    atomic_write_bytes(out / "summary.json", (json.dumps(doc, indent=2) + "\n").encode())  # arms in recipe order
     atomic_write_bytes(out / "summary.md", render(recipe, doc, command).encode())
     rows = [{"arm": arm, "mDice": cell["mDice"],
              "Δ vs control [95% CI]": _ci(cell["delta_vs_control"]) if "delta_vs_control" in cell else "control",

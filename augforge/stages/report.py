@@ -213,6 +213,56 @@ def robustness_section(curves: dict[str, dict[str, list[dict]]], assets: Path, o
     return lines
 
 
+def plot_forest(arms: dict[str, dict], control: str, criterion: str, margin: float) -> bytes:
+    """PNG bytes: a forest plot of every arm's Δ mDice to the control (mean and 95 % interval, a row per
+    arm, top to bottom in the recipe's order), with 0 and the criterion's margin (+m superior, −m
+    non-inferior) marked."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    names = list(arms)
+    for y, name in enumerate(reversed(names)):
+        d = arms[name]
+        ax.plot(d["ci95"], [y, y], color="C0", lw=2)
+        ax.plot([d["mean"]], [y], "o", color="C0", ms=5)
+    bound = margin if criterion == "superior" else -margin
+    ax.axvline(0.0, color="0.3", lw=1)
+    if margin:
+        ax.axvline(bound, color="C3", lw=1, ls="--", label=f"{criterion} margin ({bound:+g})")
+        ax.legend(fontsize=8, loc="best")
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(list(reversed(names)), fontsize=8)
+    ax.set_xlabel(f"Δ mDice vs {control} (95 % interval)")
+    ax.grid(True, axis="x", alpha=0.4)
+    ax.set_title(f"Each arm against {control}")
+    return _png(fig)
+
+
+def experiment_section(roots: list[Path], assets: Path, out: Path) -> list[str]:
+    """Markdown (and a PNG in ``assets``) for each ``augforge experiment`` summary.json: the forest plot of
+    every arm's Δ interval to the control, with the decision rule's margin and 0 marked."""
+    lines = []
+    for summary in sorted(p for r in roots for p in r.rglob("summary.json")):
+        try:
+            doc = json.loads(summary.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if not isinstance(doc, dict) or "decision" not in doc or not isinstance(doc.get("arms"), dict):
+            continue
+        rule = doc["decision"]
+        arms = {name: cell["delta_vs_control"] for name, cell in doc["arms"].items() if "delta_vs_control" in cell}
+        if not arms:
+            continue
+        name = summary.parent.name
+        png = assets / f"forest_{name}.png"
+        atomic_write_bytes(png, plot_forest(arms, rule["control"], rule["criterion"], rule["margin"]))
+        lines += [f"## Experiment {name}: {doc.get('title', '')}", "",
+                  f"![forest {name}]({png.relative_to(out)})", "",
+                  f"Δ mDice of each arm to {rule['control']}, 95 % interval resampling {rule['unit']}s and images "
+                  f"together; criterion {rule['criterion']}, margin {rule['margin']:g} (dashed). The tables: "
+                  f"{summary.with_suffix('.md').relative_to(out) if summary.is_relative_to(out) else summary}.", ""]
+    return lines
+
+
 def run_report(*run_dirs: Path | str) -> dict:
     """Scan run folders (and their sub-folders) for models, datasets and evaluations; write report.md
     into the first one."""
@@ -272,11 +322,13 @@ def run_report(*run_dirs: Path | str) -> dict:
     lines += cross_dataset_section(cross)
     curves_by_method = robustness_curves(robust)
     lines += robustness_section(curves_by_method, assets, out)
+    forest = experiment_section(roots, assets, out)
+    lines += forest
     report = out / "report.md"
     atomic_write_bytes(report, "\n".join(lines).encode())
     return {"report": str(report), "models": len(models), "curves": curves, "contact_sheets": len(sheets),
             "evaluations": len(evals), "cross_dataset_evaluations": len(cross),
-            "robustness_plots": len(curves_by_method)}
+            "robustness_plots": len(curves_by_method), "forest_plots": sum(x.startswith("![forest") for x in forest)}
 
 
 CROSS_SCORES = (("mDice", "mDice (mean of per-image Dice)"), ("mIoU", "mIoU (mean of per-image IoU)"),
