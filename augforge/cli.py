@@ -144,6 +144,8 @@ def _parameter(command: Command, f: Field) -> inspect.Parameter:
     default = command.default(f)
     default = ... if default is MISSING else list(default) if isinstance(default, tuple) else default
     help_ = command.helps.get(f.name, meta.get("help", ""))
+    if meta.get("hub") == "model":
+        help_ += " Also an exported folder (augforge export) or a Hub reference hf://ORG/NAME[@REVISION]."
     if meta.get("argument"):
         info = typer.Argument(default, help=help_, metavar=_metavar(f.name, kind))
     else:

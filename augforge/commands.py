@@ -19,9 +19,12 @@ from augforge.configs import (
     DemoConfig,
     EvaluateConfig,
     ExperimentConfig,
+    ExportConfig,
+    ExportDatasetConfig,
     FilterConfig,
     PipelineConfig,
     PrepareConfig,
+    PushConfig,
     ReportConfig,
     SampleConfig,
     SynthesizeConfig,
@@ -55,6 +58,9 @@ class Command:
         return self.config(**{**self.defaults, **values, **self.fixed})
 
     def run(self, cfg) -> dict:
+        from augforge.hub import pin_config
+
+        cfg = pin_config(cfg)  # hf:// references pinned to their commit: the run records it
         return getattr(import_module(self.module), self.func)(cfg)
 
 
@@ -104,6 +110,15 @@ COMMANDS: dict[str, Command] = {
                         "Score a segmenter: mIoU/mDice (per-image means, 95% CI), micro IoU/Dice, precision, recall.\n\n"
                         "Several datasets: one table, a row per dataset (cross-dataset testing).\n"
                         "Empty masks: an empty prediction on an empty mask scores 1, any other prediction 0."),
+    "export": Command(ExportConfig, _stage("export"), "Write a model folder in the layout its field's library loads: "
+                      "diffusion models for diffusers (UNet2DModel, DDPMScheduler), segmenters for "
+                      "segmentation-models-pytorch (smp.from_pretrained), with augforge.json and a model card.",
+                      stage=False),
+    "push": Command(PushConfig, _stage("export"), "Export a model folder and upload it to the Hugging Face Hub "
+                    "(needs augforge[hub] and a token: huggingface-cli login).", func="run_push", stage=False),
+    "export-dataset": Command(ExportDatasetConfig, _stage("export"), "Write a dataset as Parquet shards with image "
+                              "and mask columns and the manifest's fields, for datasets.load_dataset (and the Hub); "
+                              "prepare reads it back.", func="run_dataset", stage=False),
 }
 
 

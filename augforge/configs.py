@@ -21,7 +21,7 @@ RECIPES = Path(__file__).parent / "recipes"  # pipeline files shipped with the p
 def option(default: Any = MISSING, help: str = "", *, identity: bool = True, flag: bool = False, path: bool = False,
            argument: bool = False, names: tuple[str, ...] = (), rest_into: str = "", cli: bool = True,
            before: Any = MISSING, when: dict[str, tuple] | None = None, was: dict | None = None,
-           rerun: bool = True):
+           rerun: bool = True, hub: str = ""):
     """A config field with what the CLI and the pipeline need to know about it.
 
     identity: part of the run a command records (``made_by``); flag: a bare ``--name`` switch (else
@@ -34,11 +34,13 @@ def option(default: Any = MISSING, help: str = "", *, identity: bool = True, fla
     values an older augforge recorded (or a pipeline file gives) for the option and what each means today
     (``{False: "off", True: "on"}``: ``--compile`` was a switch; :func:`as_today`); rerun: False for an
     option that changes how fast a run goes, not what it makes (``--compile``): a change of it alone leaves
-    a finished pipeline stage up to date.
+    a finished pipeline stage up to date; hub: "model" (or "dataset") for an option that takes a folder of that
+    kind and so also a Hub reference hf://ORG/NAME[@REVISION], pinned to its commit before the run
+    (:func:`augforge.hub.pin_config`).
     """
     metadata = dict(help=help, identity=identity, flag=flag, path=path, argument=argument, names=names,
                     rest_into=rest_into, cli=cli, before=before, when=when or {},
-                    was=tuple((was or {}).items()), rerun=rerun)
+                    was=tuple((was or {}).items()), rerun=rerun, hub=hub)
     return field(metadata=metadata) if default is MISSING else field(default=default, metadata=metadata)
 
 
@@ -91,8 +93,10 @@ def _compile(what: str = "the network"):
 @dataclass(frozen=True)
 class PrepareConfig:
     src: str = option(help="Folder or .zip/.tar.gz archive of a public polyp set as distributed (Kvasir-SEG, "
-                           "CVC-ClinicDB, ETIS-LaribPolypDB, CVC-ColonDB, PolypGen, PraNet), or any folder with "
-                           "--images/--masks.", path=True, argument=True)
+                           "CVC-ClinicDB, ETIS-LaribPolypDB, CVC-ColonDB, PolypGen, PraNet), any folder with "
+                           "--images/--masks, or a table of image/mask columns: a folder of Parquet shards "
+                           "(export-dataset) or a Hub dataset hf://ORG/NAME[@REVISION].", path=True, argument=True,
+                      hub="dataset")
     out: str = _out("Output dataset folder (one sub-folder per set when SRC holds several).", argument=True)
     size: int = option(256, "Output side length in pixels (square, >= 16).")
     fit: str = option("stretch", "stretch: resize to a square; pad: pad to square first.")
@@ -108,6 +112,9 @@ class PrepareConfig:
     masks: str = option("", "Mask folder inside SRC (with --images).")
     mask_pattern: str = option("{stem}", "Mask file name of image <stem>.*, e.g. '{stem}_mask.png' (no extension: "
                                          "any image extension).")
+    split_file: str = option("", "Published split lists instead of --split: a JSON file of lists {\"train\": [ids], "
+                                 "\"val\": [...], \"test\": [...]} (a prepared dataset's splits.json), or a folder "
+                                 "of train.txt, val.txt, test.txt (one id per line). Every pair must be listed once.")
     overwrite: bool = _overwrite()
 
 
@@ -136,7 +143,8 @@ class TrainSegConfig:
     extra_ratio: float = option(0.0, "Share r of extra pairs in every batch (0 < r < 1: round(r x batch) extra, the "
                                      "real pairs in the same order whatever the extra set; 1: extra pairs only, "
                                      "e.g. pre-training; 0: mixed in).")
-    init_from: str = option("", "Start from this segmenter's weights (same --arch/--encoder and image size).")
+    init_from: str = option("", "Start from this segmenter's weights (same --arch/--encoder and image size).",
+                            hub="model")
     lr: float = option(1e-3, "Adam learning rate.")
     epochs: int = option(200, "Training epochs (one epoch: one pass over the real pairs, or over all pairs when "
                               "mixed).")
@@ -157,7 +165,8 @@ class TrainSegConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    segmenter: str = option(help="Segmenter model folder (with --attack: several, comma-separated, a row each).")
+    segmenter: str = option(help="Segmenter model folder (with --attack: several, comma-separated, a row each).",
+                            hub="model")
     data: str = option(help="Prepared dataset(s) to evaluate on; several give one cross-dataset table.", path=True,
                        argument=True, rest_into="also")
     also: tuple[str, ...] = option((), cli=False)  # the further DATA: one cross-dataset table
@@ -171,10 +180,10 @@ class EvaluateConfig:
     eps: str = option("0.3,3,30", "Attack budgets, comma-separated, in 0-255 units (0 allowed; not for asma).")
     attack_steps: int = option(10, "PGD / Diff-PGD steps (step size eps/4).")
     attack_segmenter: str = option("", "Compute the attack on this segmenter and score the --segmenter (transfer); "
-                                       "empty: white-box.")
+                                       "empty: white-box.", hub="model")
     weighted: bool = option(False, "DASP uncertainty weighting W of the attack loss (Eq. 10; not asma/noise).",
                             flag=True)
-    image_model: str = option("", "Image-diffusion model: the diff-pgd purifier.")
+    image_model: str = option("", "Image-diffusion model: the diff-pgd purifier.", hub="model")
     purify_guidance: str = option("1", "diff-pgd: classifier-free guidance of the purifier's denoiser (as attack "
                                        "--purify-guidance).")
     max_iter: int = option(300, "asma: iteration cap per image.")
@@ -228,8 +237,8 @@ class TrainDiffusionConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     out: str = _out("Generated dataset folder to write (continued if it holds the same run).")
-    mask_model: str = option("", "Mask-diffusion model folder.")
-    image_model: str = option("", "Image-diffusion model folder.")
+    mask_model: str = option("", "Mask-diffusion model folder.", hub="model")
+    image_model: str = option("", "Image-diffusion model folder.", hub="model")
     n: int = option(100, "Number of pairs (a rerun with a larger N adds pairs). Under torchrun write -n: torchrun's "
                          "parser takes --n for an abbreviation of its own options.", identity=False, names=("--n", "-n"))
     masks_from: str = option("", "Render images for the real train masks of this dataset instead of sampling masks.")
@@ -246,7 +255,7 @@ class SampleConfig:
     shard: str = option("0/1", "Do only shard i of n (e.g. 0/4).", identity=False)
     device: str = _device()
     report: bool = option(False, "Also compute the quality report (needs --segmenter).", identity=False, flag=True)
-    segmenter: str = option("", "Segmenter for the quality report.", identity=False)
+    segmenter: str = option("", "Segmenter for the quality report.", identity=False, hub="model")
     # a pair's result stays the same up to floating-point rounding
     compile: str = _compile("both UNets")
     overwrite: bool = _overwrite()
@@ -259,7 +268,7 @@ ITERATIVE_ATTACKS = ("pgd", "diff-pgd")
 @dataclass(frozen=True)
 class AttackConfig:
     data: str = option(help="Dataset to attack (any: real, generated).", path=True, argument=True)
-    segmenter: str = option(help="Segmenter model folder (the attacked network).")
+    segmenter: str = option(help="Segmenter model folder (the attacked network).", hub="model")
     out: str = _out("Attacked dataset folder to write.")
     method: str = option("fgsm", "fgsm | inverse-fgsm | pgd | diff-pgd | asma | noise (random signs of the --eps "
                                  "budget: a control).")
@@ -276,7 +285,8 @@ class AttackConfig:
     sigma2: float = option(4.0, "σ² of the uncertainty weights W = exp(-z²/2σ²).", when={"weighted": (True,)})
     weight_mode: str = option("loss", "loss: weight the loss (the paper's Eq. 10); step: scale each pixel's step.",
                               when={"weighted": (True,)})
-    image_model: str = option("", "Image-diffusion model (the diff-pgd purifier).", when={"method": ("diff-pgd",)})
+    image_model: str = option("", "Image-diffusion model (the diff-pgd purifier).", when={"method": ("diff-pgd",)},
+                              hub="model")
     purify_guidance: str = option("1", "Classifier-free guidance of the purifier's denoiser: a scale (1: the "
                                        "conditional model alone, as DASP), or auto (3 for a model trained with "
                                        "--cond-drop > 0, else 1).", when={"method": ("diff-pgd",)})
@@ -310,7 +320,7 @@ class FilterConfig:
 
     data: str = option(help="Dataset to filter (generated or attacked; any dataset works).", path=True, argument=True)
     segmenter: str = option(help="Segmenter model folder (trained on real pairs) that scores each pair: Dice of its "
-                                 "prediction against the pair's own mask.")
+                                 "prediction against the pair's own mask.", hub="model")
     out: str = _out("Filtered dataset folder to write (continued if it holds the same run).")
     # FreeMask (NeurIPS 2023) and ControlPolypNet (CVPRW 2024) gain only once the least consistent synthetic
     # pairs are left out; 0.5 keeps the better half
@@ -327,6 +337,57 @@ class FilterConfig:
     batch_size: int = option(16, "Images per prediction batch.", identity=False)
     device: str = _device()
     overwrite: bool = _overwrite()
+
+
+LICENSE = ("other", "The card's license field (a Hub license id, e.g. mit, apache-2.0, cc-by-nc-4.0; other: say it in "
+                     "the card). Mind the training data's terms (Kvasir-SEG: research and education use).")
+CARD_DATASET = "A dataset of the card's datasets field (a Hub dataset id, repeatable), e.g. the training data."
+QUALITY = ("A JSON file of measured quality to quote in the model card (repeatable): an evaluate --out file (mDice and "
+           "mIoU with their 95% intervals) or a generated dataset.json with sample --report's figures.")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``augforge export MODEL_DIR OUT``: a model folder in the layout diffusers or smp loads, with its card."""
+
+    model: str = option(help="Model folder (mask-diffusion, image-diffusion or segmenter).", path=True,
+                        argument=True, hub="model")
+    out: str = _out("Folder to write: the diffusers layout (unet/, scheduler/) or smp's, augforge.json and a "
+                    "README.md model card.", argument=True)
+    non_ema: bool = option(False, "Diffusion models: also the raw weights of train_state.pt, as the non_ema variant "
+                                  "(the EMA weights stay the default).", flag=True)
+    license: str = option(*LICENSE)
+    dataset: tuple[str, ...] = option((), CARD_DATASET)
+    quality: tuple[str, ...] = option((), QUALITY, path=True)
+    name: str = option("", "The model's name in the card (default: OUT's folder name; push: ORG/NAME).")
+    overwrite: bool = _overwrite("Replace OUT if it holds something else than an export of this model.")
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """``augforge push MODEL_DIR ORG/NAME``: export, then upload the folder to the Hugging Face Hub."""
+
+    model: str = option(help="Model folder to export and upload.", path=True, argument=True, hub="model")
+    repo: str = option(help="Hub model repository ORG/NAME (created when missing).", argument=True)
+    private: bool = option(False, "Create the repository private.", flag=True)
+    revision: str = option("", "Branch to upload to (default: the repository's main branch).")
+    message: str = option("", "Commit message (default: 'augforge export of <kind> model <fingerprint>').")
+    non_ema: bool = option(False, "Also upload the raw weights as the non_ema variant.", flag=True)
+    license: str = option(*LICENSE)
+    dataset: tuple[str, ...] = option((), CARD_DATASET)
+    quality: tuple[str, ...] = option((), QUALITY, path=True)
+
+
+@dataclass(frozen=True)
+class ExportDatasetConfig:
+    """``augforge export-dataset DATASET OUT``: a dataset as Parquet shards ``datasets`` loads."""
+
+    data: str = option(help="Dataset folder (prepared, generated, attacked or filtered).", path=True, argument=True)
+    out: str = _out("Folder to write: data/<split>-NNNNN-of-NNNNN.parquet, README.md (its splits for "
+                    "load_dataset), dataset.json and splits.json.", argument=True)
+    max_shard_mb: int = option(256, "Largest Parquet shard, in MB of encoded images.")
+    license: str = option(*LICENSE)
+    overwrite: bool = _overwrite("Replace OUT if it holds something else than an export of this dataset.")
 
 
 DEMO_RECIPE = RECIPES / "demo.toml"

@@ -229,6 +229,12 @@ class Dataset:
             return list(self.rows)
         return [r for r in self.rows if r["split"] == split]
 
+    def splits_digest(self) -> str:
+        """The digest of this dataset's splits.json (written or not): :func:`augforge.data.splits.splits_digest`."""
+        from augforge.data.splits import splits_digest
+
+        return splits_digest({r["id"]: r["split"] for r in self.rows})
+
     def fingerprint(self) -> str:
         """Short hash of the manifest rows (ids, splits, sources): identifies the training data."""
         h = hashlib.sha256()

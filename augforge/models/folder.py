@@ -3,6 +3,10 @@
 A folder describes itself: :func:`load_network` rebuilds the network from config.json alone
 (``config["network"]`` holds the builder's keyword arguments), never from CLI flags.
 Weights are safetensors (never unpickled); ``train_state.pt`` is loaded with ``weights_only=True``.
+
+The same functions read a folder ``augforge export`` wrote (the diffusers or smp layout, with the augforge
+config.json kept in ``augforge.json``) and a Hub reference ``hf://ORG/NAME[@REVISION]`` (its snapshot
+in the Hugging Face cache, :mod:`augforge.hub`), so every option that takes a model takes all three.
 """
 
 from __future__ import annotations
@@ -22,6 +26,56 @@ from augforge.runtime import atomic_write_bytes, atomic_write_json, read_json
 
 KINDS = ("mask-diffusion", "image-diffusion", "segmenter")
 CONFIG, WEIGHTS, STATE, METRICS = "config.json", "model.safetensors", "train_state.pt", "metrics.jsonl"
+# an exported folder (augforge.models.export): the augforge config in augforge.json, the weights where the
+# field's library keeps them (diffusers: unet/diffusion_pytorch_model.safetensors; smp: model.safetensors)
+EXPORT_INFO, UNET, DIFFUSERS_WEIGHTS = "augforge.json", "unet", "diffusion_pytorch_model.safetensors"
+PREFIX = {"mask-diffusion": "unet.", "image-diffusion": "unet.", "segmenter": "net."}  # augforge key = PREFIX + theirs
+
+
+def locate(model_dir) -> Path:
+    """The local folder of a model option: the folder itself, or a Hub reference's cached snapshot."""
+    from augforge.hub import local
+
+    return local(model_dir)
+
+
+def exported_info(model_dir: Path) -> dict | None:
+    """augforge.json of a folder ``augforge export`` wrote, None for an augforge model folder."""
+    path = Path(model_dir) / EXPORT_INFO
+    return read_json(path, "exported model description") if path.exists() else None
+
+
+def weights_path(model_dir: Path, config: dict, exported: bool) -> Path:
+    """Where a folder keeps the (EMA) weights: model.safetensors, or the library layout's file."""
+    if exported and config["kind"] != "segmenter":
+        return Path(model_dir) / UNET / DIFFUSERS_WEIGHTS
+    return Path(model_dir) / WEIGHTS
+
+
+def folder_config(model_dir) -> tuple[Path, dict, Path, bool]:
+    """(local folder, augforge config, weights file, exported) of any model folder or reference."""
+    local = locate(model_dir)
+    exported = exported_info(local)
+    if exported is not None:
+        if not isinstance(exported.get("config"), dict) or "kind" not in exported["config"]:
+            raise AugforgeError(f"{model_dir}: {EXPORT_INFO} holds no augforge model config")
+        config = exported["config"]
+    elif (local / CONFIG).exists():
+        config = read_json(local / CONFIG, "model config")
+    else:
+        raise AugforgeError(f"{model_dir}: not an augforge model folder (no {CONFIG}) nor an exported one "
+                            f"(no {EXPORT_INFO})")
+    return local, config, weights_path(local, config, exported is not None), exported is not None
+
+
+def load_state(model_dir) -> dict[str, torch.Tensor]:
+    """The (EMA) weights of any model folder or reference, keyed as the augforge network names them."""
+    local, config, path, exported = folder_config(model_dir)
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise AugforgeError(f"{path}: unreadable weights ({e})") from None
+    return {PREFIX[config["kind"]] + k: v for k, v in state.items()} if exported else state
 
 
 def build_network(config: dict) -> torch.nn.Module:
@@ -39,19 +93,17 @@ def build_network(config: dict) -> torch.nn.Module:
 
 
 def read_config(model_dir: Path, *, kind: str, image_size: int | None = None) -> dict:
-    """Read config.json and check the kind (and image size) a command expects."""
-    model_dir = Path(model_dir)
-    if not (model_dir / CONFIG).exists():
-        raise AugforgeError(f"{model_dir}: not an augforge model folder (no {CONFIG})")
-    config = read_json(model_dir / CONFIG, "model config")
+    """Read config.json (of an exported folder: augforge.json's) and check the kind (and image size) a
+    command expects."""
+    _, config, weights, _ = folder_config(model_dir)
     if config.get("kind") != kind:
         raise AugforgeError(f"{model_dir}: is a {config.get('kind')!r} model, expected a {kind!r} model")
     if image_size is not None and int(config["image_size"]) != int(image_size):
         raise AugforgeError(
             f"{model_dir}: model works on {config['image_size']}px images, the data is {image_size}px"
         )
-    if not (model_dir / WEIGHTS).exists():
-        raise AugforgeError(f"{model_dir}: no {WEIGHTS} (training has not saved weights yet)")
+    if not weights.exists():
+        raise AugforgeError(f"{model_dir}: no {weights.name} (training has not saved weights yet)")
     return config
 
 
@@ -60,13 +112,9 @@ def load_network(model_dir: Path, *, kind: str, image_size: int | None = None,
     """Config check, rebuild, load weights, eval mode. Returns (network, config)."""
     config = read_config(model_dir, kind=kind, image_size=image_size)
     net = build_network(config)
-    try:
-        state = load_file(str(Path(model_dir) / WEIGHTS))
-    except Exception as e:  # safetensors raises its own error types
-        raise AugforgeError(f"{Path(model_dir) / WEIGHTS}: unreadable weights ({e})") from None
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing, unexpected = net.load_state_dict(load_state(model_dir), strict=False)
     if missing or unexpected:
-        raise AugforgeError(f"{Path(model_dir) / WEIGHTS}: weights do not fit the network in {CONFIG} "
+        raise AugforgeError(f"{model_dir}: weights do not fit the network in {CONFIG} "
                             f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
     return net.to(device).eval(), config
 
@@ -75,10 +123,10 @@ def model_fingerprint(model_dir: Path) -> str:
     """What a model folder computes, as 16 hex digits: sha256 of its weights file and of the network,
     process and image size config.json rebuilds it from. A stage that reads a model records this in its
     run identity, so a model retrained in the same folder (other seed, settings or steps) makes a rerun
-    a different run instead of continuing the old one."""
-    model_dir = Path(model_dir)
-    config = read_json(model_dir / CONFIG, "model config")
-    digest = hashlib.sha256((model_dir / WEIGHTS).read_bytes())
+    a different run instead of continuing the old one. An exported folder or a Hub snapshot: of the
+    weights file it holds (so not the fingerprint of the folder it was exported from)."""
+    _, config, weights, _ = folder_config(model_dir)
+    digest = hashlib.sha256(weights.read_bytes())
     digest.update(json.dumps({k: config.get(k) for k in ("kind", "network", "process", "image_size")},
                              sort_keys=True).encode())
     return digest.hexdigest()[:16]

@@ -7,6 +7,12 @@ dataset per set, ``OUT/<set>/``. ``--split all-test`` puts every pair in the tes
 external test set). A bad input is one line, and a dataset this run started is removed again, so
 nothing half-done stays behind.
 
+SRC may also be a table of image/mask columns (:mod:`augforge.data.parquet`): a folder of Parquet
+shards (``augforge export-dataset``) or a Hub dataset ``hf://ORG/NAME[@REVISION]`` (cache first); its
+``split`` column gives the splits and its other columns go back into the manifest, so an exported
+dataset prepares (at its own ``--size``) to the same pairs. ``--split-file`` takes published split
+lists instead (:mod:`augforge.data.splits`); every prepared dataset writes its lists as splits.json.
+
 Also ``augforge synthesize OUT``: the seeded synthetic polyps, written the same way.
 """
 
@@ -25,6 +31,7 @@ import numpy as np
 
 from augforge.configs import PrepareConfig, SynthesizeConfig, identity
 from augforge.data.dataset import (
+    MANIFEST,
     SPLITS,
     UNUSED,
     DatasetWriter,
@@ -33,14 +40,18 @@ from augforge.data.dataset import (
     decode_mask,
     limit_train,
     parse_split,
+    read_manifest,
     run_record,
 )
 from augforge.data.layouts import IMAGE_EXTS, Source, Subset, detect, explicit, open_source  # noqa: F401
+from augforge.data.splits import SPLITS_FILE, check_cover, file_digest, read_split_file, splits_digest, splits_text
 from augforge.errors import AugforgeError
+from augforge.hub import is_reference, local, shown
 from augforge.progress import progress_bar
+from augforge.runtime import atomic_write_bytes
 
 ALL_TEST = "all-test"
-NEW_OPTIONS = ("images", "masks", "mask_pattern", "train_limit", "subset_seed")  # left out of made_by at their defaults (older runs resume)
+NEW_OPTIONS = ("images", "masks", "mask_pattern", "train_limit", "subset_seed", "split_file")  # left out of made_by at their defaults (older runs resume)
 
 
 def find_subsets(source: Source, cfg: PrepareConfig) -> list[Subset]:
@@ -95,7 +106,9 @@ def _summary(writer: DatasetWriter, extra: dict | None = None) -> dict:
     fractions = np.array([np.count_nonzero(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)) for p in sorted(masks_dir.glob("*.png"))],
                          dtype=np.float64) / writer.image_size**2
     area = {"min": float(fractions.min()), "mean": float(fractions.mean()), "max": float(fractions.max())}
-    return writer.finalize({"polyp_area_fraction": area, **(extra or {})})
+    assignment = {r["id"]: r["split"] for r in read_manifest(writer.root / MANIFEST)}
+    atomic_write_bytes(writer.root / SPLITS_FILE, splits_text(assignment).encode())  # the lists, to publish
+    return writer.finalize({"polyp_area_fraction": area, "splits_digest": splits_digest(assignment), **(extra or {})})
 
 
 def grey_count(root: Path) -> tuple[int, int]:
@@ -138,9 +151,11 @@ def _write_subset(source: Source, subset: Subset, writer: DatasetWriter, splits:
     done = writer.existing_ids()
     todo = [s for s in sorted(subset.pairs) if s not in done]
 
+    fields = getattr(source, "fields", {})  # a table's rows carry their manifest fields (source, parent, ...)
+
     def write(stem: str, image_bytes: bytes, mask_bytes: bytes) -> None:
         image, mask = make_pair(stem, image_bytes, mask_bytes)
-        writer.append(stem, image, mask, {"split": splits[stem], "source": "real"})
+        writer.append(stem, image, mask, {"split": splits[stem], "source": "real", **fields.get(stem, {})})
 
     def read_and_write(stem: str) -> None:
         image_rel, mask_rel = subset.pairs[stem]
@@ -200,6 +215,36 @@ def _limit(splits: dict[str, str], cfg: PrepareConfig, name: str) -> dict[str, s
         raise AugforgeError(f"{name}: {e}" if name else str(e)) from None
 
 
+def _open(cfg: PrepareConfig):
+    """SRC as a source of pairs: a table (Parquet folder, Hub dataset) or a folder/archive of files."""
+    from augforge.data.parquet import TableSource, is_table
+
+    path = local(cfg.src, "dataset")
+    if is_reference(cfg.src) or is_table(path):
+        if cfg.mask_pattern != _default("mask_pattern"):
+            raise AugforgeError(f"{cfg.src}: a table pairs images and masks by row; --mask-pattern does not apply")
+        return TableSource(path, shown(cfg.src) if is_reference(cfg.src) else str(path), cfg.images, cfg.masks)
+    return open_source(path)
+
+
+def _listed_splits(listed: dict[str, str], subsets: list[Subset], split_file: str) -> dict[str, dict[str, str]]:
+    """--split-file's splits for each set; every pair listed, every listed id a pair of some set."""
+    where = f"--split-file {split_file}"
+    every = {stem for s in subsets for stem in s.pairs}
+    stray = sorted(set(listed) - every)
+    if stray:
+        raise AugforgeError(f"{where}: {len(stray)} listed id(s) are no pair of the source (first: {stray[0]!r})")
+    return {s.name: check_cover({i: listed[i] for i in s.pairs if i in listed}, list(s.pairs), where)
+            for s in subsets}
+
+
+def _checked_table_splits(splits: dict[str, str], src: str) -> dict[str, str]:
+    bad = sorted({v for v in splits.values() if v not in (*SPLITS, UNUSED)})
+    if bad:
+        raise AugforgeError(f"{src}: the table's split column holds {bad[0]!r} (expected {', '.join((*SPLITS, UNUSED))})")
+    return splits
+
+
 def run(cfg: PrepareConfig) -> dict:
     if cfg.size < 16:
         raise AugforgeError(f"--size must be at least 16, got {cfg.size}")
@@ -207,15 +252,25 @@ def run(cfg: PrepareConfig) -> dict:
         raise AugforgeError(f"--fit must be stretch or pad, got {cfg.fit!r}")
     fractions = None if cfg.split == ALL_TEST else parse_split(cfg.split)
     _check_limit(cfg)
-    source = open_source(Path(cfg.src))
+    listed = read_split_file(cfg.split_file) if cfg.split_file else None
+    if listed is not None and cfg.split != _default("split"):
+        raise AugforgeError("--split-file gives the splits; drop --split")
+    source = _open(cfg)
     try:
-        subsets = find_subsets(source, cfg)  # every set found and paired before anything is written
+        subsets = [source.subset()] if hasattr(source, "subset") else find_subsets(source, cfg)
         splits = {s.name: ({stem: "test" for stem in s.pairs} if fractions is None
                            else assign_splits(list(s.pairs), fractions, cfg.seed)) for s in subsets}
+        if listed is not None:
+            splits = _listed_splits(listed, subsets, cfg.split_file)
+        elif getattr(source, "splits", None):  # a table's own split column
+            splits = {"": _checked_table_splits(source.splits, cfg.src)}
         if cfg.train_limit:
             splits = {name: _limit(split, cfg, name) for name, split in splits.items()}
         options = {k: v for k, v in identity(cfg).items() if not (k in NEW_OPTIONS and v == _default(k))}
-        options["src"] = str(Path(cfg.src).resolve())
+        options["src"] = shown(cfg.src)  # an absolute path; a hf:// reference pinned to its commit
+        if cfg.split_file:
+            options["split_file"] = str(Path(cfg.split_file).resolve())
+            options["split_file_digest"] = file_digest(cfg.split_file)
         results = {}
         for subset in subsets:
             out = Path(cfg.out) / subset.name if subset.name else Path(cfg.out)
@@ -229,6 +284,8 @@ def run(cfg: PrepareConfig) -> dict:
                     shutil.rmtree(out, ignore_errors=True)
                 raise
             extra = {"layout": subset.layout}
+            if cfg.split_file:
+                extra["split_file"] = {"path": options["split_file"], "digest": options["split_file_digest"]}
             if cfg.train_limit:  # the limit, and the unused split next to train/val/test
                 counts = list(splits[subset.name].values())
                 extra.update(train_limit=cfg.train_limit, subset_seed=cfg.subset_seed,

@@ -22,12 +22,13 @@ import torch
 from augforge.configs import TrainSegConfig, identity
 from augforge.data.dataset import load_pairset, open_output, read_dataset, run_record
 from augforge.errors import AugforgeError
+from augforge.hub import shown
 from augforge.models.folder import (
     CONFIG,
     METRICS,
     STATE,
-    WEIGHTS,
     append_metrics,
+    load_state,
     load_train_state,
     make_config,
     model_fingerprint,
@@ -61,7 +62,7 @@ def _options(cfg: TrainSegConfig, init_fingerprint: str = "") -> dict:
     options["data"] = str(Path(cfg.data).resolve())
     options["extra"] = [str(Path(p).resolve()) for p in cfg.extra]
     if cfg.init_from:
-        options["init_from"] = str(Path(cfg.init_from).resolve())
+        options["init_from"] = shown(cfg.init_from)  # a folder's absolute path; a hf:// reference pinned
         options["init_from_fingerprint"] = init_fingerprint
     return options
 
@@ -109,8 +110,8 @@ def _fingerprint(roots: list[Path]) -> str:
 
 
 def _init_source(cfg: TrainSegConfig, network: dict, image_size: int) -> tuple[Path, str]:
-    """--init-from: check that the segmenter there has this run's network and image size; returns its
-    weights file and the folder's :func:`model_fingerprint`."""
+    """--init-from: check that the segmenter there (a folder, an exported folder or a hf:// reference) has
+    this run's network and image size; returns it and its :func:`model_fingerprint`."""
     source = Path(cfg.init_from)
     try:
         theirs = read_config(source, kind="segmenter")  # no folder, wrong kind, no weights
@@ -123,14 +124,12 @@ def _init_source(cfg: TrainSegConfig, network: dict, image_size: int) -> tuple[P
     if int(theirs["image_size"]) != image_size:
         raise AugforgeError(f"--init-from {source}: trained on {theirs['image_size']}px images, the data is "
                             f"{image_size}px")
-    return source / WEIGHTS, model_fingerprint(source)
+    return source, model_fingerprint(source)
 
 
 def _load_init(model: torch.nn.Module, weights: Path) -> None:
-    from safetensors.torch import load_file
-
     try:
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(load_state(weights))
     except Exception as e:  # safetensors' own error types, or tensors that do not fit
         raise AugforgeError(f"--init-from {weights}: weights do not load into this network ({str(e).splitlines()[0]})") from None
 
@@ -209,7 +208,7 @@ def run(cfg: TrainSegConfig) -> dict:
                  if cfg.schedule == "cosine" else None)
     config = make_config("segmenter", network=network, image_size=image_size, data_fingerprint=_fingerprint(roots),
                          made_by=made_by)
-    config["init_from"] = ({"path": str(Path(cfg.init_from).resolve()), "fingerprint": init_fingerprint}
+    config["init_from"] = ({"path": shown(cfg.init_from), "fingerprint": init_fingerprint}
                            if cfg.init_from else None)
     if state is not None and read_json(out / CONFIG).get("data_fingerprint") != config["data_fingerprint"]:
         raise AugforgeError(f"{out}: was trained on different data under the same paths; pass --overwrite to start over")
