@@ -26,7 +26,7 @@ PREFIX = "hf://"
 EXTRA = "pip install 'augforge[hub]'"
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _NAME = re.compile(r"[\w.-]+/[\w.-]+")
-_resolved: dict[tuple, tuple[Path, str]] = {}  # (repo type, repo, revision, cache, offline) -> (snapshot, commit)
+_resolved: dict[tuple, tuple[Path, str]] = {}  # (repo type, repo, commit, cache) -> (snapshot, commit)
 
 
 def require(module: str, what: str = "this command"):
@@ -78,8 +78,9 @@ def offline() -> bool:
 def resolve(value, repo_type: str = "model") -> tuple[Path, str]:
     """A Hub reference -> (local snapshot folder, commit hash), cache first; one line when it cannot be had."""
     repo_type, repo, revision = parse(value, repo_type)
-    key = (repo_type, repo, revision or "main", cache_dir(), offline())
-    if key in _resolved:
+    # a commit is immutable: resolved once per process; a branch or tag is looked up every time (it may move)
+    key = (repo_type, repo, revision, cache_dir())
+    if revision and _COMMIT.fullmatch(revision) and key in _resolved:
         return _resolved[key]
     hub = require("huggingface_hub", "a hf:// reference")
     where = reference(repo_type, repo, revision)
