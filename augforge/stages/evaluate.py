@@ -173,6 +173,7 @@ def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, devi
         logits = predict(model, pairs.images, cfg.batch_size, device)
         scores, totals = score(logits, pairs.masks, cfg.threshold)
         summaries.append({"dataset": name, "data": p, "split": cfg.split,
+                          "splits_digest": datasets[paths.index(p)].splits_digest(),  # its splits.json's
                           **summarize(scores, totals, n_boot=cfg.bootstrap, seed=cfg.seed),
                           **pooled_ci(scores, cfg.bootstrap, cfg.seed)})
         image_rows += _image_rows(name, scores, pairs.ids)
@@ -419,6 +420,7 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
     title = f"robustness under {cfg.attack}" + (f", transferred from {attack_name}" if attack_name else "")
     result: dict = {"segmenter": cfg.segmenter, "attack": cfg.attack, "attack_mode": mode, "split": cfg.split,
                     "threshold": cfg.threshold, **({"purify_guidance": purifier.guidance} if purifier else {})}
+    result["splits_digests"] = {n: ds.splits_digest() for n, ds in zip(_names(paths), datasets)}  # splits.json's
     if len(paths) == 1 and len(segmenters) == 1:
         clean_row = rows[0]
         result.update(data=cfg.data, **{k: v for k, v in clean_row.items() if k not in (
@@ -510,7 +512,8 @@ def run(cfg: EvaluateConfig) -> dict:
     pairs = load_pairset([Path(cfg.data)], cfg.split).to(device)
     logits = predict(model, pairs.images, cfg.batch_size, device)
     scores, totals = score(logits, pairs.masks, cfg.threshold)
-    result = {"segmenter": cfg.segmenter, "data": cfg.data, "split": cfg.split, "threshold": cfg.threshold,
+    result = {"segmenter": cfg.segmenter, "data": cfg.data, "split": cfg.split,
+              "splits_digest": ds.splits_digest(), "threshold": cfg.threshold,  # the digest of its splits.json
               **summarize(scores, totals, n_boot=cfg.bootstrap, seed=cfg.seed), **pooled_ci(scores, cfg.bootstrap, cfg.seed)}
     if cfg.csv:
         summary = {"dataset": dataset_names([cfg.data])[0], **result}
