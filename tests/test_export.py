@@ -132,6 +132,8 @@ def test_every_export_carries_a_model_card_the_hub_reads(exported, models):
         assert model_fingerprint(models[kind]) in card.text
     text = ModelCard.load(exported["image-diffusion"] / "README.md").text
     assert "augforge train-image-diffusion" in text and "--cond-drop 0.1" in text and "steps: 3" in text
+    line = next(x for x in text.splitlines() if x.startswith("augforge train-image-diffusion"))
+    assert line.split()[2:5] == [str(models["image-diffusion"].parent / "data"), "--out", "OUT"]
 
 
 def test_the_card_quotes_measured_quality(tmp_path, models, cli):

@@ -55,6 +55,7 @@ def command_line(made_by: dict) -> str:
     options = dict(made_by.get("options", {}))
     words = ["augforge", made_by["command"]]
     words += [str(options.pop(name)) for name in ARGUMENTS if name in options]
+    words += ["--out", "OUT"]  # the trainers' output folder is no part of the run's record
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if key == "kind" or value in ("", None, [], ()):
@@ -120,7 +121,7 @@ def render(config: dict, info: dict, *, name: str, license: str, datasets: tuple
                                       mean=list(info.get("preprocessing", {}).get("mean", [])),
                                       std=list(info.get("preprocessing", {}).get("std", [])))
     made_by = config.get("made_by", {})
-    body = [f"# {name}: augforge {kind} model", "",
+    body = [f"# {name}: {kind} model (`augforge`)", "",
             f"Trained with augforge (`{made_by.get('command', 'augforge')}`), exported in the "
             f"{library} layout. Load it without augforge:", "", loading, ""]
     if kind == "image-diffusion":
@@ -150,8 +151,8 @@ def render(config: dict, info: dict, *, name: str, license: str, datasets: tuple
         figures += quality_lines(source, record)
     body += ["", "## Measured quality", "", *(figures or ["- none recorded (pass `augforge export --quality FILE`)"])]
     body += ["", "## Provenance", "",
-             f"- augforge {config.get('version', '')}, exported by augforge {info.get('exported_by', '')}",
-             f"- fingerprint of the augforge model folder: `{info.get('source_fingerprint', '')}`",
+             f"- versions: made by augforge-{config.get('version', '')}, exported by augforge-{info.get('exported_by', '')}",
+             f"- fingerprint of the model folder it was exported from: `{info.get('source_fingerprint', '')}`",
              f"- weights: {'EMA' if info.get('ema') else 'as trained'}"
              + (" (the raw weights: variant `non_ema`)" if info.get("non_ema") else ""), ""]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n" + "\n".join(body)
