@@ -100,3 +100,33 @@ def test_prepare_reads_the_table_back_to_identical_pairs(cli, exported, derived,
 def test_a_table_without_the_columns_is_one_line(cli, tmp_path, exported):
     result = cli("prepare", exported, tmp_path / "x", "--images", "picture", "--masks", "mask")
     assert result.exit_code == 2 and "no 'picture' column" in result.output and "Traceback" not in result.output
+
+
+def test_shards_stay_under_the_limit_and_load_as_one_table(derived, tmp_path):
+    from datasets import load_dataset
+
+    from augforge.data.parquet import write_shards
+
+    ds = read_dataset(derived)
+    sizes = [(derived / r["image"]).stat().st_size + (derived / r["mask"]).stat().st_size for r in ds.split("train")]
+    limit = 4 * max(sizes)
+    files = write_shards(ds, tmp_path / "data", limit)
+    assert len(files["train"]) >= len(sizes) * min(sizes) // limit > 1
+    assert files["train"][0] == f"train-00000-of-{len(files['train']):05d}.parquet"
+    table = load_dataset("parquet", data_files=[str(tmp_path / "data" / f) for f in files["train"]], split="train")
+    assert table["id"] == [r["id"] for r in ds.split("train")]  # every shard one schema, ids in order
+
+
+def test_a_table_without_a_split_column_is_split_by_split(cli, derived, tmp_path):
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    table_dir = tmp_path / "nosplit"
+    assert cli("export-dataset", derived, table_dir).exit_code == 0
+    for f in (table_dir / "data").glob("*.parquet"):
+        pq.write_table(pq.read_table(f).drop_columns(["split"]), f)
+    assert "split" not in load_dataset("parquet", data_files=str(table_dir / "data" / "*.parquet"), split="train").features
+    out = tmp_path / "out"
+    assert cli("prepare", table_dir, out, "--size", "32", "--split", "0.5,0.25,0.25", "--seed", "1").exit_code == 0
+    counts = read_dataset(out).info["splits"]
+    assert counts == {"train": 30, "val": 15, "test": 15}
