@@ -7,7 +7,7 @@ methods, per backbone; cells = mean ± std over seeds of test mDice / mIoU, as m
 scores and as pooled (micro) scores; the difference Δ of each row to Basic in per-image mDice with a
 95 % interval that resamples seeds and test images together
 (:func:`augforge.seg.metrics.hierarchical_bootstrap_ci` over the per-seed arrays of per-image
-differences) and the decision rule of ``benchmarks/evidence.py`` (helps: the interval above 0 and
+differences) and the decision rule of :mod:`augforge.evidence` (helps: the interval above 0 and
 every seed's Δ positive; hurts: the mirror image; otherwise no difference shown); the training
 budget each segmenter actually spent (steps, real and extra presentations, seconds); the wall time of
 every stage; when the diffusion models are trained, the generated set's mask-image consistency (the
@@ -73,11 +73,7 @@ minutes on one H100/H200; explicit options still override the preset.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -86,8 +82,12 @@ from pathlib import Path
 
 import numpy as np
 
+from augforge import evidence
 from augforge.configs import PipelineConfig
+from augforge.runtime import describe_hardware as hardware
+from augforge.seg.metrics import bootstrap_ci
 from augforge.stages import pipeline
+from augforge.stages.experiment import per_image, robustness_cells, segmenter_budget, slug
 
 AUG_ROWS = [("No aug", "none"), ("Basic", "basic"), ("CutOut", "basic+cutout"), ("CutMix", "basic+cutmix"),
             ("Elastic", "basic+elastic"), ("Random Erase", "basic+random-erase"), ("GNT", "basic+gaussian-noise"),
@@ -128,10 +128,6 @@ PRESETS = {
                     robustness="fgsm,pgd",
                     rows="Basic,Inverse-FGSM,Generated masks,+ PGD(W),+ Diff-PGD,+ Diff-PGD(W) (DASP)"),
 }
-
-
-def slug(name: str) -> str:
-    return re.sub("-+", "-", "".join(c if c.isalnum() else "-" for c in name.lower())).strip("-")
 
 
 def selected_rows(a: argparse.Namespace) -> list[str]:
@@ -265,74 +261,31 @@ def write_toml(stages: list[dict], path: Path) -> None:
     path.write_text(pipeline.dump_stages(stages, header="written by benchmarks/kvasir_protocol.py"))
 
 
-def hardware(device: str) -> str:
-    import torch
-
-    if device != "cpu" and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "CPU"
-    return f"{cpu}, {os.cpu_count()} cores, no GPU (torch {torch.__version__})"
-
-
 # --------------------------------------------------------------------------- summary
 
-def per_image(path: Path) -> dict[str, dict[str, float]]:
-    """{image id: {dice, iou}} from an evaluation's per-image CSV."""
-    with open(path.with_suffix(".csv"), newline="") as f:
-        return {r["id"]: {"dice": float(r["dice"]), "iou": float(r["iou"])} for r in csv.DictReader(f)}
-
-
-def paired_bootstrap(diffs: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95 % interval of the mean of paired per-image differences."""
-    rng = np.random.default_rng(seed)
-    means = diffs[rng.integers(0, len(diffs), size=(n_boot, len(diffs)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def train_record(path: Path) -> dict:
-    """The budget a segmenter actually spent (its config.json): steps, epochs, real and extra pair
-    presentations, training seconds (validation included) and the step of its best-val weights."""
-    if not (path / "config.json").exists():
-        return {}
-    cfg = json.loads((path / "config.json").read_text())
-    train, best = cfg.get("training", {}), cfg.get("best", {})
-    return {"steps": train.get("steps"), "epochs": train.get("epochs"), "real_presentations": train.get("real_seen"),
-            "extra_presentations": train.get("extra_seen"), "train_seconds": train.get("train_seconds"),
-            "best_step": best.get("step")}
-
-
-def verdict(lo: float, hi: float, seed_deltas: list[float]) -> str:
-    """The decision rule of benchmarks/evidence.py (one rule for both scripts)."""
-    from evidence import verdict as rule  # benchmarks/ is on sys.path when a script of it runs
-
-    return rule(lo, hi, seed_deltas)
+    """The budget a segmenter spent (augforge.stages.experiment.segmenter_budget), its steps as ``steps``."""
+    record = segmenter_budget(path)
+    return {"steps": record.pop("steps_done"), **record} if record else {}
 
 
 def delta_to_basic(row_images: dict[str, dict], basic_images: dict[str, dict], n_boot: int) -> dict | None:
-    """Δ of a row to Basic in per-image mDice over the seeds both have: per seed, the per-image differences
-    on the test images both scored; the mean over seeds of their means, with a 95 % interval that resamples
-    seeds and images together (hierarchical_bootstrap_ci; one image draw for all seeds, which share the
-    test split), each seed's Δ and the verdict. Kept beside it:
-    the paired bootstrap over images of the seed-averaged differences (models held fixed)."""
-    from augforge.seg.metrics import hierarchical_bootstrap_ci
-
+    """Δ of a row to Basic in per-image mDice over the seeds both have (augforge.evidence.delta: per seed the
+    per-image differences on the test images both scored, the mean over seeds, a 95 % interval resampling
+    seeds and images together with one image draw for all seeds, each seed's Δ and the verdict). Kept beside
+    it: the paired bootstrap over images of the seed-averaged differences (models held fixed)."""
     seeds = [s for s in row_images if s in basic_images]
     if not seeds:
         return None
-    # the seeds score one test split: the images every seed scored in both rows, drawn for all seeds at once
+    # the seeds score one test split: the images every seed scored in both rows
     ids = sorted(set.intersection(*(set(row_images[s]) & set(basic_images[s]) for s in seeds)))
     if not ids:
         return None
-    groups = [np.array([row_images[s][i]["dice"] - basic_images[s][i]["dice"] for i in ids]) for s in seeds]
-    mean, lo, hi = hierarchical_bootstrap_ci(groups, n_boot=n_boot, seed=0, image_ids=[ids] * len(groups))
-    per_seed = [float(g.mean()) for g in groups]
-    seed_mean = np.array([statistics.mean(row_images[s][i]["dice"] - basic_images[s][i]["dice"] for s in seeds)
-                          for i in ids])
-    lo_img, hi_img = paired_bootstrap(seed_mean)
-    return {"mean": mean, "ci95": [lo, hi], "per_seed": per_seed, "seeds": [int(s) for s in seeds],
-            "verdict": verdict(lo, hi, per_seed), "n_images": len(ids), "ci95_images_only": [lo_img, hi_img],
+    own = {s: {i: row_images[s][i] for i in ids} for s in seeds}
+    d = evidence.delta(own, {s: basic_images[s] for s in seeds}, n_boot)
+    seed_mean = np.array([statistics.mean(row_images[s][i][0] - basic_images[s][i][0] for s in seeds) for i in ids])
+    return {**d, "per_seed": d.pop("per_group"), "seeds": [int(s) for s in seeds], "n_images": len(ids),
+            "ci95_images_only": list(bootstrap_ci(seed_mean, 2000, 0)),
             "interval": "seeds and test images resampled together (crossed bootstrap: one image draw for all seeds)"}
 
 
@@ -353,23 +306,10 @@ def robustness(a: argparse.Namespace) -> dict | None:
 
     for arch in archs:
         for row in robust_rows(a):
-            cells: dict[str, dict[str, list]] = {}  # column -> score -> per-seed values
-            clean_seeds = set()
-            for method in methods:
-                for seed in seeds:
-                    path = Path(a.out) / "eval" / f"robust-{method}-{slug(row)}-{arch}-s{seed}.json"
-                    if not path.exists():
-                        continue
-                    result = json.loads(path.read_text())
-                    modes.add(result.get("attack_mode"))
-                    for r in result["rows"]:
-                        col = "clean" if r["method"] == "none" else f"{method}@{r['eps_255']:g}"
-                        if col == "clean":
-                            if seed in clean_seeds:
-                                continue  # every file of a seed holds the same clean row: count it once
-                            clean_seeds.add(seed)
-                        for key in ("mIoU", "mDice"):
-                            cells.setdefault(col, {}).setdefault(key, []).append(r[key])
+            cells, found = robustness_cells({(method, seed): Path(a.out) / "eval" /
+                                             f"robust-{method}-{slug(row)}-{arch}-s{seed}.json"
+                                             for method in methods for seed in seeds})
+            modes |= found
             if cells:
                 table["rows"][f"{row} | {arch}"] = {col: {k: spread(v) for k, v in c.items()}
                                                     for col, c in cells.items()}
@@ -479,7 +419,7 @@ def render(a: argparse.Namespace, doc: dict, seconds: float) -> str:
            "per-image scores; pooled Dice / IoU come from the confusion counts summed over the test split "
            "(the reading under which DASP Table 1's mDice ≈ 2·mIoU/(1+mIoU)). Δ mDice: the row minus Basic "
            "in per-image Dice, averaged per seed, then over seeds; its 95 % interval resamples seeds and "
-           f"test images together; {control}. Verdict (the rule of benchmarks/evidence.py, fixed before "
+           f"test images together; {control}. Verdict (the rule of augforge.evidence, fixed before "
            "the run): helps if the interval is above 0 and every seed's Δ is positive; hurts if it is below 0 "
            "and every seed's Δ negative; otherwise no difference shown.", "",
            "| scale | value |", "|---|---|",

@@ -275,85 +275,14 @@ def test_express_preset_runs_end_to_end_at_toy_size(tmp_path):
                 assert made_by["options"]["weighted"] is made[2], row
 
 
-@pytest.mark.slow
-def test_evidence_toy_preset_compares_arms_at_equal_steps(tmp_path):
-    """The evidence recipe end to end on synthetic polyps: every arm trained and scored on each subset's
-    held-out images, every arm but R at the same optimizer steps, a verdict per arm against R'."""
-    out = tmp_path / "ev"
-    script("evidence.py", "--preset", "toy", "--out", out, "--device", "cpu", "--table", tmp_path / "table.md")
-    doc = json.loads((out / "summary.json").read_text())
-    assert list(doc["arms"]) == ["R", "R'", "G", "GF", "DASP", "P"] and doc["steps"] == 4  # 2 x (2 epochs of 12 // 8)
-    for arm, cell in doc["arms"].items():
-        assert set(cell["per_group"]) == {"0", "1"}
-        for g, entry in cell["per_group"].items():
-            assert entry["n_images"] == 5 + 26  # test + the train pairs the 12-pair subset left out (38 - 12)
-            assert entry["train"]["steps_done"] == (2 if arm == "R" else 4)
-            if arm in ("G", "GF", "DASP", "P"):  # half of each batch of 8 extra pairs; P: 2 steps of each
-                assert entry["train"]["real_presentations"] == entry["train"]["extra_presentations"] == 16
-            assert 0.0 <= entry["mDice"] <= 1.0
-        if arm != "R'":
-            d = cell["delta_vs_control"]
-            assert d["ci95"][0] <= d["mean"] <= d["ci95"][1] and len(d["per_group"]) == 2
-            assert d["verdict"] in ("helps", "hurts", "no difference shown")
-        if arm != "R":  # and against R, the same per-image differences against another reference
-            d, per_group = cell["delta_vs_R"], cell["per_group"]
-            assert d["per_group"] == [per_group[g]["delta_vs_R"] for g in ("0", "1")]
-            assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
-    # GF trains on the pairs the filter kept (half of 8), DASP on their attacked copies
-    kept = [json.loads(line) for line in (out / "filtered-s0" / "manifest.jsonl").read_text().splitlines()]
-    assert len(kept) == 4 and all("score" in row for row in kept)
-    # the generated masks' distance from the real training masks, beside the held-out real masks' own
-    masks = doc["generated_masks"]["0"]
-    assert {name: m["n"] for name, m in masks.items()} == {"held-out real": 5 + 5, "generated": 8, "kept by the filter": 4}
-    assert all(0.0 <= m["one_component"] <= 1.0 and m["area_w1"] >= 0.0 for m in masks.values())
-    # Δ to R' within thirds of the held-out images by polyp area: each third holds a third of the images
-    size = doc["by_size"]
-    assert list(size["arms"]) == ["R", "G", "GF", "DASP", "P"] and set(size["cuts"]) == {"0", "1"}
-    for g, (low, high) in size["cuts"].items():
-        assert 0.0 <= low <= high <= 1.0
-    for deltas in size["arms"].values():
-        assert len(deltas) == 3 and all(d["ci95"][0] <= d["mean"] <= d["ci95"][1] for d in deltas)
-        assert [sum(n) for n in zip(*(d["n_images"] for d in deltas))] == [31, 31]  # each image in one third
-        assert all(n >= 31 // 3 - 1 for d in deltas for n in d["n_images"])
-    assert "by the held-out polyp's size" in (tmp_path / "table.md").read_text()
-    assert "Δ mDice vs R'" in (tmp_path / "table.md").read_text()
-    assert "Δ mDice vs R [95 % CI]" in (tmp_path / "table.md").read_text()
-
-
-def test_evidence_full_mode_summary_answers_the_no_harm_question():
-    """Full data: the summary says, for G and GF, whether the lower end of Δ to R' is above −0.02."""
+def test_evidence_is_a_thin_caller_of_augforge_experiment():
+    """benchmarks/evidence.py's presets are the shipped recipes (the toy one at toy size): its stages are the
+    command's, so a run it started continues under the command."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import evidence
 
-    a = evidence.parse_args(["--preset", "cpu-full"])
-
-    def cell(lo: float) -> dict:
-        return {"mDice": 0.7, "mIoU": 0.6, "pooled_dice": 0.7, "pooled_iou": 0.6, "per_group": {},
-                "delta_vs_control": {"mean": lo + 0.01, "ci95": [lo, lo + 0.02], "per_group": [lo + 0.01] * 3,
-                                     "verdict": "no difference shown"}}
-
-    doc = {"arms": {"R'": {"mDice": 0.7, "mIoU": 0.6, "pooled_dice": 0.7, "pooled_iou": 0.6, "per_group": {}},
-                    "G": cell(-0.031), "GF": cell(-0.012)}, "steps": 2000, "curves": {}, "filters": {}}
-    doc["arms"]["GF"]["delta_vs_R"] = {"mean": 0.004, "ci95": [-0.01, 0.018], "per_group": [0.001, 0.002, 0.009],
-                                       "verdict": "no difference shown"}
-    table = evidence.render(a, doc)
-    assert "G: -0.031, no; GF: -0.012, yes" in table and "(full, 64 px, 3 seeds)" in table
-    # S = 2000 = 2 x 20 epochs of 50 steps at r = 0.5: the mixing arms present each real pair as often as R
-    assert "as often as R" in table and "| GF | +0.004 [-0.010, +0.018] | +0.001, +0.002, +0.009 |" in table
-    assert "no longer hurt" not in evidence.render(evidence.parse_args(["--preset", "cpu-low"]), doc)
-
-
-def test_evidence_passes_the_mask_gate_to_its_filter_stages():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import evidence
-
-    def filters(*extra):
-        a = evidence.parse_args(["--preset", "cpu-full", "--out", "/tmp/x", *extra])
-        return a, [s for s in evidence.stages(a) if s["command"] == "filter"]
-
-    a, plain = filters()
-    assert len(plain) == 3 and not {"max_components", "min_area", "max_area"} & set(plain[0])  # as before the gate
-    a, gated = filters("--max-components", "1", "--min-area", "0.0122", "--max-area", "0.6179")
-    assert all((s["max_components"], s["min_area"], s["max_area"]) == (1, 0.0122, 0.6179) for s in gated)
-    doc = {"arms": {}, "steps": 2000, "curves": {}, "filters": {}}
-    assert "passes --max-components 1, --min-area 0.0122, --max-area 0.6179 |" in evidence.render(a, doc)
+    args = evidence.command(["--preset", "cpu-full", "--out", "/tmp/x", "--set", "groups=0", "--jobs", "2"])
+    assert args[:2] == ["experiment", "evidence-full"] and ["--set", "groups=0"] == args[-2:]
+    assert args[args.index("--jobs") + 1] == "2" and args[args.index("--data") + 1] == "../shared/data/kvasir-seg"
+    low = evidence.command(["--preset", "cpu-low", "--summary-only"])
+    assert low[1] == "evidence-low" and "--summary-only" in low and "--set" not in low

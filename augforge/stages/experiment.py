@@ -291,23 +291,25 @@ def held_out(out: Path, arm: dict, g: int, splits: list[str]) -> dict[str, np.nd
     return rows
 
 
-def train_record(out: Path, arm: dict, g: int) -> dict:
-    """The budget an arm's segmenter of group g spent (its config.json): steps, real passes, real and extra
-    presentations, best-val step, train seconds; an arm with a pre-training run adds that run's steps and
-    presentations."""
-    def one(folder: str) -> dict:
-        path = out / "seg" / folder / "config.json"
-        if not path.exists():
-            return {}
-        cfg = json.loads(path.read_text())
-        train, best = cfg.get("training", {}), cfg.get("best", {})
-        return {"steps_done": train.get("steps"), "real_passes": train.get("real_passes"),
-                "real_presentations": train.get("real_seen"), "extra_presentations": train.get("extra_seen"),
-                "best_step": best.get("step"), "train_seconds": train.get("train_seconds")}
+def segmenter_budget(folder: Path) -> dict:
+    """The budget a segmenter folder spent (its config.json; {} before it exists): steps, epochs, real passes,
+    real and extra presentations, the step of its best-val weights, train seconds (validation included)."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        return {}
+    cfg = json.loads(path.read_text())
+    train, best = cfg.get("training", {}), cfg.get("best", {})
+    return {"steps_done": train.get("steps"), "epochs": train.get("epochs"), "real_passes": train.get("real_passes"),
+            "real_presentations": train.get("real_seen"), "extra_presentations": train.get("extra_seen"),
+            "best_step": best.get("step"), "train_seconds": train.get("train_seconds")}
 
-    record = one(f"{arm['slug']}-s{g}")
+
+def train_record(out: Path, arm: dict, g: int) -> dict:
+    """The budget an arm's segmenter of group g spent (:func:`segmenter_budget`); an arm with a pre-training
+    run adds that run's steps and presentations."""
+    record = segmenter_budget(out / "seg" / f"{arm['slug']}-s{g}")
     if "pretrain" in arm:
-        pre = one(f"{arm['slug']}-pretrain-s{g}")
+        pre = segmenter_budget(out / "seg" / f"{arm['slug']}-pretrain-s{g}")
         for key in ("steps_done", "real_presentations", "extra_presentations"):
             if record.get(key) is not None and pre.get(key) is not None:
                 record[key] += pre[key]
@@ -370,6 +372,28 @@ def filter_record(recipe: dict, g: int) -> dict | None:
     return None
 
 
+def robustness_cells(files: dict[tuple[str, int], Path]) -> tuple[dict[str, dict[str, list[float]]], set]:
+    """Scores of one segmenter row under attack, from ``evaluate --attack`` files by (method, group): per
+    column (clean, method@ε in 0-255 units), per score (mIoU, mDice), the groups' values; and the attack modes
+    the files name. Every file of a group holds the same clean row: it is counted once."""
+    cells: dict[str, dict[str, list[float]]] = {}
+    modes, clean_groups = set(), set()
+    for (method, g), path in files.items():
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        modes.add(result.get("attack_mode"))
+        for r in result["rows"]:
+            col = "clean" if r["method"] == "none" else f"{method}@{r['eps_255']:g}"
+            if col == "clean":
+                if g in clean_groups:
+                    continue
+                clean_groups.add(g)
+            for key in ("mIoU", "mDice"):
+                cells.setdefault(col, {}).setdefault(key, []).append(r[key])
+    return cells, modes
+
+
 def robustness(recipe: dict, out: Path) -> dict | None:
     """Per robustness arm, per column (clean, method@ε), mIoU and mDice over groups (mean ± std)."""
     robust = recipe["experiment"]["robustness"]
@@ -378,23 +402,9 @@ def robustness(recipe: dict, out: Path) -> dict | None:
     table: dict = {"attack_mode": None, "methods": list(robust["attacks"]), "rows": {}}
     modes = set()
     for arm in (a for a in recipe["arms"] if a["name"] in robust.get("arms", [])):
-        cells: dict[str, dict[str, list]] = {}
-        clean_groups = set()
-        for method in robust["attacks"]:
-            for g in recipe["experiment"]["groups"]:
-                path = out / "eval" / f"robust-{method}-{arm['slug']}-s{g}.json"
-                if not path.exists():
-                    continue
-                result = json.loads(path.read_text())
-                modes.add(result.get("attack_mode"))
-                for r in result["rows"]:
-                    col = "clean" if r["method"] == "none" else f"{method}@{r['eps_255']:g}"
-                    if col == "clean":
-                        if g in clean_groups:
-                            continue  # every file of a group holds the same clean row: count it once
-                        clean_groups.add(g)
-                    for key in ("mIoU", "mDice"):
-                        cells.setdefault(col, {}).setdefault(key, []).append(r[key])
+        cells, found = robustness_cells({(m, g): out / "eval" / f"robust-{m}-{arm['slug']}-s{g}.json"
+                                         for m in robust["attacks"] for g in recipe["experiment"]["groups"]})
+        modes |= found
         if cells:
             table["rows"][arm["name"]] = {c: {k: evidence.spread(v) for k, v in s.items()} for c, s in cells.items()}
     table["attack_mode"] = ", ".join(sorted(m for m in modes if m)) or None
@@ -559,10 +569,10 @@ def render(recipe: dict, doc: dict, command: str) -> str:
 
 def run(cfg: ExperimentConfig) -> dict:
     out = Path(cfg.out)
+    recipe = load_recipe(cfg)
+    stages = plan(recipe)  # a recipe's mistakes are refused before anything is deleted or written
     if cfg.overwrite and out.exists() and not cfg.summary_only:
         shutil.rmtree(out)
-    recipe = load_recipe(cfg)
-    stages = plan(recipe)
     toml = out / STAGES_FILE
     text = pipeline.dump_stages(stages, header=f"written by augforge experiment from {recipe['path']}")
     t0 = time.perf_counter()
