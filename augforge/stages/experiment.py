@@ -529,9 +529,11 @@ def render(recipe: dict, doc: dict, command: str) -> str:
         out += ["", f"{control} validation mDice (value@step) — has the control plateaued?", ""]
         out += [f"- {unit} {g}: {evidence.curve_points(c)}" for g, c in doc["curves"].items()]
         rising = [g for g, p in doc["plateau"].items() if p["still_rising"]]
+        short = [g for g, p in doc["plateau"].items() if p["still_rising"] is None]
         out += ["", (f"Still rising over its last quarter (by more than {evidence.PLATEAU_TOLERANCE} mDice) for "
                      f"{unit} {', '.join(rising)}: the control is not at its plateau, so its budget, not the data, "
                      "may decide the comparison.") if rising else
+                f"Plateau: too few validations (under 4) to tell for {unit} {', '.join(short)}." if short else
                 f"Plateau: no {unit}'s control gained more than {evidence.PLATEAU_TOLERANCE} mDice over its last "
                 "quarter."]
     if doc["filters"]:
