@@ -90,6 +90,13 @@ def _compile(what: str = "the network"):
                           "off on the CPU) | on | off.", identity=False, was={False: "off", True: "on"}, rerun=False)
 
 
+def _precision():
+    # part of the run (it changes the numbers): the value used is recorded; runs from before the option were fp32
+    # on the CPU; like --compile, a change of it alone leaves a finished pipeline stage up to date
+    return option("auto", "Arithmetic of the networks: auto (bf16 on CUDA and on CPUs with native bf16 dot products, "
+                          "AVX512_BF16/AMX; else fp32) | fp32 | bf16.", before="fp32", rerun=False)
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     src: str = option(help="Folder or .zip/.tar.gz archive of a public polyp set as distributed (Kvasir-SEG, "
@@ -158,6 +165,7 @@ class TrainSegConfig:
                                "gaussian-noise, tumorcp).")
     seed: int = option(0, SEED)
     device: str = _device()
+    precision: str = _precision()
     compile: str = _compile("the training step")
     resume: bool = option(False, RESUME, identity=False)
     overwrite: bool = _overwrite()
@@ -197,6 +205,7 @@ class EvaluateConfig:
     bootstrap: int = option(1000, "Bootstrap resamples for the 95% intervals of mIoU/mDice.")
     seed: int = option(0, "Seed of the bootstrap, the noise signs, the random asma targets and the SDEdit noise.")
     device: str = _device()
+    precision: str = _precision()
 
 
 @dataclass(frozen=True)
@@ -229,6 +238,7 @@ class TrainDiffusionConfig:
     log_every: int = option(50, "Log (metrics.jsonl, one host sync) every N steps.", identity=False)
     seed: int = option(0, SEED)
     device: str = _device()
+    precision: str = _precision()
     compile: str = _compile("the training step")
     resume: bool = option(False, RESUME, identity=False)
     overwrite: bool = _overwrite()
@@ -254,6 +264,7 @@ class SampleConfig:
     seed: int = option(0, "Seed; pair i depends only on (seed, i).")
     shard: str = option("0/1", "Do only shard i of n (e.g. 0/4).", identity=False)
     device: str = _device()
+    precision: str = _precision()
     report: bool = option(False, "Also compute the quality report (needs --segmenter).", identity=False, flag=True)
     segmenter: str = option("", "Segmenter for the quality report.", identity=False, hub="model")
     # a pair's result stays the same up to floating-point rounding
@@ -311,6 +322,7 @@ class AttackConfig:
     seed: int = option(0, SEED)
     shard: str = option("0/1", "Do only shard i of n (e.g. 0/4).", identity=False)
     device: str = _device()
+    precision: str = _precision()
     overwrite: bool = _overwrite()
 
 
@@ -336,6 +348,7 @@ class FilterConfig:
     split: str = option("all", "Pairs to score: all | train | val | test | unused.")
     batch_size: int = option(16, "Images per prediction batch.", identity=False)
     device: str = _device()
+    precision: str = _precision()
     overwrite: bool = _overwrite()
 
 

@@ -32,10 +32,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, a no-op elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on ``device`` (CUDA or the CPU) for ``precision`` "bf16" (:func:`resolve_precision`),
+    a no-op for "fp32"."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -199,6 +200,37 @@ def work_shard(shard: str) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- speed choices
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 dot products in hardware: CUDA's bf16 support, or a CPU with
+    AVX512_BF16 or AMX-BF16 (Linux: the flags of /proc/cpuinfo; elsewhere False). Without them a CPU
+    emulates bf16 and runs slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(mode: str, device: torch.device | str) -> str:
+    """``--precision``: "fp32" or "bf16" as asked; ``auto``: bf16 where the device has native bf16 dot
+    products (:func:`native_bf16`), else fp32. Measured on both kinds of device (docs/benchmarks.md), bf16
+    is the faster path of every network on them (training under autocast, inference with bf16 weights) at
+    the quality of fp32. One-line error for another value."""
+    if mode not in PRECISIONS:
+        raise AugforgeError(f"--precision must be auto, fp32 or bf16, got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "bf16" if native_bf16(device) else "fp32"
 
 COMPILE_MODES = ("auto", "on", "off")
 

@@ -14,10 +14,13 @@ freshly initialised (the cost does not depend on the weights).
    stage) vs a plain loop with a hand-written DDIM SDEdit (``full`` backpropagates through the
    denoiser: ours with gradient checkpointing).
 
-Ours and the reference always run the same networks in the same precision: the inference rows
-(2, 3, 6) both use :func:`augforge.models.inference.inference_net` (bf16 weights on CUDA, no
-autocast; float32 on the CPU), the training rows both train float32 weights under autocast. Every
-row records the parameter dtype of the networks each side ran (``ours_dtype``, ``reference_dtype``).
+Ours and the reference always run the same networks in the same precision (``--precision``, auto as
+the stages resolve it: bf16 on CUDA and on CPUs with native bf16): the inference rows (2, 3, 6) both use
+:func:`augforge.models.inference.inference_net` (bf16 weights, no autocast; the float32 net at fp32), the
+training rows both train float32 weights (under bf16 autocast at bf16). Every row records the parameter
+dtype of the networks each side ran (``ours_dtype``, ``reference_dtype``). The run first measures the
+roofline of the device, a dense GEMM in fp32 and bf16 (``gemm_tflops``); on the CPU the bf16 GEMM rate
+stands in for the bf16 peak, so the UNet rows report their fraction of it.
 4. PGD: ``pgd`` vs the textbook loop (``benchmarks/attack_throughput.py``).
 5. segmentation training: ``TrainLoop`` vs the bare forward/backward loop
    (``benchmarks/seg_train_overhead.py``).
@@ -32,7 +35,7 @@ row records the parameter dtype of the networks each side ran (``ours_dtype``, `
 With ``--compile``, also a diffusion training step and the UNet forward under ``torch.compile``
 against the same eager computation (the compile time printed apart).
 
-    python benchmarks/hot_paths.py [--compile]          # CPU: 32 px, tiny UNet, a few minutes
+    python benchmarks/hot_paths.py [--compile] [--precision fp32]   # CPU: 32 px, tiny UNet, a few minutes
     python benchmarks/hot_paths.py --size 256 --model-size base --batch 64 --device cuda
     python benchmarks/hot_paths.py --size 256 --model-size base --flops-only   # the budget alone, any machine
 """
@@ -58,11 +61,11 @@ from augforge.attacks import diff_pgd, pgd  # noqa: E402
 from augforge.configs import SampleConfig  # noqa: E402
 from augforge.diffusion.gaussian import GaussianDiffusion  # noqa: E402
 from augforge.diffusion.train import EMA, DiffusionTrainLoop  # noqa: E402
-from augforge.models.inference import inference_net, net_dtype  # noqa: E402
+from augforge.models.inference import attacked_net, inference_net, net_dtype  # noqa: E402
 from augforge.models.segmenter import build_segmenter, segmenter_config  # noqa: E402
 from augforge.models.unet import build_denoiser  # noqa: E402
 from augforge.rng import PairStreams  # noqa: E402
-from augforge.runtime import autocast, resolve_device  # noqa: E402
+from augforge.runtime import autocast, resolve_device, resolve_precision  # noqa: E402
 from augforge.seg.augment import parse_augs  # noqa: E402
 from augforge.seg.train import TrainLoop  # noqa: E402
 from augforge.stages.sample import render_images, sample_masks  # noqa: E402
@@ -103,7 +106,8 @@ def compare(name: str, unit: str, work: float, ours, reference, device: torch.de
 
 # --------------------------------------------------------------------------- plain references
 
-def bare_diffusion_steps(net, diffusion: GaussianDiffusion, images01, masks, optimizer, batch: int, steps: int):
+def bare_diffusion_steps(net, diffusion: GaussianDiffusion, images01, masks, optimizer, batch: int, steps: int,
+                         precision: str):
     """The minimal DDPM training step (DASP Eq. 8), ``steps`` times."""
     device = images01.device
     ab = diffusion.alphas_cumprod.to(device)
@@ -115,7 +119,7 @@ def bare_diffusion_steps(net, diffusion: GaussianDiffusion, images01, masks, opt
         noise = torch.randn_like(x0)
         a = ab[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with autocast(device):
+        with autocast(device, precision):
             eps = net(torch.cat([x_t, m * 2 - 1], 1), t)
         loss = F.mse_loss(eps.float(), noise)
         optimizer.zero_grad(set_to_none=True)
@@ -193,10 +197,28 @@ def sampling_budget(mask_net, image_net, size: int, mask_steps: int, image_steps
             "seconds_at_peak": pairs * per_pair / (peak_tflops * 1e12)}
 
 
-def device_peak(args, device: torch.device) -> float:
-    """--peak-tflops, else the data-sheet bf16 peak of a known CUDA device, else 0 (unknown)."""
-    if args.peak_tflops or device.type != "cuda":
+def gemm_rates(device: torch.device, n: int = 2048, repeats: int = 3) -> dict[str, float]:
+    """TFLOP/s of a dense n x n x n matmul in float32 and in bfloat16 on ``device``: the roofline of these
+    cores, measured in the run that measures the networks (2 n^3 FLOPs, best of ``repeats``, the two
+    dtypes alternating so drifting load hits both)."""
+    g = torch.Generator(device).manual_seed(0)
+    a, b = (torch.randn(n, n, device=device, generator=g) for _ in range(2))
+    operands = {"fp32": (a, b), "bf16": (a.bfloat16(), b.bfloat16())}
+    best = {k: float("inf") for k in operands}
+    for _ in range(repeats):
+        for k, (x, y) in operands.items():
+            x @ y  # warm-up (and the library's first-call set-up)
+            best[k] = min(best[k], seconds(lambda x=x, y=y: x @ y, device))
+    return {k: 2 * n ** 3 / s / 1e12 for k, s in best.items()}
+
+
+def device_peak(args, device: torch.device, roofline: dict[str, float] | None = None) -> float:
+    """--peak-tflops, else the data-sheet bf16 peak of a known CUDA device, else the measured bf16 GEMM rate
+    of ``roofline`` (the CPU's), else 0 (unknown)."""
+    if args.peak_tflops:
         return args.peak_tflops
+    if device.type != "cuda":
+        return (roofline or {}).get("bf16", 0.0)
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), 0.0)
 
@@ -214,14 +236,16 @@ def print_budget(args, mask_net, image_net, peak: float) -> dict:
     return budget
 
 
-def forward_rates(args, net, x_in: torch.Tensor, device: torch.device) -> dict:
-    """The UNet forward (no grad) in the ways a sampler can run it: float32 weights under bf16 autocast
-    (what sampling did before bf16 inference copies), bf16 weights (``inference_net``), and with
-    ``--compile`` the bf16 copy under ``torch.compile`` (its compile time printed apart)."""
-    peak = device_peak(args, device)
+def forward_rates(args, net, x_in: torch.Tensor, device: torch.device, roofline: dict[str, float]) -> dict:
+    """The UNet forward (no grad) in the ways a sampler can run it: float32 weights (``--precision fp32``),
+    float32 weights under bf16 autocast (what sampling did before bf16 inference copies), bf16 weights
+    (``inference_net`` at bf16), and with ``--compile`` the bf16 copy under ``torch.compile`` (its compile
+    time printed apart). Each is reported against the bf16 peak (a CPU's: its measured bf16 GEMM rate)."""
+    peak = device_peak(args, device, roofline)
     flops = forward_flops(net, x_in)
-    variants = {"float32 weights, autocast": lambda: _autocast_forwards(net, x_in, 10)}
-    infer = inference_net(net, device)
+    variants = {"float32 weights": lambda: bare_evaluations(net, x_in, 10),
+                "float32 weights, bf16 autocast": lambda: _autocast_forwards(net, x_in, 10)}
+    infer = inference_net(net, device, "bf16")
     variants["bf16 weights (inference_net)"] = lambda: bare_evaluations(infer, x_in, 10)
     if args.compile:
         compiled = torch.compile(infer)
@@ -243,7 +267,7 @@ def forward_rates(args, net, x_in: torch.Tensor, device: torch.device) -> dict:
 @torch.no_grad()
 def _autocast_forwards(net, x_in: torch.Tensor, evaluations: int) -> None:
     t = torch.full((x_in.shape[0],), 500, device=x_in.device)
-    with autocast(x_in.device):
+    with autocast(x_in.device, "bf16"):
         for _ in range(evaluations):
             net(x_in, t)
 
@@ -264,6 +288,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 dense peak (default: from the device name)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16: the arithmetic of ours and the "
+                                                       "reference alike (as the stages' --precision)")
     ap.add_argument("--compile", action="store_true",
                     help="also time torch.compile against eager: a diffusion train step and the UNet forward")
     ap.add_argument("--flops-only", action="store_true",
@@ -274,6 +300,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     torch.manual_seed(0)
     B, S = args.batch, args.size
     images01 = torch.rand(4 * B, 3, S, S, device=device)
@@ -281,21 +308,26 @@ def main() -> None:
     x_in = torch.cat([images01[:B] * 2 - 1, masks[:B] * 2 - 1], 1)  # an image UNet's input: x_t and the mask
     image_net = build_denoiser(args.model_size, 4, 3, S).to(device)
     mask_net = build_denoiser(args.model_size, 1, 1, S).to(device).eval()
-    # what sample/attack run: bf16 copies on CUDA (casts at the boundary), the nets themselves on the CPU
-    infer_mask = inference_net(mask_net, device)
+    # what sample/attack run: bf16 copies at --precision bf16 (casts at the boundary), the nets themselves at fp32
+    infer_mask = inference_net(mask_net, device, precision)
     gaussian = GaussianDiffusion()
     if args.flops_only:
-        budget = print_budget(args, infer_mask, inference_net(image_net, device), device_peak(args, device))
+        budget = print_budget(args, infer_mask, inference_net(image_net, device, precision), device_peak(args, device))
         if args.json:
             print(json.dumps(budget, indent=2))
         return
+    # the roofline: what these cores' GEMM reaches in each dtype, in this run
+    roofline = gemm_rates(device)
+    print(f"roofline: dense 2048^3 GEMM {roofline['fp32']:.3f} TFLOP/s fp32, {roofline['bf16']:.3f} TFLOP/s bf16",
+          flush=True)
     if args.forward_only:
-        result = forward_rates(args, image_net.eval(), x_in, device)
+        result = {**forward_rates(args, image_net.eval(), x_in, device, roofline), "gemm_tflops": roofline}
         if args.json:
             print(json.dumps(result, indent=2))
         return
     rows = []
-    print(f"device {device}, {torch.get_num_threads()} threads, {S} px, UNet {args.model_size}, batch {B}")
+    print(f"device {device}, {torch.get_num_threads()} threads, {S} px, UNet {args.model_size}, batch {B}, "
+          f"precision {precision}")
     print(f"  {'path':34s} {'ours':>10s} {'reference':>10s} {'ratio':>7s}  unit")
 
     # 1. diffusion training step
@@ -306,11 +338,11 @@ def main() -> None:
     loop = DiffusionTrainLoop(image_net, gaussian, pairs, torch.optim.AdamW(image_net.parameters(), lr=1e-4,
                                                                              fused=device.type == "cuda"),
                               EMA(image_net, 0.999), B, torch.Generator(device).manual_seed(0),
-                              condition_on_mask=True, cond_drop=0.1)
+                              condition_on_mask=True, cond_drop=0.1, precision=precision)
     ref_opt = torch.optim.AdamW(ref_net.parameters(), lr=1e-4, fused=device.type == "cuda")
     n = args.train_steps
     rows.append(compare("diffusion train step", "steps/s", n, lambda: loop.run(0, n, log_every=n),
-                        lambda: bare_diffusion_steps(ref_net, gaussian, images01, masks, ref_opt, B, n),
+                        lambda: bare_diffusion_steps(ref_net, gaussian, images01, masks, ref_opt, B, n, precision),
                         device, args.repeats, (image_net, ref_net)))
     if args.compile:  # torch.compile (inductor) against the same eager computation; first call = compile time
         eager_net = copy.deepcopy(ref_net)
@@ -321,7 +353,7 @@ def main() -> None:
             return DiffusionTrainLoop(net, gaussian, pairs, torch.optim.AdamW(model.parameters(), lr=1e-4,
                                                                               fused=device.type == "cuda"),
                                       EMA(model, 0.999), B, torch.Generator(device).manual_seed(0),
-                                      condition_on_mask=True, cond_drop=0.1)
+                                      condition_on_mask=True, cond_drop=0.1, precision=precision)
 
         compiled_loop, eager_loop = train_loop(compiled_net, compiled_model), train_loop(eager_net, eager_net)
         first = seconds(lambda: compiled_loop.run(0, 1, log_every=1), device)
@@ -330,7 +362,8 @@ def main() -> None:
                             lambda: compiled_loop.run(0, n, log_every=n), lambda: eager_loop.run(0, n, log_every=n),
                             device, args.repeats, (compiled_model, eager_net)))
         compiled_model.eval(), eager_net.eval()
-        eager_net, compiled_model = inference_net(eager_net, device), inference_net(compiled_model, device)
+        eager_net = inference_net(eager_net, device, precision)
+        compiled_model = inference_net(compiled_model, device, precision)
         compiled_net = torch.compile(compiled_model)
         first = seconds(lambda: bare_evaluations(compiled_net, x_in, 1), device)
         print(f"  (torch.compile: first no-grad forward {first:.1f} s)", flush=True)
@@ -339,7 +372,7 @@ def main() -> None:
                             lambda: bare_evaluations(eager_net, x_in, 10), device, args.repeats,
                             (compiled_model, eager_net)))
     image_net.eval()
-    infer_image = inference_net(image_net, device)  # the trained weights, as sample would load them
+    infer_image = inference_net(image_net, device, precision)  # the trained weights, as sample would load them
 
     # 2. sampling: masks, then images per sampler (one batch of B pairs)
     process = {"timesteps": 1000, "schedule": "cosine"}
@@ -361,7 +394,7 @@ def main() -> None:
                             (infer_image, infer_image)))
 
     # 3./4. attacks on a segmenter (Diff-PGD: K=10, gamma=1, T^s=3 on the 50-step DDIM grid)
-    seg = build_segmenter(segmenter_config("unet", "resnet18")).to(device).eval()
+    seg = attacked_net(build_segmenter(segmenter_config("unet", "resnet18")).to(device).eval(), precision)
     x, y = images01[:B], masks[:B]
     eps, step = 10 / 255, 1 / 255
     grid = [int(t) for t in gaussian.make_scheduler("ddim", 50).timesteps[-4:]]  # T^s + 1 = 4 calls
@@ -392,28 +425,32 @@ def main() -> None:
     seg_loop = TrainLoop(seg_model, torch.optim.Adam(seg_model.parameters(), lr=1e-3, fused=device.type == "cuda"),
                          None, train, val, epochs=10 ** 6, batch_size=B, device=device,
                          generator=torch.Generator(device).manual_seed(0), augment=augment,
-                         channels_last=device.type == "cuda")
+                         channels_last=device.type == "cuda", precision=precision)
     bare_opt = torch.optim.Adam(bare_model.parameters(), lr=1e-3)
     bare_gen = torch.Generator(device).manual_seed(0)
     work = args.seg_epochs * (args.seg_pairs // B) * B
     rows.append(compare("seg training (unet/resnet18)", "images/s", work,
                         lambda: [seg_loop.train_epoch() for _ in range(args.seg_epochs)],
-                        lambda: [bare_epoch(bare_model, bare_opt, train, B, bare_gen, augment, device)
+                        lambda: [bare_epoch(bare_model, bare_opt, train, B, bare_gen, augment, device, precision)
                                  for _ in range(args.seg_epochs)], device, args.repeats, (seg_model, bare_model)))
 
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
               "cpu", "threads": torch.get_num_threads(), "size": S, "model_size": args.model_size, "batch": B,
-              "rows": rows}
-    # 6. the UNet forward's FLOPs and achieved rate; on CUDA also its fraction of the bf16 peak
-    peak = device_peak(args, device)
+              "precision": precision, "gemm_tflops": roofline, "rows": rows}
+    # 6. the UNet forward's FLOPs and achieved rate, against the bf16 peak (a CPU's: its bf16 GEMM rate) and the
+    # GEMM rate of the dtype it ran in
+    peak = device_peak(args, device, roofline)
     flops = forward_flops(infer_image, x_in)
     per_forward = min(seconds(lambda: bare_evaluations(infer_image, x_in, 10), device) for _ in range(3)) / 10
     achieved = flops / per_forward / 1e12
+    own_gemm = roofline["bf16" if net_dtype(infer_image) == torch.bfloat16 else "fp32"]
     result["unet_forward"] = {"gflops": flops / 1e9, "ms": per_forward * 1e3, "achieved_tflops": achieved,
-                              "peak_tflops": peak or None, "peak_fraction": achieved / peak if peak else None}
+                              "peak_tflops": peak or None, "peak_fraction": achieved / peak if peak else None,
+                              "gemm_fraction": achieved / own_gemm}
     print(f"  UNet forward (batch {B}): {flops / 1e9:.2f} GFLOP in {per_forward * 1e3:.2f} ms = {achieved:.3f} "
-          f"TFLOP/s" + (f", {achieved / peak:.1%} of the {peak:g} TFLOP/s bf16 peak" if peak else
-                        " (no peak known for this device: --peak-tflops)"))
+          f"TFLOP/s, {achieved / own_gemm:.1%} of this device's {net_dtype(infer_image)} GEMM rate"
+          + (f", {achieved / peak:.1%} of the {peak:.3g} TFLOP/s bf16 peak" if peak else
+             " (no peak known for this device: --peak-tflops)"))
     default = f"image sampling {SampleConfig.sampler} ({SampleConfig.sample_steps})"
     by_path = {r["path"]: r for r in rows}
     if default in by_path:

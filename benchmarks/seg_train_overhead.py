@@ -23,7 +23,7 @@ import torch
 
 from augforge.data.dataset import PairSet
 from augforge.models.segmenter import build_segmenter, segmenter_config
-from augforge.runtime import autocast, resolve_device
+from augforge.runtime import autocast, resolve_device, resolve_precision
 from augforge.seg.augment import parse_augs
 from augforge.seg.losses import dasp_loss
 from augforge.seg.train import TrainLoop
@@ -38,7 +38,7 @@ def synthetic_pairs(n: int, size: int, device: torch.device) -> PairSet:
 
 
 def bare_epoch(model, optimizer, pairs: PairSet, batch_size: int, generator: torch.Generator, augment,
-               device: torch.device) -> float:
+               device: torch.device, precision: str) -> float:
     """One epoch of the minimal loop; returns images/s (timed like TrainLoop.train_epoch)."""
     model.train()
     start = time.perf_counter()
@@ -49,7 +49,7 @@ def bare_epoch(model, optimizer, pairs: PairSet, batch_size: int, generator: tor
         x = pairs.images[index].float().div_(255.0)
         y = pairs.masks[index].float()
         x, y = augment(x, y, generator)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(x)
         loss = dasp_loss(logits.float(), y, pairs.is_extra[index])
         optimizer.zero_grad(set_to_none=True)
@@ -71,9 +71,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="timed epochs of each loop (after one warm-up each)")
     ap.add_argument("--aug", default="basic")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (as train-seg --precision)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     train, val = synthetic_pairs(args.n, args.size, device), synthetic_pairs(args.n_val, args.size, device)
     augment = parse_augs(args.aug)
 
@@ -82,7 +84,7 @@ def main() -> None:
     bare_model = copy.deepcopy(model)
     loop = TrainLoop(model, torch.optim.Adam(model.parameters(), lr=1e-3), None, train, val,
                      epochs=args.epochs + 1, batch_size=args.batch_size, device=device,
-                     generator=torch.Generator(device).manual_seed(0), augment=augment)
+                     generator=torch.Generator(device).manual_seed(0), augment=augment, precision=precision)
     bare_optimizer = torch.optim.Adam(bare_model.parameters(), lr=1e-3)
     bare_generator = torch.Generator(device).manual_seed(0)
 
@@ -91,14 +93,15 @@ def main() -> None:
         start = time.perf_counter()
         row = loop.run_epoch()
         validation = time.perf_counter() - start - row["train_seconds"]
-        bare = bare_epoch(bare_model, bare_optimizer, train, args.batch_size, bare_generator, augment, device)
+        bare = bare_epoch(bare_model, bare_optimizer, train, args.batch_size, bare_generator, augment, device,
+                          precision)
         if epoch > 0:  # the first epoch of each is a warm-up
             loop_rates.append(row["images_per_s"])
             bare_rates.append(bare)
             val_seconds.append(validation)
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "network": f"{args.arch}/{args.encoder}",
-        "size": args.size, "n": args.n, "batch_size": args.batch_size, "aug": args.aug, "epochs": args.epochs,
+        "size": args.size, "precision": precision, "n": args.n, "batch_size": args.batch_size, "aug": args.aug, "epochs": args.epochs,
         "loop_images_per_s": statistics.median(loop_rates),
         "bare_images_per_s": statistics.median(bare_rates),
         "ratio": statistics.median(loop_rates) / statistics.median(bare_rates),

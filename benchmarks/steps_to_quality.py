@@ -83,7 +83,7 @@ def train_judge(train: PairSet, held: PairSet, a, device) -> torch.nn.Module:
 
 
 def consistency(judge, images_u8: torch.Tensor, masks: torch.Tensor, device) -> float:
-    logits = predict(judge, images_u8, 64, device)
+    logits = predict(judge, images_u8, 64, device, "fp32")
     return float(per_image_scores(logits > 0, masks.to(device).float())["dice"].mean())
 
 

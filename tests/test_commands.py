@@ -94,7 +94,7 @@ def test_run_identity_is_marked_on_the_config_fields(command, not_identity):
 def test_an_attack_identity_holds_only_the_options_its_method_uses():
     build = COMMANDS["attack"].build
     base = {"data": "d", "segmenter": "s", "out": "o"}
-    common = {"data", "segmenter", "method", "split", "seed"}
+    common = {"data", "segmenter", "method", "split", "seed", "precision"}
     assert set(identity(build({**base, "method": "fgsm"}))) == common | {"eps", "attack_loss", "weighted"}
     assert set(identity(build({**base, "method": "pgd", "weighted": True}))) == common | {
         "eps", "attack_loss", "weighted", "step_size", "steps", "random_start", "sigma2", "weight_mode"}

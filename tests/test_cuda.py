@@ -67,7 +67,7 @@ def _trained_image_net(device, steps: int = 400):
 def test_bf16_inference_matches_float32_within_one_level():
     device = torch.device("cuda")
     image_net = _trained_image_net(device)
-    bf16 = inference_net(image_net, device)
+    bf16 = inference_net(image_net, device, "bf16")
     assert net_dtype(bf16) == torch.bfloat16 and net_dtype(image_net) == torch.float32
     masks = _masks(device, 8)
     process = {"timesteps": 1000, "schedule": "linear"}
@@ -82,7 +82,7 @@ def test_bf16_inference_matches_float32_within_one_level():
 
 def test_pair_does_not_depend_on_the_batch_on_cuda():
     device, image_net, mask_net = _nets()
-    image_net, mask_net = inference_net(image_net, device), inference_net(mask_net, device)
+    image_net, mask_net = inference_net(image_net, device, "bf16"), inference_net(mask_net, device, "bf16")
     mask_process, image_process = {"timesteps": 1000, "schedule": "cosine"}, {"timesteps": 1000, "schedule": "linear"}
 
     def pairs(indices, sampler="ddpm", guidance=1.0):
@@ -107,7 +107,7 @@ def test_pair_does_not_depend_on_the_batch_on_cuda():
 
 def test_full_gradient_through_the_bf16_purifier():
     device, image_net, _ = _nets()
-    net = inference_net(image_net, device)
+    net = inference_net(image_net, device, "bf16")
     diffusion = GaussianDiffusion()
     x = torch.rand(4, 3, SIZE, SIZE, device=device, requires_grad=True)
     out = diffusion.sdedit(net, x, mask01=_masks(device, 4), generator=PairStreams.for_pairs(0, range(4), 11, device),

@@ -49,7 +49,7 @@ def generated(tmp_path_factory, synthetic_dataset, models):
     rows = ds.rows[:12]
     images, _ = load_pairs(ds, rows)
     seg, _ = load_network(models / "seg", kind="segmenter", image_size=32)
-    pred = (torch.sigmoid(predict(seg, images, 4, "cpu")) > 0.5)[:, 0].numpy()
+    pred = (torch.sigmoid(predict(seg, images, 4, "cpu", "fp32")) > 0.5)[:, 0].numpy()
     writer = DatasetWriter(out, run_record("sample", {"seed": 0}), 32)
     method = {"name": "ddim", "steps": 50}
     for k, row in enumerate(rows):

@@ -113,9 +113,9 @@ def test_ddpm_sampling_with_streams_does_not_depend_on_the_batch():
     torch.testing.assert_close(one[0], full[2], rtol=0, atol=1e-4)  # float32 convolutions differ by batch
 
 
-def test_inference_net_is_the_net_itself_on_the_cpu():
+def test_inference_net_is_the_net_itself_at_fp32():
     net = build_denoiser("tiny", 4, 3, 16)
-    assert inference_net(net, torch.device("cpu")) is net and not net.training
+    assert inference_net(net, torch.device("cpu"), "fp32") is net and not net.training
 
 
 def test_cast_net_runs_bf16_weights_on_float32_inputs_and_passes_gradients():

@@ -283,7 +283,8 @@ def test_deeplabv3plus_drops_a_last_batch_of_one():
     history = loop.run()  # 5 pairs, batch 4: the batch of one is dropped
     assert len(history) == 1 and loop.step == 1 and history[0]["epoch"] == 1
     # predict: uint8 storage and [0, 1] floats give the same logits, in any batch size
-    assert torch.allclose(predict(model, val.images, 1, "cpu"), predict(model, val.images.float() / 255, 2, "cpu"),
+    assert torch.allclose(predict(model, val.images, 1, "cpu", "fp32"),
+                          predict(model, val.images.float() / 255, 2, "cpu", "fp32"),
                           atol=1e-5)
 
 
@@ -490,12 +491,12 @@ def test_init_from_starts_at_the_source_predictions_and_trains_on(tmp_path, monk
     source, _ = trained
     net, _ = load_network(source, kind="segmenter", image_size=32)
     val = load_pairset([synthetic_dataset], "val")
-    expected = predict(net, val.images, 16, "cpu")
+    expected = predict(net, val.images, 16, "cpu", "fp32")
     at_start = {}
     run = TrainLoop.run
 
     def run_and_look_first(self):
-        at_start["logits"] = predict(self.model, val.images, 16, "cpu")
+        at_start["logits"] = predict(self.model, val.images, 16, "cpu", "fp32")
         return run(self)
 
     monkeypatch.setattr(TrainLoop, "run", run_and_look_first)

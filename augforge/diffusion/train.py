@@ -107,6 +107,7 @@ class DiffusionTrainLoop:
     cond_drop: float = 0.0
     min_snr_gamma: float = 0.0  # image model: Min-SNR-γ loss weighting (0: off)
     compile: bool = False
+    precision: str = "fp32"  # "bf16": forward and loss under bf16 autocast (the weights and the optimizer stay float32)
     history: list[dict] = field(default_factory=list)
     steps_done: int = 0  # after ``run``: the last step taken (end_step, or earlier on a time budget)
 
@@ -157,8 +158,8 @@ class DiffusionTrainLoop:
         for step in range(start_step, end_step):
             # 1. a random batch of resident pairs (with replacement across steps)
             index = torch.randint(0, len(self.data), (self.batch_size,), device=device, generator=self.generator)
-            # 2. forward/backward under bf16 autocast on CUDA
-            with autocast(device):
+            # 2. forward/backward, under bf16 autocast at --precision bf16
+            with autocast(device, self.precision):
                 loss = self.loss(index)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -61,12 +61,14 @@ Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device | str) -> torch.Tensor:
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device | str,
+            precision: str) -> torch.Tensor:
     """Logits (N, 1, H, W) float32 on ``device`` for images (N, 3, H, W) in [0, 1].
 
     ``images`` may also be uint8 in [0, 255] (a :class:`PairSet`'s storage): each batch is then
     converted to [0, 1] on the device, so a whole split never exists as floats. The model is run
-    in eval mode (its previous mode is restored) under bf16 autocast on CUDA.
+    in eval mode (its previous mode is restored), under bf16 autocast at ``precision`` "bf16"
+    (:func:`augforge.runtime.resolve_precision`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -77,7 +79,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: tor
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size].to(device, non_blocking=True)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        with autocast(device):
+        with autocast(device, precision):
             out.append(model(x).float())
     model.train(was_training)
     return torch.cat(out)
@@ -191,7 +193,8 @@ class TrainLoop:
     repeats the uninterrupted one). compile: run the training forward pass through ``torch.compile``
     (the weights stay those of ``model``); every training batch is full (:func:`batch_plan` drops the
     last partial one) and in train mode, so it compiles once; validation runs the eager model, whose
-    eval mode and partial last batch would each compile again. rank/world_size: this process's place under torchrun (the
+    eval mode and partial last batch would each compile again. precision: "bf16" runs the forward passes
+    (training and validation) under bf16 autocast, "fp32" in float32. rank/world_size: this process's place under torchrun (the
     process group must be initialised when world_size > 1). channels_last: NHWC memory format for the
     network and its inputs (faster convolutions on GPUs). time_budget_s: stop after the epoch at which
     ``train_seconds`` reaches it (one decision for all ranks). on_step(): after each optimizer step
@@ -218,6 +221,7 @@ class TrainLoop:
         loss: str = "dice",
         extra_weight: float = 1.0,
         compile: bool = False,
+        precision: str = "fp32",
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
@@ -244,6 +248,7 @@ class TrainLoop:
         self.batch_size = self.plan.batch_size
         self.rank, self.world_size = rank, world_size
         self.augment, self.loss, self.extra_weight = augment, loss, extra_weight
+        self.precision = precision
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model.to(memory_format=self.memory_format)
         if world_size > 1 and self.device.type == "cuda":  # same parameters, BatchNorm layers swapped in place
@@ -355,7 +360,7 @@ class TrainLoop:
             x, y, is_extra = self.train_set.batch(index)
             if self.augment is not None:
                 x, y = self.augment(x, y, self.generator)
-            with autocast(self.device):
+            with autocast(self.device, self.precision):
                 logits = self.train_forward(x.contiguous(memory_format=self.memory_format))
             loss = dasp_loss(logits.float(), y, is_extra, self.extra_weight, self.loss, group_sizes=sizes)
             self.optimizer.zero_grad(set_to_none=True)
@@ -374,7 +379,7 @@ class TrainLoop:
 
     def validate(self) -> dict:
         """mIoU and mDice on the val split (means of per-image scores, threshold 0.5 = logit 0)."""
-        logits = predict(self.model, self.val_set.images, self.batch_size, self.device)
+        logits = predict(self.model, self.val_set.images, self.batch_size, self.device, self.precision)
         scores = per_image_scores(logits > 0, self.val_set.masks)
         iou, dice = torch.stack([scores["iou"].mean(), scores["dice"].mean()]).tolist()
         return {"mIoU": iou, "mDice": dice}

@@ -37,7 +37,7 @@ from augforge.diffusion.process import build_diffusion
 from augforge.errors import AugforgeError
 from augforge.guidance import parse_guidance, resolve_guidance
 from augforge.models.folder import load_network, model_fingerprint
-from augforge.models.inference import inference_net
+from augforge.models.inference import attacked_net, inference_net
 from augforge.progress import log, progress_bar
 from augforge.ranges import intensity_to_unit, to_uint8_images
 from augforge.rng import PairStreams
@@ -48,6 +48,7 @@ from augforge.runtime import (
     init_distributed,
     rank_zero_first,
     resolve_device,
+    resolve_precision,
     seed_everything,
     work_shard,
 )
@@ -73,13 +74,13 @@ class Purifier(NamedTuple):
                                      differentiable=full_grad, checkpoint=full_grad)
 
 
-def load_purifier(image_model: str, guidance: str, image_size: int, device: torch.device) -> Purifier:
+def load_purifier(image_model: str, guidance: str, image_size: int, device: torch.device, precision: str) -> Purifier:
     """The purifier of `attack` and `evaluate --attack diff-pgd`: the image model (kind and size checked),
     frozen; ``guidance`` as --purify-guidance takes it (checked against how the model was trained)."""
     net, image_cfg = load_network(Path(image_model), kind="image-diffusion", image_size=image_size, device=device)
     net.requires_grad_(False)
-    # bf16 weights on CUDA (input cast inside; with --grad full the gradient reaches the float32 image)
-    return Purifier(inference_net(net, device), build_diffusion("image-diffusion", image_cfg["process"]),
+    # bf16 weights at --precision bf16 (input cast inside; with --grad full the gradient reaches the float32 image)
+    return Purifier(inference_net(net, device, precision), build_diffusion("image-diffusion", image_cfg["process"]),
                     resolve_guidance(guidance, image_cfg, image_model, "--purify-guidance"))
 
 
@@ -171,6 +172,7 @@ def run(cfg: AttackConfig) -> dict:
         log(f"note: {', '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing for --method {cfg.method} "
             "(not part of this run)")
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     world = init_distributed(device)
     seed_everything(cfg.seed)
     shard_index, shard_count = work_shard(cfg.shard)
@@ -184,7 +186,8 @@ def run(cfg: AttackConfig) -> dict:
         raise AugforgeError(f"{cfg.data}: no pairs in split {cfg.split!r}")
     seg, _ = load_network(Path(cfg.segmenter), kind="segmenter", image_size=ds.image_size, device=device)
     seg.requires_grad_(False)
-    purifier = (load_purifier(cfg.image_model, cfg.purify_guidance, ds.image_size, device)
+    seg = attacked_net(seg, precision)  # under bf16 autocast at --precision bf16
+    purifier = (load_purifier(cfg.image_model, cfg.purify_guidance, ds.image_size, device, precision)
                 if cfg.method == "diff-pgd" else None)
 
     # 2. output: the run's identity holds only the options this method uses (configs: when=)
@@ -192,6 +195,7 @@ def run(cfg: AttackConfig) -> dict:
     if "eps" in options:
         options["eps"] = eps255
     # the inputs by content: other pairs or a retrained model under the same path make another run
+    options["precision"] = precision  # the arithmetic used: auto and its value are one run
     options["data_fingerprint"] = ds.fingerprint()
     options["segmenter_fingerprint"] = model_fingerprint(Path(cfg.segmenter))
     if cfg.method == "diff-pgd":
@@ -282,8 +286,8 @@ def run(cfg: AttackConfig) -> dict:
 
     # 4. summary over all attacked pairs written so far
     written = read_manifest(writer.root / MANIFEST)
-    result = {"out": str(writer.root), "method": cfg.method, "eps_255": eps255, "written_now": len(todo),
-              "count": len(written)}
+    result = {"out": str(writer.root), "method": cfg.method, "eps_255": eps255, "precision": precision,
+              "written_now": len(todo), "count": len(written)}
     if written:
         for key in ("dice_before", "dice_after", "linf", "l2"):
             result[f"mean_{key}"] = float(np.mean([r[key] for r in written]))

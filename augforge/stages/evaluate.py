@@ -38,7 +38,7 @@ from augforge.errors import AugforgeError
 from augforge.guidance import parse_guidance
 from augforge.progress import progress_bar
 from augforge.ranges import intensity_to_unit
-from augforge.runtime import atomic_write_bytes, autocast, resolve_device
+from augforge.runtime import atomic_write_bytes, autocast, resolve_device, resolve_precision
 
 EVAL_ATTACKS = ("none", "fgsm", "inverse-fgsm", "pgd", "diff-pgd", "asma", "noise")  # "none" and the registry
 
@@ -154,7 +154,8 @@ def table_csv(summaries: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
-def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, device: torch.device) -> dict:
+def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, device: torch.device,
+                   precision: str) -> dict:
     """One segmenter on several datasets: a summary per dataset and the cross-dataset table."""
     from augforge.models.folder import load_network
     from augforge.seg.metrics import summarize
@@ -170,7 +171,7 @@ def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, devi
     summaries, image_rows = [], []
     for name, p in zip(dataset_names(paths), paths):
         pairs = load_pairset([Path(p)], cfg.split).to(device)
-        logits = predict(model, pairs.images, cfg.batch_size, device)
+        logits = predict(model, pairs.images, cfg.batch_size, device, precision)
         scores, totals = score(logits, pairs.masks, cfg.threshold)
         summaries.append({"dataset": name, "data": p, "split": cfg.split,
                           "splits_digest": datasets[paths.index(p)].splits_digest(),  # its splits.json's
@@ -178,7 +179,7 @@ def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, devi
                           **pooled_ci(scores, cfg.bootstrap, cfg.seed)})
         image_rows += _image_rows(name, scores, pairs.ids)
         del pairs, logits
-    result = {"segmenter": cfg.segmenter, "split": cfg.split, "threshold": cfg.threshold,
+    result = {"segmenter": cfg.segmenter, "split": cfg.split, "threshold": cfg.threshold, "precision": precision,
               "n_datasets": len(paths), "datasets": summaries,
               "tables": {f"cross-dataset ({cfg.split} split)": table_rows(summaries)}}
     _write_results(cfg, out, result, lambda: table_csv(summaries), lambda: _per_image_csv(image_rows, True))
@@ -330,9 +331,10 @@ def robust_csv(rows: list[dict]) -> bytes:
 
 
 def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], budgets: list[float],
-                out: Path | None, device: torch.device) -> dict:
+                out: Path | None, device: torch.device, precision: str) -> dict:
     """Scores under attack: a row per (segmenter, dataset, method, eps), the clean row (method "none", eps 0) first."""
     from augforge.models.folder import load_network
+    from augforge.models.inference import attacked_net
     from augforge.seg.train import predict
 
     # 1. every folder and image size checked before anything runs
@@ -354,7 +356,7 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
     if cfg.attack == "diff-pgd":  # as `augforge attack` builds it
         from augforge.stages.attack import load_purifier
 
-        purifier = load_purifier(cfg.image_model, cfg.purify_guidance, datasets[0].image_size, device)
+        purifier = load_purifier(cfg.image_model, cfg.purify_guidance, datasets[0].image_size, device, precision)
     seg_names, data_names = _names(segmenters), _names(paths)
     attack_name = _names([cfg.attack_segmenter])[0] if cfg.attack_segmenter else ""
     variants = ([v for v in ASMA_VARIANTS if cfg.ablation or v[1] and v[2]] if cfg.attack == "asma"
@@ -373,13 +375,13 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
                                 pairs.ids[:cfg.limit])
             pairs = pairs.to(device)
             all_masks = pairs.masks.float() if cfg.attack == "asma" else None
-            clean = [predict(net, pairs.images, cfg.batch_size, device) for net, _ in models]
+            clean = [predict(net, pairs.images, cfg.batch_size, device, precision) for net, _ in models]
             for k, s_name in enumerate(seg_names):
                 scores, totals = score(clean[k], pairs.masks, cfg.threshold)
                 rows.append(_row(cfg, (s_name, attack_name, d_name), "none", "", 0.0, scores, totals))
                 image_rows.append((rows[-1], scores, pairs.ids))
             for g, scored in groups:
-                net = attacker[0] if g is None else models[g][0]
+                net = attacked_net(attacker[0] if g is None else models[g][0], precision)
                 for (variant, adaptive, dynamic), eps255 in settings:
                     logits = [[] for _ in scored]
                     stats: dict[str, list] = {k: [] for k in (*ASMA_STATS, "target", "beta")}
@@ -398,7 +400,7 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
                                 stats["beta"].append(beta.cpu())
                         else:
                             x_adv = _attack_batch(cfg, net, x, y, index, intensity_to_unit(eps255), purifier, device)
-                        with torch.no_grad(), autocast(device):
+                        with torch.no_grad(), autocast(device, precision):
                             for j, k in enumerate(scored):
                                 logits[j].append(models[k][0](x_adv).float())
                         advance(1)
@@ -419,7 +421,8 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
     mode = f"transfer (attack computed on {cfg.attack_segmenter})" if cfg.attack_segmenter else "white-box"
     title = f"robustness under {cfg.attack}" + (f", transferred from {attack_name}" if attack_name else "")
     result: dict = {"segmenter": cfg.segmenter, "attack": cfg.attack, "attack_mode": mode, "split": cfg.split,
-                    "threshold": cfg.threshold, **({"purify_guidance": purifier.guidance} if purifier else {})}
+                    "threshold": cfg.threshold, "precision": precision,
+                    **({"purify_guidance": purifier.guidance} if purifier else {})}
     result["splits_digests"] = {n: ds.splits_digest() for n, ds in zip(_names(paths), datasets)}  # splits.json's
     if len(paths) == 1 and len(segmenters) == 1:
         clean_row = rows[0]
@@ -501,19 +504,21 @@ def run(cfg: EvaluateConfig) -> dict:
     if len(set(map(lambda p: str(Path(p).resolve()), paths))) < len(paths):
         raise AugforgeError("a dataset is given twice: " + ", ".join(paths))
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     if cfg.attack != "none":
-        return _robustness(cfg, paths, segmenters, budgets, out, device)
+        return _robustness(cfg, paths, segmenters, budgets, out, device, precision)
     if cfg.also:
-        return _evaluate_many(cfg, paths, out, device)
+        return _evaluate_many(cfg, paths, out, device, precision)
 
     # 2. model (kind and image size checked against the dataset), data, clean predictions
     ds = read_dataset(Path(cfg.data))
     model, _ = load_network(Path(cfg.segmenter), kind="segmenter", image_size=ds.image_size, device=device)
     pairs = load_pairset([Path(cfg.data)], cfg.split).to(device)
-    logits = predict(model, pairs.images, cfg.batch_size, device)
+    logits = predict(model, pairs.images, cfg.batch_size, device, precision)
     scores, totals = score(logits, pairs.masks, cfg.threshold)
     result = {"segmenter": cfg.segmenter, "data": cfg.data, "split": cfg.split,
               "splits_digest": ds.splits_digest(), "threshold": cfg.threshold,  # the digest of its splits.json
+              "precision": precision,
               **summarize(scores, totals, n_boot=cfg.bootstrap, seed=cfg.seed), **pooled_ci(scores, cfg.bootstrap, cfg.seed)}
     if cfg.csv:
         summary = {"dataset": dataset_names([cfg.data])[0], **result}

@@ -54,7 +54,7 @@ from augforge.errors import AugforgeError
 from augforge.models.folder import load_network, model_fingerprint
 from augforge.progress import progress_bar
 from augforge.quality import area_fractions, component_counts
-from augforge.runtime import atomic_write_bytes, read_json, resolve_device
+from augforge.runtime import atomic_write_bytes, read_json, resolve_device, resolve_precision
 from augforge.seg.metrics import per_image_scores
 from augforge.seg.train import predict
 from augforge.visual import contact_sheet, overlay
@@ -134,7 +134,7 @@ def score_stats(values: list[float]) -> dict:
 
 @torch.no_grad()
 def score_pairs(seg: torch.nn.Module, ds: Dataset, rows: list[dict], batch_size: int,
-                device: torch.device) -> dict[str, list]:
+                device: torch.device, precision: str) -> dict[str, list]:
     """Each row's consistency ``score``: Dice (in [0, 1]) of the segmenter's prediction against its mask;
     and its mask's ``components`` (8-connected) and ``area`` (foreground fraction), in row order.
 
@@ -146,7 +146,7 @@ def score_pairs(seg: torch.nn.Module, ds: Dataset, rows: list[dict], batch_size:
     with progress_bar("filter: scoring", total=len(rows)) as advance:
         for start in range(0, len(rows), step):
             images, masks = load_pairs(ds, rows[start:start + step])
-            logits = predict(seg, images, batch_size, device)
+            logits = predict(seg, images, batch_size, device, precision)
             scores.append(per_image_scores(torch.sigmoid(logits) > THRESHOLD, masks.to(device))["dice"])
             components += component_counts(masks).tolist()
             areas += area_fractions(masks).tolist()
@@ -198,13 +198,14 @@ def _label(text: list[str], size: int, kept: bool) -> np.ndarray:
 
 
 def write_sheet(path: Path, seg, ds: Dataset, rows: list[dict], scores: list[float], ranks: list[int],
-                kept: list[bool], device: torch.device, limit: int = SHEET_ROWS, min_cell: int = 128) -> None:
+                kept: list[bool], device: torch.device, precision: str, limit: int = SHEET_ROWS,
+                min_cell: int = 128) -> None:
     """The best ``limit`` kept pairs, then the worst ``limit`` dropped ones: image | mask | prediction | score."""
     by_rank = sorted(range(len(rows)), key=lambda i: ranks[i])
     shown = [i for i in by_rank if kept[i]][:limit] + [i for i in by_rank if not kept[i]][-limit:]
     images, masks = load_pairs(ds, [rows[i] for i in shown])
     with torch.no_grad():
-        pred = (torch.sigmoid(predict(seg, images, len(shown), device)) > THRESHOLD)[:, 0].cpu().numpy()
+        pred = (torch.sigmoid(predict(seg, images, len(shown), device, precision)) > THRESHOLD)[:, 0].cpu().numpy()
     size = ds.image_size * max(1, -(-min_cell // ds.image_size))  # the contact sheet's cell size
     cells = []
     for k, i in enumerate(shown):
@@ -244,13 +245,14 @@ def _summary(info: dict, out: Path, written_now: int) -> dict:
 def run(cfg: FilterConfig) -> dict:
     _check(cfg)
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     ds = read_dataset(Path(cfg.data), require_complete=True)
     rows = ds.split(cfg.split)  # in id order
     if not rows:
         raise AugforgeError(f"{cfg.data}: no pairs in split {cfg.split!r}")
     keep = keep_count(cfg.keep_top, len(rows))
     seg, _ = load_network(Path(cfg.segmenter), kind="segmenter", image_size=ds.image_size, device=device)
-    made_by = run_record("filter", {**identity(cfg), "data_fingerprint": ds.fingerprint(),
+    made_by = run_record("filter", {**identity(cfg), "precision": precision, "data_fingerprint": ds.fingerprint(),
                                     "segmenter_fingerprint": model_fingerprint(Path(cfg.segmenter))})
 
     # 1. a finished same run: nothing to do; a different run: refused before any work (unless --overwrite)
@@ -265,7 +267,7 @@ def run(cfg: FilterConfig) -> dict:
     # 2. scores (read back when continuing, so every pair keeps the score it was kept for), ranks, kept
     scored = read_scores(out / SCORES, rows) if resumed else None
     if scored is None:
-        scored = score_pairs(seg, ds, rows, cfg.batch_size, device)
+        scored = score_pairs(seg, ds, rows, cfg.batch_size, device, precision)
     scores, ids = scored["score"], [r["id"] for r in rows]
     passes = mask_gate(scored["components"], scored["area"], cfg.max_components, cfg.min_area, cfg.max_area)
     if not any(passes):
@@ -298,7 +300,7 @@ def run(cfg: FilterConfig) -> dict:
                 lines.append(writer._line(row["id"], {**kept_row, "score": scores[i], "rank": ranks[i]}))
             writer._append_lines("".join(lines))  # rows only after their files are on disk
             advance(len(lines))
-    write_sheet(writer.root / SHEET, seg, ds, rows, scores, ranks, kept, device)
+    write_sheet(writer.root / SHEET, seg, ds, rows, scores, ranks, kept, device, precision)
 
     # 4. the summary: options, fingerprints, counts, score distributions, the cut applied
     kept_scores = [s for s, k in zip(scores, kept) if k]
@@ -306,7 +308,8 @@ def run(cfg: FilterConfig) -> dict:
     summary = {"data": cfg.data, "segmenter": cfg.segmenter, "split": cfg.split,
                "data_fingerprint": made_by["options"]["data_fingerprint"],
                "segmenter_fingerprint": made_by["options"]["segmenter_fingerprint"],
-               "prediction_threshold": THRESHOLD, "keep_top": cfg.keep_top, "keep_count": keep,
+               "prediction_threshold": THRESHOLD, "precision": precision, "keep_top": cfg.keep_top,
+               "keep_count": keep,
                "min_score": cfg.min_score, "score_cut": min(kept_scores),
                "gate": {"max_components": cfg.max_components, "min_area": cfg.min_area, "max_area": cfg.max_area,
                         "passed": sum(passes), "gated_out": len(rows) - sum(passes)},

@@ -43,7 +43,7 @@ def _real_data_path(cfg: SampleConfig) -> Path:
 
 
 def _consistency(seg, images_u8: torch.Tensor, masks: torch.Tensor, device) -> float:
-    logits = predict(seg, images_u8, 32, device)
+    logits = predict(seg, images_u8, 32, device, "fp32")  # a measurement: the same arithmetic whatever the run's
     return float(per_image_scores((logits > 0).float(), masks.to(device).float())["dice"].mean())
 
 

@@ -4,7 +4,8 @@ Pair i is drawn from its own counter-based random streams (keyed by ``(seed, i, 
 :class:`augforge.rng.PairStreams`), and every batch is padded to ``--batch-size`` (:func:`padded`),
 so at a given batch size the networks always see the same shapes and a pair's floats are bit-identical
 whatever shard, torchrun rank or rerun it lands in; another batch size changes them only up to
-floating-point rounding. On CUDA both UNets run as bf16 copies (:func:`augforge.models.inference.inference_net`);
+floating-point rounding. At ``--precision bf16`` (auto's choice on CUDA and on CPUs with native bf16) both UNets
+run as bf16 copies (:func:`augforge.models.inference.inference_net`);
 PNG encoding and disk writes happen in the writer's background thread while the next batch runs.
 Rerunning the same command writes only the pairs that are missing (kill -9 included) and ends with
 exactly N.
@@ -48,6 +49,7 @@ from augforge.runtime import (
     init_distributed,
     rank_zero_first,
     resolve_device,
+    resolve_precision,
     seed_everything,
     work_shard,
 )
@@ -148,6 +150,7 @@ def _check(cfg: SampleConfig) -> None:
 def run(cfg: SampleConfig) -> dict:
     _check(cfg)
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     world = init_distributed(device)
     seed_everything(cfg.seed)
     shard_index, shard_count = work_shard(cfg.shard)
@@ -167,14 +170,15 @@ def run(cfg: SampleConfig) -> dict:
     else:
         mask_net, mask_cfg = load_network(Path(cfg.mask_model), kind="mask-diffusion", image_size=size, device=device)
 
-    # bf16 copies on CUDA (the networks themselves on the CPU)
-    image_net = inference_net(image_net, device)
-    mask_net = inference_net(mask_net, device) if mask_net is not None else None
+    # bf16 copies at --precision bf16 (the networks themselves at fp32)
+    image_net = inference_net(image_net, device, precision)
+    mask_net = inference_net(mask_net, device, precision) if mask_net is not None else None
 
     # 2. output: same run continues, different run refused
     options = identity(cfg)
     # the scale used (auto resolved), as the option's text: "auto" and the value it stands for are one run
     options["guidance"] = str(guidance)
+    options["precision"] = precision  # the arithmetic used: auto and its value are one run
     # the models by what they compute (weights and config): a model retrained in its folder is another run
     options["image_model_fingerprint"] = model_fingerprint(Path(cfg.image_model))
     if mask_cfg:
@@ -213,7 +217,7 @@ def run(cfg: SampleConfig) -> dict:
                 row = {"split": "train", "source": "generated", "seed": cfg.seed, "index": i,
                        "method": {"name": "dasp-sample", "sampler": cfg.sampler, "sample_steps": cfg.sample_steps,
                                   "mask_sample_steps": None if real_masks is not None else cfg.mask_sample_steps,
-                                  "guidance": guidance},
+                                  "guidance": guidance, "precision": precision},
                        "image_model": options["image_model_fingerprint"],
                        "mask_model": options.get("mask_model_fingerprint", "real-masks")}
                 if parents is not None:
@@ -227,9 +231,9 @@ def run(cfg: SampleConfig) -> dict:
     # 4. summary, contact sheet, optional quality report (rank 0)
     written = len(read_manifest(writer.root / MANIFEST))
     result = {"out": str(writer.root), "written_now": len(todo), "count": written, "requested": cfg.n,
-              "guidance": guidance, "compile": compiled}
+              "guidance": guidance, "precision": precision, "compile": compiled}
     if world.is_main and written >= cfg.n:
-        info = writer.finalize({"guidance": guidance, "compile": compiled})
+        info = writer.finalize({"guidance": guidance, "precision": precision, "compile": compiled})
         result["contact_sheet"] = str(write_contact_sheet(writer.root))
         result["count"] = info["count"]
         if cfg.report:

@@ -46,6 +46,7 @@ from augforge.runtime import (
     generator_for,
     init_distributed,
     resolve_device,
+    resolve_precision,
     seed_everything,
 )
 from augforge.stages.train_seg import drop_rows_after
@@ -91,6 +92,7 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     command = COMMANDS[f"train-{cfg.kind}"]  # its defaults ("": the schedule) and fixed values (masks: no cond_drop)
     cfg = replace(cfg, schedule=cfg.schedule or command.defaults["schedule"], **command.fixed)
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     world = init_distributed(device)
     if cfg.batch_size % world.world_size:
         raise AugforgeError(f"--batch-size {cfg.batch_size} (pairs per step, all ranks together) is not a "
@@ -108,6 +110,7 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     out = Path(cfg.out)
     options = identity(cfg)  # a rerun that differs only in the others continues
     options["data"] = str(Path(cfg.data).resolve())
+    options["precision"] = precision  # the arithmetic used: auto and its value are one run
     made_by = run_record(f"train-{cfg.kind}", options)
     resumed = open_output(out, made_by, overwrite=cfg.overwrite, marker=CONFIG) if world.is_main else True
     process = {"timesteps": cfg.timesteps, "schedule": cfg.schedule}
@@ -124,7 +127,8 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     def config(steps_done: int, train_seconds: float = 0.0) -> dict:
         return {**make_config(cfg.kind, network=model.unet_kwargs, image_size=size, process=process,
                               data_fingerprint=ds.fingerprint(), made_by=made_by, steps_done=steps_done),
-                "train_seconds": round(train_seconds, 1), **({"compile": compiled} if compiled else {})}
+                "train_seconds": round(train_seconds, 1), "precision": precision,
+                **({"compile": compiled} if compiled else {})}
 
     if world.is_main and not (out / CONFIG).exists():
         atomic_write_json(out / CONFIG, config(0))
@@ -171,7 +175,7 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     # --batch-size is per step over all ranks: each rank draws its share
     loop = DiffusionTrainLoop(net, diffusion, pairs, optimizer, ema, cfg.batch_size // world.world_size, generator,
                               condition_on_mask=cfg.kind == "image-diffusion", cond_drop=cfg.cond_drop,
-                              compile=use_compile)
+                              compile=use_compile, precision=precision)
 
     def on_log(row: dict) -> None:
         if world.is_main:
@@ -208,4 +212,5 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     return {"out": str(out), "kind": cfg.kind, "steps_done": loop.steps_done, "image_size": size,
             "train_seconds": round(seconds_before + time.perf_counter() - t_start, 1),
             "final_loss": final.get("loss"), "steps_per_s": final.get("steps_per_s"), "compile": compiled,
+            "precision": precision,
             "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}

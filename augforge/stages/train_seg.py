@@ -50,6 +50,7 @@ from augforge.runtime import (
     init_distributed,
     read_json,
     resolve_device,
+    resolve_precision,
 )
 
 SCHEDULES = ("constant", "cosine")
@@ -162,6 +163,7 @@ def run(cfg: TrainSegConfig) -> dict:
     except ValueError as e:
         raise AugforgeError(f"--aug: {e}") from None
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     world = init_distributed(device)  # torchrun: DDP, rank 0 writes the model folder
     if cfg.batch_size % world.world_size or cfg.batch_size // world.world_size < 2:
         raise AugforgeError(f"--batch-size {cfg.batch_size} must split into >= 2 pairs on each of the "
@@ -186,7 +188,7 @@ def run(cfg: TrainSegConfig) -> dict:
     init_weights, init_fingerprint = _init_source(cfg, network, image_size) if cfg.init_from else (None, "")
 
     # 2. output folder: refuse a different run, continue the same one
-    made_by = run_record("train-seg", _options(cfg, init_fingerprint))
+    made_by = run_record("train-seg", {**_options(cfg, init_fingerprint), "precision": precision})
     resumed = open_output(out, made_by, overwrite=cfg.overwrite, marker=CONFIG) if world.is_main else True
     barrier()  # the other ranks read train_state.pt only once rank 0 has judged the folder
     state = load_train_state(out) if resumed else None
@@ -208,6 +210,7 @@ def run(cfg: TrainSegConfig) -> dict:
                  if cfg.schedule == "cosine" else None)
     config = make_config("segmenter", network=network, image_size=image_size, data_fingerprint=_fingerprint(roots),
                          made_by=made_by)
+    config["precision"] = precision
     config["init_from"] = ({"path": shown(cfg.init_from), "fingerprint": init_fingerprint}
                            if cfg.init_from else None)
     if state is not None and read_json(out / CONFIG).get("data_fingerprint") != config["data_fingerprint"]:
@@ -245,7 +248,7 @@ def run(cfg: TrainSegConfig) -> dict:
     loop = TrainLoop(model, optimizer, scheduler, train, val, epochs=cfg.epochs, steps=cfg.steps,
                      batch_size=cfg.batch_size, device=device, generator=generator_for(cfg.seed, device=device),
                      seed=cfg.seed, extra_ratio=cfg.extra_ratio, augment=augment, loss=cfg.loss,
-                     extra_weight=cfg.extra_weight, compile=use_compile,
+                     extra_weight=cfg.extra_weight, compile=use_compile, precision=precision,
                      rank=world.rank, world_size=world.world_size, channels_last=device.type == "cuda",
                      time_budget_s=cfg.minutes * 60.0 if cfg.minutes else None,
                      on_step=lambda: advance(1), on_epoch_end=on_epoch_end)
@@ -292,5 +295,6 @@ def run(cfg: TrainSegConfig) -> dict:
         "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows) if rows else None,
         "train_seconds_per_epoch": sum(r["train_seconds"] for r in rows) / len(rows) if rows else None,
         "compile": compiled,
+        "precision": precision,
         **({"note": note} if note else {}),
     }
