@@ -289,6 +289,39 @@ def test_asma_beta_search_keeps_per_image_the_beta_of_highest_target_iou(model, 
     assert (chosen1 == 0.01).all()
 
 
+def test_asma_finished_images_leave_the_batch_and_the_beta_search_stops_early_per_image(model, data):
+    """An image at its target costs no more forward passes after the next check (every CHECK_EVERY
+    iterations), and a later beta candidate runs only on the images no earlier one brought to the target."""
+    from augforge.attacks.asma import CHECK_EVERY
+
+    x, y = data
+    with torch.no_grad():
+        pred = (model(x) > 0).float()
+    target = torch.roll(pred, shifts=(2, 2), dims=(2, 3))
+    target[0] = pred[0]  # at its target from the start
+    rows: list[int] = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, images):
+            rows.append(images.shape[0])
+            return model(images)
+
+    kw = dict(target=target, max_iter=100, tau=0.01, l2_weight=0.1)
+    res = asma(Counting(), x, y, beta=0.01, **kw)
+    assert rows[0] == x.shape[0] and rows[CHECK_EVERY] < x.shape[0]  # image 0 left after the first window
+    # every image computes only until the check after it finished (plus the final prediction of all)
+    windows = (res.iterations + CHECK_EVERY) // CHECK_EVERY * CHECK_EVERY
+    assert sum(rows) <= int(windows.clamp(max=100).sum()) + x.shape[0]
+    rows.clear()
+    first = asma(Counting(), x, y, beta=0.01, **kw)
+    first_rows = len(rows)
+    best, chosen = asma_beta_search(Counting(), x, y, betas=(0.01, 0.003), **kw)
+    second = rows[2 * first_rows:]  # the second candidate's forward passes
+    reached = int((first.iou_target == 1).sum())
+    assert reached >= 1 and max(second, default=0) <= x.shape[0] - reached
+    assert (chosen[first.iou_target == 1] == 0.01).all()
+
+
 def test_bad_arguments(model, data):
     x, y = data
     with pytest.raises(ValueError):

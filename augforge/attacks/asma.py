@@ -28,14 +28,18 @@ Ablation switches (the rows of the paper's Table 1): ``adaptive_mask=False`` is 
 ``dynamic_multiplier=False`` keeps alpha_n = tau throughout (the value the dynamic multiplier starts
 from at IoU 0; the paper does not print the constant of its non-dynamic rows). Both on is ASMA.
 
-Images stop being updated as soon as their prediction equals the target (batched: an
-active mask; "all done" is checked with one host sync every ``CHECK_EVERY`` iterations).
+Images stop being updated as soon as their prediction equals the target (batched: an active mask),
+and every ``CHECK_EVERY`` iterations, at one host sync, the finished images leave the batch, so the
+forward and backward passes run on the images still moving only.
 
 beta search (:func:`asma_beta_search`): Ozbulak et al. (experimental setup) fix tau = 1e-7 and pick beta from
 {1e-6, 5e-6, 1e-5} (``BETA_SEARCH``) by the best mean IoU with the target. We run ASMA once per
-candidate and keep, for each image, the candidate with the highest IoU with the target (ties: the
-smaller L2 perturbation). The mean of per-image IoUs is then the highest any choice of candidates
-reaches, and an image's result does not depend on the other images of its batch or shard.
+candidate, in the order given (ascending for the search), and keep, for each image, the candidate with
+the highest IoU with the target (ties: the smaller L2 perturbation). An image stops early: once a
+candidate reaches its target exactly (IoU 1, no higher IoU exists) the larger candidates are not run
+on it (they would move it with larger steps). The mean of per-image IoUs is then the highest any
+choice of candidates reaches, and an image's result does not depend on the other images of its batch
+or shard (up to floating-point rounding: finished images leave the batch).
 Their Table 1 reports L2 and L-inf of x_adv - x in [0, 1] units (images divided by 255), as
 :class:`AsmaResult` holds them.
 """
@@ -112,30 +116,38 @@ def asma(
         )
     x0 = x.detach()
     target = target.to(x0.dtype)
-    target_sign = 2.0 * target - 1.0  # class logit of the target class: (2t - 1) z
-    x_n = x0
+    x_adv = x0.clone()
     active = torch.ones(x0.shape[0], dtype=torch.bool, device=x0.device)
     iterations = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
-    for n in range(max_iter):
-        x_in = x_n.detach().requires_grad_(True)
-        z = model(x_in)
-        # 1. prediction and adaptive mask; images already at the target stop for good
-        pred = (z.detach() > 0).to(x0.dtype)
-        wrong = pred != target
-        active = active & wrong.flatten(1).any(1)
-        if n % CHECK_EVERY == 0 and not bool(active.any()):
+    n = 0
+    while n < max_iter:
+        # 0. one host sync per CHECK_EVERY iterations: the images still moving form the batch of the window
+        live = torch.nonzero(active).flatten()
+        if live.numel() == 0:
             break
-        # 2. objective: target-class logits on the wrong pixels (every pixel: static mask) minus the L2 distance
-        logit = target_sign * z * wrong if adaptive_mask else target_sign * z
-        objective = logit.sum() - l2_weight * (x_in - x0).square().sum()
-        (grad,) = torch.autograd.grad(objective, x_in)
-        # 3. adaptive step, box constraint, only on the active images
-        overlap = _iou(pred, target) if dynamic_multiplier else torch.zeros_like(iterations, dtype=x0.dtype)
-        alpha = (beta * overlap + tau).view(-1, 1, 1, 1)
-        x_next = (x_n + alpha * grad).clamp(0.0, 1.0)
-        x_n = torch.where(active.view(-1, 1, 1, 1), x_next, x_n)
-        iterations += active
-    x_adv = x_n
+        x_n, x0_live, t_live, act = x_adv[live], x0[live], target[live], active[live]
+        target_sign = 2.0 * t_live - 1.0  # class logit of the target class: (2t - 1) z
+        steps = torch.zeros_like(act, dtype=torch.long)
+        for _ in range(min(CHECK_EVERY, max_iter - n)):
+            x_in = x_n.detach().requires_grad_(True)
+            z = model(x_in)
+            # 1. prediction and adaptive mask; images already at the target stop for good
+            pred = (z.detach() > 0).to(x0.dtype)
+            wrong = pred != t_live
+            act = act & wrong.flatten(1).any(1)
+            # 2. objective: target-class logits on the wrong pixels (every pixel: static mask) minus the L2 distance
+            logit = target_sign * z * wrong if adaptive_mask else target_sign * z
+            objective = logit.sum() - l2_weight * (x_in - x0_live).square().sum()
+            (grad,) = torch.autograd.grad(objective, x_in)
+            # 3. adaptive step, box constraint, only on the active images
+            overlap = _iou(pred, t_live) if dynamic_multiplier else torch.zeros_like(act, dtype=x0.dtype)
+            alpha = (beta * overlap + tau).view(-1, 1, 1, 1)
+            x_next = (x_n + alpha * grad).clamp(0.0, 1.0)
+            x_n = torch.where(act.view(-1, 1, 1, 1), x_next, x_n)
+            steps += act
+            n += 1
+        x_adv[live], active[live] = x_n.detach(), act
+        iterations[live] += steps
     with torch.no_grad():
         pred = (model(x_adv) > 0).to(x0.dtype)
     delta = (x_adv - x0).flatten(1)
@@ -166,18 +178,23 @@ def asma_beta_search(
     """
     if not betas:
         raise ValueError("asma_beta_search needs at least one beta")
-    best: AsmaResult | None = None
-    chosen = torch.empty(0)
-    for beta in betas:
-        result = asma(model, x, y, target=target, beta=beta, **kwargs)
-        if best is None:
-            best, chosen = result, torch.full((x.shape[0],), beta, dtype=torch.float64, device=x.device)
-            continue
-        better = (result.iou_target > best.iou_target) | (
-            (result.iou_target == best.iou_target) & (result.l2 < best.l2))
-        best = AsmaResult(**{
-            name: torch.where(better.view(-1, *([1] * (new.dim() - 1))), new, getattr(best, name))
-            for name, new in vars(result).items()
-        })
-        chosen = torch.where(better, beta, chosen)
+    best = asma(model, x, y, target=target, beta=betas[0], **kwargs)
+    chosen = torch.full((x.shape[0],), betas[0], dtype=torch.float64, device=x.device)
+    for beta in betas[1:]:
+        # 1. early stop per image: an image at its target (IoU 1) keeps its candidate (one host sync)
+        todo = torch.nonzero(best.iou_target < 1).flatten()
+        if todo.numel() == 0:
+            break
+        result = asma(model, x[todo], y[todo], target=target[todo], beta=beta, **kwargs)
+        # 2. the better of the two per image: higher IoU with the target, then smaller L2
+        kept = vars(best)
+        better = (result.iou_target > kept["iou_target"][todo]) | (
+            (result.iou_target == kept["iou_target"][todo]) & (result.l2 < kept["l2"][todo]))
+        merged = {}
+        for name, new in vars(result).items():
+            values = kept[name].clone()
+            values[todo] = torch.where(better.view(-1, *([1] * (new.dim() - 1))), new, values[todo])
+            merged[name] = values
+        best = AsmaResult(**merged)
+        chosen[todo] = torch.where(better, beta, chosen[todo])
     return best, chosen
