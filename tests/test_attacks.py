@@ -320,6 +320,19 @@ def test_asma_finished_images_leave_the_batch_and_the_beta_search_stops_early_pe
     reached = int((first.iou_target == 1).sum())
     assert reached >= 1 and max(second, default=0) <= x.shape[0] - reached
     assert (chosen[first.iou_target == 1] == 0.01).all()
+    # a prediction that never overlaps its target moves with alpha = tau whatever beta: the search runs it once
+    far = torch.zeros_like(target)
+    far[:, :, :2, :2] = 1  # a corner no prediction of these images reaches with tiny steps
+    far[0] = pred[0]
+    kw_far = dict(target=far, max_iter=20, tau=1e-6, l2_weight=0.1)
+    rows.clear()
+    one = asma(Counting(), x, y, beta=1e-3, **kw_far)
+    single_run = list(rows)
+    assert (one.peak_iou_target[1:] == 0).all(), one.peak_iou_target
+    rows.clear()
+    best, chosen = asma_beta_search(Counting(), x, y, betas=(1e-3, 1.0), **kw_far)
+    assert rows == single_run and (chosen == 1e-3).all()  # the second candidate ran on no image
+    torch.testing.assert_close(best.x_adv, asma(model, x, y, beta=1.0, **kw_far).x_adv)
 
 
 def test_bad_arguments(model, data):

@@ -99,3 +99,8 @@ def test_train_seg_records_its_precision(tmp_path, cli, synthetic_dataset):
     r = cli("train-seg", synthetic_dataset, "--out", out, "--arch", "linknet", "--encoder", "mobilenet_v2",
             "--steps", 2, "--batch-size", 8, "--device", "cpu", "--precision", "fp32")
     assert r.exit_code == 2 and "--precision" in r.output
+    # evaluate says the arithmetic it used apart from the precision score of the masks
+    r = cli("evaluate", synthetic_dataset, "--segmenter", out, "--device", "cpu", "--precision", "bf16", "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["float_precision"] == "bf16" and 0 <= result["precision"] <= 1

@@ -37,7 +37,9 @@ beta search (:func:`asma_beta_search`): Ozbulak et al. (experimental setup) fix 
 candidate, in the order given (ascending for the search), and keep, for each image, the candidate with
 the highest IoU with the target (ties: the smaller L2 perturbation). An image stops early: once a
 candidate reaches its target exactly (IoU 1, no higher IoU exists) the larger candidates are not run
-on it (they would move it with larger steps). The mean of per-image IoUs is then the highest any
+on it (they would move it with larger steps); and an image whose prediction never overlapped its target
+under the first candidate is not run again: its multiplier stayed alpha = tau at every iteration, so
+every beta gives it the same iterates (the tie rule keeps the first). The mean of per-image IoUs is then the highest any
 choice of candidates reaches, and an image's result does not depend on the other images of its batch
 or shard (up to floating-point rounding: finished images leave the batch).
 Their Table 1 reports L2 and L-inf of x_adv - x in [0, 1] units (images divided by 255), as
@@ -62,7 +64,8 @@ class AsmaResult:
     x_adv: (B, 3, H, W) in [0, 1]; iterations: (B,) int64, updates applied to each image;
     l2, linf: (B,) distances ||x_adv - x||_2 and ||x_adv - x||_inf in [0, 1] units;
     iou_target, pixel_acc_target: (B,) IoU and pixel accuracy of the final prediction against
-    the target mask (IoU = 1 when both are empty).
+    the target mask (IoU = 1 when both are empty); peak_iou_target: (B,) the highest IoU with the target
+    of any iterate's prediction (0: the multiplier stayed tau throughout, whatever beta).
     """
 
     x_adv: Tensor
@@ -71,6 +74,7 @@ class AsmaResult:
     linf: Tensor
     iou_target: Tensor
     pixel_acc_target: Tensor
+    peak_iou_target: Tensor
 
 
 def _iou(pred: Tensor, target: Tensor) -> Tensor:
@@ -119,6 +123,7 @@ def asma(
     x_adv = x0.clone()
     active = torch.ones(x0.shape[0], dtype=torch.bool, device=x0.device)
     iterations = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
+    peak = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
     n = 0
     while n < max_iter:
         # 0. one host sync per CHECK_EVERY iterations: the images still moving form the batch of the window
@@ -128,6 +133,7 @@ def asma(
         x_n, x0_live, t_live, act = x_adv[live], x0[live], target[live], active[live]
         target_sign = 2.0 * t_live - 1.0  # class logit of the target class: (2t - 1) z
         steps = torch.zeros_like(act, dtype=torch.long)
+        peak_live = peak[live]
         for _ in range(min(CHECK_EVERY, max_iter - n)):
             x_in = x_n.detach().requires_grad_(True)
             z = model(x_in)
@@ -140,13 +146,15 @@ def asma(
             objective = logit.sum() - l2_weight * (x_in - x0_live).square().sum()
             (grad,) = torch.autograd.grad(objective, x_in)
             # 3. adaptive step, box constraint, only on the active images
-            overlap = _iou(pred, t_live) if dynamic_multiplier else torch.zeros_like(act, dtype=x0.dtype)
+            iou = _iou(pred, t_live)
+            peak_live = torch.where(act, torch.maximum(peak_live, iou), peak_live)
+            overlap = iou if dynamic_multiplier else torch.zeros_like(iou)
             alpha = (beta * overlap + tau).view(-1, 1, 1, 1)
             x_next = (x_n + alpha * grad).clamp(0.0, 1.0)
             x_n = torch.where(act.view(-1, 1, 1, 1), x_next, x_n)
             steps += act
             n += 1
-        x_adv[live], active[live] = x_n.detach(), act
+        x_adv[live], active[live], peak[live] = x_n.detach(), act, peak_live
         iterations[live] += steps
     with torch.no_grad():
         pred = (model(x_adv) > 0).to(x0.dtype)
@@ -158,6 +166,7 @@ def asma(
         linf=delta.abs().amax(dim=1),
         iou_target=_iou(pred, target),
         pixel_acc_target=(pred == target).to(x0.dtype).flatten(1).mean(1),
+        peak_iou_target=torch.maximum(peak, _iou(pred, target)),
     )
 
 
@@ -180,9 +189,12 @@ def asma_beta_search(
         raise ValueError("asma_beta_search needs at least one beta")
     best = asma(model, x, y, target=target, beta=betas[0], **kwargs)
     chosen = torch.full((x.shape[0],), betas[0], dtype=torch.float64, device=x.device)
+    # an image whose prediction never overlapped its target ran with alpha = tau throughout: every beta gives it
+    # the same iterates, so it keeps the first candidate (as the tie rule would)
+    moved = best.peak_iou_target > 0 if kwargs.get("dynamic_multiplier", True) else torch.zeros_like(chosen, dtype=bool)
     for beta in betas[1:]:
         # 1. early stop per image: an image at its target (IoU 1) keeps its candidate (one host sync)
-        todo = torch.nonzero(best.iou_target < 1).flatten()
+        todo = torch.nonzero((best.iou_target < 1) & moved).flatten()
         if todo.numel() == 0:
             break
         result = asma(model, x[todo], y[todo], target=target[todo], beta=beta, **kwargs)

@@ -179,7 +179,7 @@ def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, devi
                           **pooled_ci(scores, cfg.bootstrap, cfg.seed)})
         image_rows += _image_rows(name, scores, pairs.ids)
         del pairs, logits
-    result = {"segmenter": cfg.segmenter, "split": cfg.split, "threshold": cfg.threshold, "precision": precision,
+    result = {"segmenter": cfg.segmenter, "split": cfg.split, "threshold": cfg.threshold, "float_precision": precision,
               "n_datasets": len(paths), "datasets": summaries,
               "tables": {f"cross-dataset ({cfg.split} split)": table_rows(summaries)}}
     _write_results(cfg, out, result, lambda: table_csv(summaries), lambda: _per_image_csv(image_rows, True))
@@ -421,7 +421,7 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
     mode = f"transfer (attack computed on {cfg.attack_segmenter})" if cfg.attack_segmenter else "white-box"
     title = f"robustness under {cfg.attack}" + (f", transferred from {attack_name}" if attack_name else "")
     result: dict = {"segmenter": cfg.segmenter, "attack": cfg.attack, "attack_mode": mode, "split": cfg.split,
-                    "threshold": cfg.threshold, "precision": precision,
+                    "threshold": cfg.threshold, "float_precision": precision,
                     **({"purify_guidance": purifier.guidance} if purifier else {})}
     result["splits_digests"] = {n: ds.splits_digest() for n, ds in zip(_names(paths), datasets)}  # splits.json's
     if len(paths) == 1 and len(segmenters) == 1:
@@ -518,7 +518,7 @@ def run(cfg: EvaluateConfig) -> dict:
     scores, totals = score(logits, pairs.masks, cfg.threshold)
     result = {"segmenter": cfg.segmenter, "data": cfg.data, "split": cfg.split,
               "splits_digest": ds.splits_digest(), "threshold": cfg.threshold,  # the digest of its splits.json
-              "precision": precision,
+              "float_precision": precision,
               **summarize(scores, totals, n_boot=cfg.bootstrap, seed=cfg.seed), **pooled_ci(scores, cfg.bootstrap, cfg.seed)}
     if cfg.csv:
         summary = {"dataset": dataset_names([cfg.data])[0], **result}
