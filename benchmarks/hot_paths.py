@@ -197,10 +197,10 @@ def sampling_budget(mask_net, image_net, size: int, mask_steps: int, image_steps
             "seconds_at_peak": pairs * per_pair / (peak_tflops * 1e12)}
 
 
-def gemm_rates(device: torch.device, n: int = 2048, repeats: int = 3) -> dict[str, float]:
+def gemm_rates(device: torch.device, n: int = 2048, repeats: int = 5, calls: int = 3) -> dict[str, float]:
     """TFLOP/s of a dense n x n x n matmul in float32 and in bfloat16 on ``device``: the roofline of these
-    cores, measured in the run that measures the networks (2 n^3 FLOPs, best of ``repeats``, the two
-    dtypes alternating so drifting load hits both)."""
+    cores, measured in the run that measures the networks (2 n^3 FLOPs per call, the best of ``repeats``
+    timings of ``calls`` calls, the two dtypes alternating so drifting load hits both)."""
     g = torch.Generator(device).manual_seed(0)
     a, b = (torch.randn(n, n, device=device, generator=g) for _ in range(2))
     operands = {"fp32": (a, b), "bf16": (a.bfloat16(), b.bfloat16())}
@@ -208,7 +208,7 @@ def gemm_rates(device: torch.device, n: int = 2048, repeats: int = 3) -> dict[st
     for _ in range(repeats):
         for k, (x, y) in operands.items():
             x @ y  # warm-up (and the library's first-call set-up)
-            best[k] = min(best[k], seconds(lambda x=x, y=y: x @ y, device))
+            best[k] = min(best[k], seconds(lambda x=x, y=y: [x @ y for _ in range(calls)], device) / calls)
     return {k: 2 * n ** 3 / s / 1e12 for k, s in best.items()}
 
 

@@ -1,0 +1,126 @@
+"""fp32 against bf16 on every network path, alternating in one process (docs/benchmarks.md, "Precision on the CPU").
+
+For a dense GEMM (the roofline), the image UNet's forward and train step, and the U-Net/ResNet-18
+segmenter's train step, forward and input gradient (what the attacks take), times the float32 path, the
+bf16-autocast path and, for forwards, the bf16 inference copy (``inference_net``), each the best of
+``--rounds`` x 2 calls, the variants of a path alternating so drifting load hits them alike.
+
+    python benchmarks/precision.py [--size 64] [--batch 16] [--model-size tiny] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from augforge.models.inference import inference_net
+from augforge.models.segmenter import build_segmenter, segmenter_config
+from augforge.models.unet import build_denoiser
+
+
+def _bf16_autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def best_ms(variants: dict, rounds: int) -> dict[str, float]:
+    """{name: fn} -> {name: best milliseconds of one call}, the variants alternating round by round."""
+    times = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            fn()  # warm-up
+            for _ in range(2):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {k: round(1000 * min(v), 1) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--model-size", default="tiny")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    B, S, fp32 = args.batch, args.size, contextlib.nullcontext
+    result = {"threads": torch.get_num_threads(), "size": S, "batch": B, "model_size": args.model_size}
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    ab, bb = a.bfloat16(), b.bfloat16()
+    gemm = best_ms({"fp32": lambda: a @ b, "bf16": lambda: ab @ bb}, args.rounds)
+    result["gemm_2048_tflops"] = {k: round(2 * 2048 ** 3 / (ms / 1000) / 1e12, 3) for k, ms in gemm.items()}
+
+    unet = build_denoiser(args.model_size, 4, 3, S).eval()
+    x, t = torch.randn(B, 4, S, S), torch.randint(0, 1000, (B,))
+    unet_bf16 = inference_net(copy.deepcopy(unet), "cpu", "bf16")
+
+    def forward(net, ctx, *inputs):
+        def call():
+            with torch.no_grad(), ctx():
+                net(*inputs)
+        return call
+
+    result["unet_forward_ms"] = best_ms({"fp32": forward(unet, fp32, x, t), "autocast": forward(unet, _bf16_autocast, x, t),
+                                         "bf16_weights": forward(unet_bf16, fp32, x, t)}, args.rounds)
+    unet.train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=False)
+
+    def unet_step(ctx):
+        def call():
+            with ctx():
+                loss = (unet(x, t).float() - x[:, :3]).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return call
+
+    result["unet_train_step_ms"] = best_ms({"fp32": unet_step(fp32), "autocast": unet_step(_bf16_autocast)}, args.rounds)
+
+    seg = build_segmenter(segmenter_config("unet", "resnet18"))
+    xs, ys = torch.rand(B, 3, S, S), (torch.rand(B, 1, S, S) > 0.5).float()
+    seg_opt = torch.optim.Adam(seg.parameters(), lr=1e-3, foreach=False)
+
+    def seg_step(ctx):
+        def call():
+            seg.train()
+            with ctx():
+                z = seg(xs)
+            loss = F.binary_cross_entropy_with_logits(z.float(), ys)
+            seg_opt.zero_grad()
+            loss.backward()
+            seg_opt.step()
+        return call
+
+    result["seg_train_step_ms"] = best_ms({"fp32": seg_step(fp32), "autocast": seg_step(_bf16_autocast)}, args.rounds)
+    seg.eval()
+    seg_bf16 = inference_net(copy.deepcopy(seg), "cpu", "bf16")
+    result["seg_forward_ms"] = best_ms({"fp32": forward(seg, fp32, xs), "autocast": forward(seg, _bf16_autocast, xs),
+                                        "bf16_weights": forward(seg_bf16, fp32, xs)}, args.rounds)
+
+    def input_grad(ctx):
+        def call():
+            xi = xs.clone().requires_grad_(True)
+            with ctx():
+                z = seg(xi)
+            torch.autograd.grad(z.float().sum(), xi)
+        return call
+
+    result["seg_input_grad_ms"] = best_ms({"fp32": input_grad(fp32), "autocast": input_grad(_bf16_autocast)},
+                                          args.rounds)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:22s} {value}")
+
+
+if __name__ == "__main__":
+    main()
