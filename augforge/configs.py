@@ -255,7 +255,9 @@ class SampleConfig:
     # ddim 50 keeps DDPM-1000's consistency (benchmarks/sampling.py)
     sampler: str = option("ddim", "ddpm | ddim | dpm-solver.")
     sample_steps: int = option(50, "Image sampler steps.")
-    mask_sample_steps: int = option(100, "Bernoulli reverse steps (strided from T).")
+    # 50 is inside every interval of 100's mask statistics and consistency, at 2.56x the pairs/s with bf16
+    # (benchmarks/sample_settings.py, docs/benchmarks.md)
+    mask_sample_steps: int = option(50, "Bernoulli reverse steps (strided from T).")
     guidance: str = option("auto", "Classifier-free guidance scale, or auto: the model's own (3 if trained with "
                                    "--cond-drop > 0, else 1). 1: none.", before=1.0)
     batch_size: int = option(16, "Pairs per batch (padded to it): pairs are bit-identical across shards and ranks at "
