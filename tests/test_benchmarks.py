@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from augforge.configs import SampleConfig, SynthesizeConfig
+from augforge.runtime import resolve_precision
 from augforge.stages.prepare import run_synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +63,19 @@ def test_hot_paths_prints_every_ratio():
         assert row["ours"] > 0 and row["reference"] > 0
         assert math.isclose(row["ratio"], row["ours"] / row["reference"], rel_tol=1e-9)
         assert f"{row['ratio']:7.3f}" in r.stdout  # printed in the table
-        # ours and the reference run the same networks in the same precision (bf16 inference nets on
-        # CUDA, float32 here): a ratio never hides a dtype difference
-        assert row["ours_dtype"] == row["reference_dtype"] == "float32", row
+        # ours and the reference run the same networks in the same precision (--precision auto: bf16 where the
+        # device has native bf16, else float32): a ratio never hides a dtype difference
+        assert row["ours_dtype"] == row["reference_dtype"], row
+    dtype = "bfloat16" if resolve_precision("auto", "cpu") == "bf16" else "float32"
+    assert result["precision"] == resolve_precision("auto", "cpu")
     forward = result["unet_forward"]
-    assert forward["gflops"] > 0 and forward["achieved_tflops"] > 0 and forward["peak_fraction"] is None  # CPU
-    assert forward["dtype"] == "float32"  # the inference net of the CPU (bf16 on CUDA: tests/test_cuda.py)
+    assert forward["gflops"] > 0 and forward["achieved_tflops"] > 0 and forward["dtype"] == dtype
+    # the roofline of these cores, measured in the run: the forward against the bf16 GEMM rate and its own dtype's
+    gemm = result["gemm_tflops"]
+    assert gemm["fp32"] > 0 and gemm["bf16"] > 0
+    assert math.isclose(forward["peak_fraction"], forward["achieved_tflops"] / gemm["bf16"], rel_tol=1e-9)
+    own = "bf16" if dtype == "bfloat16" else "fp32"
+    assert math.isclose(forward["gemm_fraction"], forward["achieved_tflops"] / gemm[own], rel_tol=1e-9)
     # the FLOP budget of 1600 pairs: 2 mask steps + the default sampler's steps, at an H100's peak (reference)
     budget = result["budget"]
     # batch 1 against a quarter of batch 4: on the CPU a batch at one timestep computes its time embedding

@@ -196,13 +196,18 @@ compile = true
 @pytest.mark.slow
 def test_inductor_compiled_training_tracks_eager(tmp_path, cli, synthetic_dataset):
     """Real inductor code on the CPU: train-image-diffusion (defaults: v, --cond-drop 0.1; tiny UNet,
-    32 px, batch 4) with --compile on tracks its eager run. Measured on a shared 2-core CPU (cold
-    cache): 4 steps, largest loss gap 6.0e-8 (91 s against 49 s eager, compile included). Tolerance 1e-4."""
+    32 px, batch 4) with --compile on tracks its eager run, at the precision auto picks. Measured on a
+    shared 2-core CPU (cold cache), 4 steps: largest loss gap 6.0e-8 in fp32 (91 s against 49 s eager,
+    compile included), 1.2e-4 in bf16 (inductor fuses the bf16 casts differently). Tolerance 1e-4 in fp32,
+    1e-3 in bf16."""
+    from augforge.runtime import resolve_precision
+
     torch._dynamo.reset()
     for name, extra in (("eager", ["--compile", "off"]), ("on", ["--compile", "on"])):
         r = _diffusion(cli, synthetic_dataset, tmp_path / f"i-{name}", "image", "--steps", 4, *extra)
         assert r.exit_code == 0, r.output
-    assert _losses(tmp_path / "i-on") == pytest.approx(_losses(tmp_path / "i-eager"), abs=1e-4)
+    tolerance = 1e-3 if resolve_precision("auto", "cpu") == "bf16" else 1e-4
+    assert _losses(tmp_path / "i-on") == pytest.approx(_losses(tmp_path / "i-eager"), abs=tolerance)
     torch._dynamo.reset()
 
 
