@@ -137,11 +137,11 @@ def _parameter(command: Command, f: Field) -> inspect.Parameter:
     """The Typer parameter of one config field: argument or option, its type, default, names and help."""
     meta = f.metadata
     kind = TYPES[f.type]
-    if meta.get("path"):
+    default = command.default(f)
+    if meta.get("path") and default != "":  # click's Path turns an empty default into "." (the working folder)
         kind = list[Path] if kind == list[str] else Path
     if meta.get("rest_into"):
         kind = list[Path]
-    default = command.default(f)
     default = ... if default is MISSING else list(default) if isinstance(default, tuple) else default
     help_ = command.helps.get(f.name, meta.get("help", ""))
     if meta.get("hub") == "model":

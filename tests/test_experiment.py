@@ -141,3 +141,9 @@ def test_the_toy_recipe_runs_end_to_end_and_two_jobs_make_the_same_files(tmp_pat
     # a rerun does nothing
     again = cli(*toy_args(tmp_path / "one", data, "--json"))
     assert json.loads(again.stdout)["ran"] == 0
+
+
+def test_a_recipe_that_reads_data_without_data_is_refused_in_one_line(tmp_path, cli):
+    """--data is optional (a recipe may name its own data); empty, it is not the working folder."""
+    r = cli("experiment", "evidence-low", "--out", tmp_path / "run", "--device", "cpu")
+    assert r.exit_code == 2 and "give --data" in r.output and len(r.output.strip().splitlines()) == 1, r.output
