@@ -422,8 +422,10 @@ def _one_step_weights(rank: int, world_size: int, init_file: str, out_file: str)
     loop.train_epoch()
     if rank == 0:
         torch.save(model.state_dict(), out_file)
-    if world_size > 1:
-        torch.distributed.destroy_process_group()
+    if world_size > 1:  # all ranks meet, then leave together (a rank tearing gloo down early can abort the other)
+        from augforge.runtime import leave_distributed
+
+        leave_distributed()
 
 
 def test_extra_weight_means_the_same_on_one_process_and_two_gloo_ranks(tmp_path):
