@@ -213,12 +213,17 @@ def native_bf16(device: torch.device | str) -> bool:
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    flags = (cpu_info("flags") or "").split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_info(key: str) -> str | None:
+    """The value of the first ``key`` line of /proc/cpuinfo ("flags", "model name"); None off Linux."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), None)
 
 
 def resolve_precision(mode: str, device: torch.device | str) -> str:
@@ -308,7 +313,5 @@ def describe_hardware(device: str) -> str:
 
     if device != "cpu" and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    info = Path("/proc/cpuinfo")
-    cpu = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if info.exists() else "CPU"
+    cpu = cpu_info("model name") or platform.processor() or "CPU"
     return f"{cpu}, {os.cpu_count()} cores, no GPU (torch {torch.__version__})"

@@ -18,6 +18,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from augforge.runtime import autocast
+
 
 class CastNet(nn.Module):
     """``net`` run in ``dtype``: floating tensor arguments cast to ``dtype`` on the way in, floating
@@ -70,7 +72,7 @@ class AutocastNet(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        with autocast(x.device, "bf16"):
             return self.net(x).float()
 
 
