@@ -74,3 +74,17 @@ def test_dasp_loss_empty_group_contributes_zero(extra):
     assert loss.item() == pytest.approx(2.0 * mean if extra else mean)
     loss.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("extras", [[], [3], [0, 1, 2, 3, 4, 5, 6, 7], [1, 5]])
+def test_one_process_group_sizes_leave_the_loss_bit_identical(extras):
+    """The training loop passes rank_group_sizes of the global batch; with one process they are the batch's own
+    counts, so Eq. 11 is bit for bit what it was without them (a batch without one of the groups included)."""
+    from augforge.seg.train import rank_group_sizes
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(8, 1, 16, 16, generator=g), (torch.rand(8, 1, 16, 16, generator=g) > 0.5).float()
+    is_extra = torch.zeros(8, dtype=torch.bool)
+    is_extra[extras] = True
+    sizes = rank_group_sizes(is_extra[None], 1)[0]
+    assert torch.equal(dasp_loss(logits, y, is_extra, 0.7, group_sizes=sizes), dasp_loss(logits, y, is_extra, 0.7))
