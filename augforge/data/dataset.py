@@ -2,10 +2,16 @@
 
 A dataset is a folder::
 
-    images/<id>.png   RGB uint8, all the same size
-    masks/<id>.png    single channel, 0 or 255
+    images/<id>.png   RGB uint8 (grey, one channel, when dataset.json says "channels": 1), all the same size
+    masks/<id>.png    single channel, 0 or 255 (with K > 2 classes: the class index 0..K-1)
     manifest.jsonl    one JSON object per pair, appended only after both files are on disk
     dataset.json      summary: count, image size, splits, what made it (command, options, seed, version)
+
+A dataset carries its classes (names, background first; K counts the background) and its image
+channels C (1 or 3) in dataset.json's ``classes`` and ``channels``; a dataset without them is binary
+(:data:`BINARY_CLASSES`) and RGB, and a binary RGB dataset is written without them, as before K-class
+data existed. In memory images are (N, C, H, W) and masks (N, 1, H, W) hold the class index (binary:
+{0, 1}); on disk a binary mask is 0/255 and a K-class mask the index itself (:func:`mask_file_values`).
 
 Writers open a folder with :func:`open_output`, which refuses a folder made by a different run
 (unless ``overwrite``) and resumes one made by the same run: :meth:`DatasetWriter.existing_ids`
@@ -39,6 +45,7 @@ UNUSED = "unused"  # prepare --train-limit: the train pairs left out (never trai
 SOURCES = ("real", "generated", "attacked")
 MANIFEST = "manifest.jsonl"
 INFO = "dataset.json"
+BINARY_CLASSES = ("background", "foreground")  # a dataset.json without "classes"
 # a corrupt file is our error to report in one line; OpenCV would also print its decoders' complaints
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 logging.getLogger("tifffile").setLevel(logging.CRITICAL + 1)  # likewise tifffile's notes on odd tags
@@ -210,6 +217,43 @@ def read_mask(path: Path) -> np.ndarray:
     return decode_mask(_read_bytes(path, "mask"), str(path))
 
 
+def decode_grey(data: bytes, where: str) -> np.ndarray:
+    """Encoded image bytes -> uint8 grey (H,W): a one-channel file as it is, a colour one by OpenCV's
+    luma (TIFF through :func:`decode_image`)."""
+    if _is_tiff(data):
+        return cv2.cvtColor(decode_image(data, where), cv2.COLOR_RGB2GRAY)
+    arr = _decode(data, cv2.IMREAD_GRAYSCALE)
+    if arr is None:
+        raise AugforgeError(f"{where}: unreadable or corrupt image file")
+    return arr
+
+
+def read_image_channels(path: Path, channels: int) -> np.ndarray:
+    """An image file of a dataset with ``channels`` -> uint8 (H,W,3) RGB or (H,W,1) grey."""
+    data = _read_bytes(path, "image")
+    return decode_grey(data, str(path))[..., None] if channels == 1 else decode_image(data, str(path))
+
+
+def mask_file_values(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """A class-index map (uint8, values 0..K-1) as a dataset's mask file stores it: 0/255 when binary
+    (K = 2), the index itself for K > 2."""
+    labels = np.asarray(labels, dtype=np.uint8)
+    return labels * np.uint8(255) if num_classes == 2 else labels
+
+
+def read_label_mask(path: Path, num_classes: int) -> np.ndarray:
+    """A dataset's own mask file -> uint8 (H,W) class indices 0..K-1. Binary (K = 2): :func:`read_mask`
+    // 255; K > 2: the one-channel PNG's values, each checked to be a class (one line naming the file)."""
+    if num_classes == 2:
+        return read_mask(path) // 255
+    arr = _decode(_read_bytes(path, "mask"), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 2 or arr.dtype != np.uint8:
+        raise AugforgeError(f"{path}: not a one-channel 8-bit class-index mask")
+    if arr.max() >= num_classes:
+        raise AugforgeError(f"{path}: mask value {int(arr.max())} is no class of this {num_classes}-class dataset")
+    return arr
+
+
 # --------------------------------------------------------------------------- reading
 
 @dataclass
@@ -223,6 +267,21 @@ class Dataset:
     @property
     def image_size(self) -> int:
         return int(self.info["image_size"])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names, background first (binary when dataset.json records none)."""
+        return tuple(self.info.get("classes", BINARY_CLASSES))
+
+    @property
+    def num_classes(self) -> int:
+        """K, background included (2 for a binary dataset)."""
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        """Image channels: 1 (grey) or 3 (RGB, when dataset.json records none)."""
+        return int(self.info.get("channels", 3))
 
     def split(self, split: str | None) -> list[dict]:
         if split in (None, "all"):
@@ -287,36 +346,39 @@ def read_dataset(root: Path, *, require_complete: bool = False) -> Dataset:
     return Dataset(root, info, sorted(rows, key=lambda r: r["id"]))
 
 
-def _decode_pair(root: Path, row: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
-    img = read_image(root / row["image"])
-    mask = read_mask(root / row["mask"])
+def _decode_pair(root: Path, row: dict, size: int, num_classes: int = 2,
+                 channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 (S,S,C), mask uint8 (S,S) class indices) of one manifest row."""
+    img = read_image_channels(root / row["image"], channels)
+    mask = read_label_mask(root / row["mask"], num_classes)
     if img.shape[:2] != (size, size) or mask.shape != (size, size):
         raise AugforgeError(f"{root / row['image']}: size {img.shape[1]}x{img.shape[0]} differs from the dataset's {size}x{size}")
     return img, mask
 
 
 def load_pairs(ds: Dataset, rows: list[dict] | None = None, *, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode pairs into uint8 tensors: images (N,3,H,W), masks (N,1,H,W) in {0,1}."""
+    """Decode pairs into uint8 tensors: images (N,C,H,W), masks (N,1,H,W) of class indices (binary: {0,1})."""
     rows = ds.rows if rows is None else rows
     size = ds.image_size
-    images = np.empty((len(rows), size, size, 3), np.uint8)
+    images = np.empty((len(rows), size, size, ds.channels), np.uint8)
     masks = np.empty((len(rows), size, size), np.uint8)
 
     def work(i: int) -> None:
-        images[i], masks[i] = _decode_pair(ds.root, rows[i], size)
+        images[i], masks[i] = _decode_pair(ds.root, rows[i], size, ds.num_classes, ds.channels)
 
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(work, range(len(rows))))
     return (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-            torch.from_numpy(masks // 255).unsqueeze(1))
+            torch.from_numpy(masks).unsqueeze(1))
 
 
 @dataclass
 class PairSet:
     """Pairs kept in memory as uint8 tensors, so training never decodes images per epoch.
 
-    ``images`` (N,3,H,W) uint8, ``masks`` (N,1,H,W) uint8 in {0,1}, ``is_extra`` (N,) bool marks
-    pairs that came from ``--extra`` datasets (generated/attacked), ``ids`` their ids.
+    ``images`` (N,C,H,W) uint8, ``masks`` (N,1,H,W) uint8 class indices (binary: {0,1}), ``is_extra``
+    (N,) bool marks pairs that came from ``--extra`` datasets (generated/attacked), ``ids`` their ids;
+    ``classes`` and ``channels`` those of the datasets.
     Kvasir-SEG at 256 px is about 200 MB. Call :meth:`to` to make it device-resident.
     """
 
@@ -324,15 +386,22 @@ class PairSet:
     masks: torch.Tensor
     is_extra: torch.Tensor
     ids: list[str] = field(default_factory=list)
+    classes: tuple[str, ...] = BINARY_CLASSES
+    channels: int = 3
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def to(self, device: torch.device) -> PairSet:
-        return PairSet(self.images.to(device), self.masks.to(device), self.is_extra.to(device), self.ids)
+        return PairSet(self.images.to(device), self.masks.to(device), self.is_extra.to(device), self.ids,
+                       self.classes, self.channels)
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Float images in [0,1], float masks in {0,1}, is_extra flags for the given indices."""
+        """Float images in [0,1], float masks of class indices (binary {0,1}), is_extra flags for the given indices."""
         index = index.to(self.images.device)
         return (self.images[index].float().div_(255.0), self.masks[index].float(), self.is_extra[index])
 
@@ -341,14 +410,23 @@ def load_pairset(roots: list[Path], split: str | None, *, extra_from: int = 1, i
     """Load and concatenate datasets; datasets from index ``extra_from`` on are flagged extra.
 
     ``split`` applies to the first dataset (the real one); extra datasets contribute all their
-    ``train`` pairs (generated/attacked pairs are training data).
+    ``train`` pairs (generated/attacked pairs are training data). Every dataset must have the first one's
+    classes and image channels.
     """
     images, masks, extra, ids = [], [], [], []
+    classes, channels = None, None
     for k, root in enumerate(roots):
         ds = read_dataset(root)
         if image_size is not None and ds.image_size != image_size:
             raise AugforgeError(f"{root}: image size {ds.image_size} differs from {image_size} (the first dataset's or the model's)")
         image_size = ds.image_size
+        if classes is None:
+            classes, channels = ds.classes, ds.channels
+        elif ds.classes != classes:
+            raise AugforgeError(f"{root}: classes ({', '.join(ds.classes)}) differ from {roots[0]}'s "
+                                f"({', '.join(classes)})")
+        elif ds.channels != channels:
+            raise AugforgeError(f"{root}: {ds.channels}-channel images, {roots[0]} has {channels}-channel ones")
         rows = ds.split(split) if k < extra_from else ds.split("train")
         if not rows:
             raise AugforgeError(f"{root}: no pairs in split {split if k < extra_from else 'train'!r}")
@@ -357,7 +435,7 @@ def load_pairset(roots: list[Path], split: str | None, *, extra_from: int = 1, i
         masks.append(ma)
         extra.append(torch.full((len(rows),), k >= extra_from))
         ids += [r["id"] for r in rows]
-    return PairSet(torch.cat(images), torch.cat(masks), torch.cat(extra), ids)
+    return PairSet(torch.cat(images), torch.cat(masks), torch.cat(extra), ids, classes, channels)
 
 
 # --------------------------------------------------------------------------- writing
@@ -593,17 +671,22 @@ class DatasetWriter:
       :meth:`close` or :meth:`finalize`.
     """
 
-    def __init__(self, out: Path, made_by: dict, image_size: int, *, overwrite: bool = False, max_pending: int = 2):
+    def __init__(self, out: Path, made_by: dict, image_size: int, *, overwrite: bool = False, max_pending: int = 2,
+                 classes: tuple[str, ...] = BINARY_CLASSES, channels: int = 3):
         self.root = Path(out)
         self.made_by = made_by
         self.image_size = image_size
+        self.classes, self.channels = tuple(classes), int(channels)
+        if len(self.classes) < 2 or self.channels not in (1, 3):
+            raise ValueError(f"a dataset needs >= 2 classes and 1 or 3 channels, got {self.classes} / {channels}")
         self.max_pending = max(1, max_pending)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[Future] = deque()
         self.resumed = open_output(self.root, made_by, overwrite=overwrite, marker=INFO)
         # the marker first: a writer of another shard that starts now sees an empty folder or this run's
         if not self.resumed and not (self.root / INFO).exists():
-            atomic_write_json(self.root / INFO, {"made_by": made_by, "image_size": image_size, "complete": False})
+            atomic_write_json(self.root / INFO, {"made_by": made_by, "image_size": image_size, **self._kind(),
+                                                 "complete": False})
         (self.root / "images").mkdir(exist_ok=True)
         (self.root / "masks").mkdir(exist_ok=True)
         self._repair_manifest()
@@ -621,12 +704,23 @@ class DatasetWriter:
                 with open(path, "r+b") as f:
                     f.truncate(data.rfind(b"\n") + 1)
 
+    def _kind(self) -> dict:
+        """dataset.json's classes/channels: written only when not binary/RGB (a binary RGB dataset as before)."""
+        kind = {} if self.classes == BINARY_CLASSES else {"classes": list(self.classes)}
+        return kind if self.channels == 3 else {**kind, "channels": self.channels}
+
     def existing_ids(self) -> set[str]:
         return {r["id"] for r in read_manifest(self.root / MANIFEST)}
 
     def _check(self, pair_id: str, image: np.ndarray, mask: np.ndarray) -> None:
-        if image.shape != (self.image_size, self.image_size, 3) or mask.shape != (self.image_size, self.image_size):
-            raise ValueError(f"pair {pair_id}: expected {self.image_size}px image and mask, got {image.shape} / {mask.shape}")
+        s = self.image_size
+        shapes = ((s, s, 3),) if self.channels == 3 else ((s, s), (s, s, 1))
+        if image.shape not in shapes or mask.shape != (s, s):
+            raise ValueError(f"pair {pair_id}: expected {s}px {self.channels}-channel image and mask, got "
+                             f"{image.shape} / {mask.shape}")
+
+    def _image(self, image: np.ndarray) -> np.ndarray:
+        return image if image.ndim == 2 or self.channels == 3 else image[..., 0]
 
     def _line(self, pair_id: str, row: dict) -> str:
         return json.dumps({"id": pair_id, "image": f"images/{pair_id}.png", "mask": f"masks/{pair_id}.png", **row},
@@ -642,16 +736,17 @@ class DatasetWriter:
             os.close(fd)
 
     def append(self, pair_id: str, image: np.ndarray, mask: np.ndarray, row: dict) -> None:
-        """image uint8 (S,S,3) RGB, mask uint8 (S,S) in {0,255}; row holds split/source/... fields. Synchronous."""
+        """image uint8 (S,S,3) RGB or, for a grey dataset, (S,S[,1]); mask uint8 (S,S): binary {0,255}, K-class
+        indices 0..K-1 (:func:`mask_file_values`); row holds split/source/... fields. Synchronous."""
         self._check(pair_id, image, mask)
-        atomic_write_bytes(self.root / f"images/{pair_id}.png", encode_png(image))
+        atomic_write_bytes(self.root / f"images/{pair_id}.png", encode_png(self._image(image)))
         atomic_write_bytes(self.root / f"masks/{pair_id}.png", encode_png(mask))
         self._append_lines(self._line(pair_id, row))
 
     def append_batch(self, pair_ids: list[str], images: np.ndarray, masks: np.ndarray, rows: list[dict]) -> None:
         """Queue a batch for the background thread (see the class docstring) and return.
 
-        images uint8 (B,S,S,3) RGB, masks uint8 (B,S,S) in {0,255}, rows B dicts; the arrays are
+        images uint8 (B,S,S,C), masks uint8 (B,S,S) as :meth:`append` takes them, rows B dicts; the arrays are
         kept by reference until written, so the caller must not modify them afterwards.
         """
         if not len(pair_ids) == len(images) == len(masks) == len(rows):
@@ -670,7 +765,7 @@ class DatasetWriter:
         """Background thread: files (encode, temporary name, rename), their fsyncs, then the rows."""
         paths = []
         for k, pair_id in enumerate(pair_ids):
-            for rel, array in ((f"images/{pair_id}.png", images[k]), (f"masks/{pair_id}.png", masks[k])):
+            for rel, array in ((f"images/{pair_id}.png", self._image(images[k])), (f"masks/{pair_id}.png", masks[k])):
                 paths.append(atomic_write_bytes(self.root / rel, encode_png(array), fsync=False))
         _sync_files(paths)
         self._append_lines("".join(self._line(i, r) for i, r in zip(pair_ids, rows)))
@@ -703,6 +798,7 @@ class DatasetWriter:
         info = {
             "made_by": self.made_by,
             "image_size": self.image_size,
+            **self._kind(),
             "count": len(rows),
             "splits": splits,
             "sources": sources,

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from augforge import __version__
+from augforge.data.dataset import BINARY_CLASSES
 from augforge.errors import AugforgeError
 from augforge.runtime import atomic_write_bytes, atomic_write_json, read_json
 
@@ -133,10 +134,14 @@ def model_fingerprint(model_dir: Path) -> str:
 
 
 def make_config(kind: str, *, network: dict, image_size: int, process: dict | None = None,
-                data_fingerprint: str = "", made_by: dict | None = None, steps_done: int = 0) -> dict:
+                data_fingerprint: str = "", made_by: dict | None = None, steps_done: int = 0,
+                classes: tuple[str, ...] = BINARY_CLASSES, channels: int = 3, **extra) -> dict:
+    """A model folder's config.json. ``classes`` (background first) and ``channels`` are those of the
+    data it was trained on; they are written only when not binary/RGB, so a binary colour model's config
+    is what it was before K-class data existed. ``extra``: further top-level keys (``mask_encoding``)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    return {
+    config = {
         "kind": kind,
         "network": network,
         "process": process or {},
@@ -146,6 +151,36 @@ def make_config(kind: str, *, network: dict, image_size: int, process: dict | No
         "steps_done": int(steps_done),
         "version": __version__,
     }
+    if tuple(classes) != BINARY_CLASSES:
+        config["classes"] = list(classes)
+    if int(channels) != 3:
+        config["channels"] = int(channels)
+    return {**config, **extra}
+
+
+def model_classes(config: dict) -> tuple[str, ...]:
+    """The classes of the data a model folder was trained on (background first); binary when unrecorded."""
+    return tuple(config.get("classes", BINARY_CLASSES))
+
+
+def model_channels(config: dict) -> int:
+    """The image channels (1 grey, 3 colour) of the data a model folder was trained on; 3 when unrecorded."""
+    return int(config.get("channels", 3))
+
+
+def _describe(classes: tuple[str, ...]) -> str:
+    return f"{len(classes)} classes ({', '.join(classes)})"
+
+
+def check_model_data(model_name, config: dict, data_name, classes: tuple[str, ...], channels: int) -> None:
+    """Refuse, in one line, a model whose classes or image channels differ from the data's."""
+    mine = model_classes(config)
+    if tuple(mine) != tuple(classes):
+        raise AugforgeError(f"{model_name}: a model of {_describe(mine)} cannot be used on {data_name}'s "
+                            f"{_describe(tuple(classes))}")
+    if model_channels(config) != int(channels):
+        raise AugforgeError(f"{model_name}: a model of {model_channels(config)}-channel images cannot be used on "
+                            f"{data_name}'s {int(channels)}-channel images")
 
 
 def save_model(model_dir: Path, config: dict, state_dict: dict[str, torch.Tensor]) -> None:
