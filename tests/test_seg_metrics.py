@@ -158,3 +158,100 @@ def test_hierarchical_bootstrap_over_shared_images_keeps_the_image_part_of_the_i
 def test_summarize_rejects_no_images():
     with pytest.raises(ValueError, match="zero images"):
         summarize({k: np.array([]) for k in ("iou", "dice", "precision", "recall")}, (0, 0, 0))
+
+
+# --------------------------------------------------------------------------- K classes (index masks)
+
+from augforge.seg.metrics import (  # noqa: E402
+    class_confusion_counts,
+    consistency_scores,
+    foreground_mean,
+    per_class_scores,
+    predicted_labels,
+    summarize_classes,
+)
+
+
+def _labels(rows: list[str]) -> torch.Tensor:
+    """One 1xW index mask per string of class digits, e.g. "0120"."""
+    return torch.tensor([[float(c) for c in r] for r in rows]).view(len(rows), 1, 1, len(rows[0]))
+
+
+# K = 3, classes 1 and 2 scored one-vs-rest
+# image 0: pred 0112 vs truth 0122 -> class 1: tp 1 fp 1 fn 0; class 2: tp 1 fp 0 fn 1
+# image 1: pred 0000 vs truth 0000 -> classes 1, 2 absent from both (score 1 each)
+# image 2: pred 2200 vs truth 1100 -> class 1: tp 0 fp 0 fn 2; class 2: tp 0 fp 2 fn 0
+K_PRED = _labels(["0112", "0000", "2200"])
+K_TRUTH = _labels(["0122", "0000", "1100"])
+
+
+def test_class_confusion_counts_by_hand():
+    tp, fp, fn = class_confusion_counts(K_PRED, K_TRUTH, 3)
+    assert tp.shape == (3, 3) and tp.dtype == torch.int64
+    assert tp[:, 1:].tolist() == [[1, 1], [0, 0], [0, 0]]
+    assert fp[:, 1:].tolist() == [[1, 0], [0, 0], [0, 2]]
+    assert fn[:, 1:].tolist() == [[0, 1], [0, 0], [2, 0]]
+    # background one-vs-rest: image 0 pred 0 at 1 px, truth 0 at 1 px
+    assert (tp[0, 0], fp[0, 0], fn[0, 0]) == (1, 0, 0)
+
+
+def test_per_class_scores_and_foreground_mean_by_hand_with_the_empty_convention_per_class():
+    s = per_class_scores(K_PRED, K_TRUTH, 3)
+    torch.testing.assert_close(s["dice"][:, 1:], torch.tensor([[2 / 3, 2 / 3], [1.0, 1.0], [0.0, 0.0]]))
+    torch.testing.assert_close(s["iou"][:, 1:], torch.tensor([[0.5, 0.5], [1.0, 1.0], [0.0, 0.0]]))
+    torch.testing.assert_close(s["precision"][:, 1:], torch.tensor([[0.5, 1.0], [1.0, 1.0], [0.0, 0.0]]))
+    torch.testing.assert_close(s["recall"][:, 1:], torch.tensor([[1.0, 0.5], [1.0, 1.0], [0.0, 0.0]]))
+    m = foreground_mean(s)
+    torch.testing.assert_close(m["dice"], torch.tensor([2 / 3, 1.0, 0.0]))
+    torch.testing.assert_close(m["precision"], torch.tensor([0.75, 1.0, 0.0]))
+    assert all(v.dtype == torch.float32 and v.shape == (3,) for v in m.values())
+
+
+def test_summarize_classes_by_hand():
+    s = per_class_scores(K_PRED, K_TRUTH, 3)
+    tp, fp, fn = class_confusion_counts(K_PRED, K_TRUTH, 3)
+    out = summarize_classes(s, (tp.sum(0), fp.sum(0), fn.sum(0)), ("background", "disc", "cup"), n_boot=100)
+    assert out["classes"] == ["background", "disc", "cup"] and list(out["per_class"]) == ["disc", "cup"]
+    disc, cup = out["per_class"]["disc"], out["per_class"]["cup"]
+    assert disc["mDice"] == pytest.approx((2 / 3 + 1 + 0) / 3) and cup["mDice"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    # pooled: disc tp 1 fp 1 fn 2 -> Dice 2/5, IoU 1/4; cup tp 1 fp 2 fn 1 -> Dice 2/5, IoU 1/4
+    assert disc["micro_dice"] == pytest.approx(2 / 5) and cup["micro_iou"] == pytest.approx(1 / 4)
+    assert disc["micro_precision"] == pytest.approx(1 / 2) and cup["micro_precision"] == pytest.approx(1 / 3)
+    assert out["micro_dice"] == pytest.approx(2 / 5)
+    assert out["micro_precision"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert out["mDice"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert out["precision"] == pytest.approx((0.75 + 1 + 0) / 3)
+    lo, hi = out["mDice_ci95"]
+    assert lo <= out["mDice"] <= hi
+    json.dumps(out)
+
+
+def test_k_equals_2_index_maps_score_exactly_as_the_binary_module():
+    """A K = 2 index map scored as K classes gives the binary scores bit for bit: per image, pooled, intervals."""
+    s = per_class_scores(PRED, TRUTH, 2)
+    binary = per_image_scores(PRED, TRUTH)
+    for name in binary:
+        assert torch.equal(s[name][:, 1], binary[name])
+        assert torch.equal(foreground_mean(s)[name], binary[name])
+    tp, fp, fn = class_confusion_counts(PRED, TRUTH, 2)
+    btp, bfp, bfn, _ = confusion_counts(PRED, TRUTH)
+    assert torch.equal(tp[:, 1], btp) and torch.equal(fp[:, 1], bfp) and torch.equal(fn[:, 1], bfn)
+    k_summary = summarize_classes({k: v.numpy() for k, v in s.items()}, (tp.sum(0), fp.sum(0), fn.sum(0)),
+                                  ("background", "foreground"), n_boot=300, seed=3)
+    b_summary = summarize({k: v.numpy() for k, v in binary.items()}, (btp.sum(), bfp.sum(), bfn.sum()), n_boot=300,
+                          seed=3)
+    assert {k: k_summary[k] for k in b_summary} == b_summary
+    assert k_summary["per_class"]["foreground"] == b_summary
+
+
+def test_predicted_labels_and_consistency_scores_branch_on_the_logit_channels():
+    # binary: sigmoid > threshold; the per-image scores of that prediction
+    logits = torch.tensor([-2.0, 0.5, 3.0, -0.1]).view(1, 1, 1, 4)
+    assert predicted_labels(logits).view(-1).tolist() == [0, 1, 1, 0]
+    assert predicted_labels(logits, threshold=0.8).view(-1).tolist() == [0, 0, 1, 0]
+    y = _masks(["0110"])
+    assert torch.equal(consistency_scores(logits, y)["dice"], per_image_scores(torch.sigmoid(logits) > 0.5, y)["dice"])
+    # K = 3: argmax, then the foreground mean
+    k_logits = torch.nn.functional.one_hot(K_PRED[:, 0].long(), 3).permute(0, 3, 1, 2).float()
+    assert torch.equal(predicted_labels(k_logits), K_PRED.long())
+    torch.testing.assert_close(consistency_scores(k_logits, K_TRUTH)["dice"], torch.tensor([2 / 3, 1.0, 0.0]))

@@ -1,4 +1,4 @@
-"""Binary segmentation metrics: per-image confusion counts and scores, dataset summaries.
+"""Segmentation metrics: per-image confusion counts and scores, dataset summaries; binary and K-class.
 
 Convention for undefined scores (empty masks): a score whose denominator is 0 is 1 when the
 image is predicted exactly right (no false positive and no false negative) and 0 otherwise.
@@ -8,6 +8,24 @@ empty mask has recall 0 (and precision 0).
 
 Summaries follow the polyp-segmentation papers: mIoU and mDice are means of per-image scores;
 micro ("pooled") IoU/Dice come from the confusion counts summed over the dataset.
+
+K classes (index masks (B, 1, H, W) in 0..K-1; the prediction is the argmax of K logits): each class c
+is scored one-vs-rest, pred_c = [pred = c], y_c = [y = c], with the binary formulas and the same
+empty-mask convention *per class* (a class absent from both the prediction and the mask of an image
+scores 1 there). With tp_ic, fp_ic, fn_ic the counts of class c in image i and F the foreground classes
+1..K-1 (background, class 0, is left out of every mean, as the binary scores leave it out):
+
+- per image, per class: IoU_ic = tp / (tp + fp + fn), Dice_ic = 2 tp / (2 tp + fp + fn), precision,
+  recall likewise (:func:`per_class_scores`);
+- per image: the mean over the foreground classes, Dice_i = 1/|F| Σ_{c∈F} Dice_ic (likewise IoU,
+  precision, recall) (:func:`foreground_mean`); mDice / mIoU are the means over images of these, so for
+  K > 2 they are the per-image, class-averaged scores;
+- per class over the dataset: mDice_c = mean_i Dice_ic; pooled Dice_c = 2 T_c / (2 T_c + FP_c + FN_c)
+  with T_c = Σ_i tp_ic (likewise FP_c, FN_c); the pooled ("micro") Dice of the dataset is the mean over the
+  foreground classes of the pooled per-class Dice (likewise IoU, precision, recall)
+  (:func:`summarize_classes`).
+
+For K = 2 every one of these equals the binary score of the foreground class exactly (tested).
 """
 
 from __future__ import annotations
@@ -59,6 +77,56 @@ def per_image_scores(pred_bin: torch.Tensor, y: torch.Tensor) -> dict[str, torch
     """
     tp, fp, fn, _ = confusion_counts(pred_bin, y)
     return _scores(tp, fp, fn)
+
+
+def class_confusion_counts(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, ...]:
+    """Per-image, per-class (tp, fp, fn), each (B, K) int64, class c scored one-vs-rest.
+
+    pred, y: (B, 1, H, W) class indices 0..K-1 (integer or float holding integers).
+    """
+    # 1. one-hot (B, K, H, W) bool of prediction and truth
+    classes = torch.arange(num_classes, device=pred.device).view(1, -1, *([1] * (pred.ndim - 2)))
+    p = pred.long() == classes
+    t = y.long() == classes
+    # 2. counts per image and class
+    dims = tuple(range(2, p.ndim))
+    tp = (p & t).sum(dims)
+    fp = (p & ~t).sum(dims)
+    fn = (~p & t).sum(dims)
+    return tp, fp, fn
+
+
+def per_class_scores(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+    """IoU, Dice, precision and recall of each image and class: dict of (B, K) float32 tensors in [0, 1].
+
+    pred, y: (B, 1, H, W) class indices. Empty-mask convention of the module docstring, per class.
+    """
+    tp, fp, fn = class_confusion_counts(pred, y, num_classes)
+    return _scores(tp, fp, fn)
+
+
+def foreground_mean(class_scores: dict) -> dict:
+    """The mean over the foreground classes 1..K-1 of per-class scores: (B, K) -> (B,) per key (torch or numpy)."""
+    return {k: v[:, 1:].mean(1) if isinstance(v, torch.Tensor) else np.asarray(v)[:, 1:].mean(1)
+            for k, v in class_scores.items()}
+
+
+def predicted_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """The prediction of a segmenter's logits as a (B, 1, H, W) index map: one logit (binary): foreground
+    (1) where sigmoid(logit) > ``threshold``; K logits: the argmax class (``threshold`` unused)."""
+    if logits.shape[1] == 1:
+        return (torch.sigmoid(logits) > threshold).long()
+    return logits.argmax(1, keepdim=True)
+
+
+def consistency_scores(logits: torch.Tensor, y: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
+    """Per-image IoU, Dice, precision, recall (B,) of a segmenter's logits against index masks y (B, 1, H, W):
+    binary (one logit): :func:`per_image_scores` of sigmoid(logit) > ``threshold``; K logits: the mean over
+    the foreground classes of :func:`per_class_scores` of the argmax (what ``filter``, ``evaluate`` and the
+    training loop's validation call Dice for K classes)."""
+    if logits.shape[1] == 1:
+        return per_image_scores(torch.sigmoid(logits) > threshold, y)
+    return foreground_mean(per_class_scores(logits.argmax(1, keepdim=True), y, logits.shape[1]))
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -160,3 +228,31 @@ def summarize(scores: dict, totals: tuple, n_boot: int = 1000, seed: int = 0) ->
         "mIoU_ci95": list(bootstrap_ci(values["iou"], n_boot, seed)),
         "mDice_ci95": list(bootstrap_ci(values["dice"], n_boot, seed)),
     }
+
+
+def summarize_classes(class_scores: dict, class_totals: tuple, classes: tuple[str, ...] | list[str],
+                      n_boot: int = 1000, seed: int = 0) -> dict:
+    """Dataset summary of a K-class segmentation (JSON-able floats): :func:`summarize`'s keys for the mean over
+    the foreground classes, plus ``classes`` (the K names, background first) and ``per_class`` ({name:
+    :func:`summarize` of that class alone} for each foreground class).
+
+    class_scores: per-image, per-class arrays (N, K) (numpy or CPU tensors) with keys iou, dice, precision,
+    recall (:func:`per_class_scores` concatenated over batches). class_totals: (tp, fp, fn), each (K,), summed
+    over the dataset. The foreground mean's mIoU, mDice, precision, recall are means over images of the
+    per-image foreground means (intervals: bootstrap over images, as :func:`summarize`); its micro_* are the
+    means over the foreground classes of the pooled per-class scores. For K = 2 the result's summarize keys
+    equal :func:`summarize` of the binary scores exactly.
+    """
+    k = len(classes)
+    if k < 2:
+        raise ValueError(f"need at least 2 classes (background first), got {list(classes)}")
+    arrays = {name: np.asarray(class_scores[name], dtype=np.float64).reshape(-1, k) for name in SCORE_NAMES}
+    tp, fp, fn = (np.asarray(t, dtype=np.int64).reshape(-1) for t in class_totals)
+    # 1. each foreground class alone: its column of per-image scores, its pooled counts
+    per_class = {classes[c]: summarize({name: a[:, c] for name, a in arrays.items()}, (tp[c], fp[c], fn[c]),
+                                       n_boot, seed) for c in range(1, k)}
+    # 2. the foreground mean: per-image means over the classes; pooled scores averaged over the classes
+    result = summarize(foreground_mean(arrays), (0, 0, 0), n_boot, seed)
+    for name in SCORE_NAMES:
+        result[f"micro_{name}"] = float(np.mean([per_class[c][f"micro_{name}"] for c in classes[1:]]))
+    return {**result, "classes": list(classes), "per_class": per_class}
