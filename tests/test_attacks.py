@@ -445,3 +445,211 @@ def test_asma_ablation_switches(model, data):
     full = asma(model, x, y, target=target, max_iter=100, beta=0.01, tau=0.01, l2_weight=0.1)
     const = asma(model, x, y, target=target, max_iter=100, beta=0.01, tau=0.01, l2_weight=0.1, dynamic_multiplier=False)
     assert full.iou_target.mean() >= const.iou_target.mean()
+
+
+# --------------------------------------------------------------------------- K classes, any image channels
+
+LEVELS = (0.2, 0.5, 0.8)  # background, disc, cup intensities of the K = 3 toy images
+
+
+class LevelSegmenter(nn.Module):
+    """K = 3 logits g_c = -a (m - mu_c)^2, m the 3x3 local mean of the channel mean, mu = LEVELS:
+    each pixel is the class whose intensity level its neighbourhood is nearest (any channel count C)."""
+
+    def __init__(self, channels: int = 1, a: float = 40.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 1, 3, padding=1, padding_mode="replicate", bias=False)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0 / (9 * channels))
+        self.register_buffer("mu", torch.tensor(LEVELS).view(1, -1, 1, 1))
+        self.a = a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.a * (self.conv(x) - self.mu).square()
+
+
+def nested_discs(n: int = 4, channels: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (n, C, S, S) in [0, 1]: a disc (class 1) holding a smaller cup (class 2); index masks (n, 1, S, S)."""
+    g = torch.Generator().manual_seed(seed)
+    centre = 9 + 6 * torch.rand(n, 2, generator=g)
+    radius = 6 + 2 * torch.rand(n, generator=g)
+    ii, jj = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    d2 = (ii - centre[:, 0, None, None]) ** 2 + (jj - centre[:, 1, None, None]) ** 2
+    y = (d2 <= radius[:, None, None] ** 2).float() + (d2 <= (radius[:, None, None] / 2) ** 2).float()
+    y = y[:, None]
+    level = torch.tensor(LEVELS)[y.long()]
+    x = (level + 0.03 * torch.randn(n, channels, SIZE, SIZE, generator=g)).clamp(0, 1)
+    return x, y
+
+
+def k_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str = "bce", weights=None) -> torch.Tensor:
+    with torch.no_grad():
+        return adversarial_loss(model(x), y, kind, weights).mean()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", sorted(KWARGS))
+@pytest.mark.parametrize("weighted", [False, True])
+def test_k_class_attacks_keep_budget_and_box_and_move_the_loss(name, weighted, channels):
+    """Every registered attack on a K = 3 segmenter of C-channel images: shape, [0, 1], the eps ball, and the
+    K-class loss up (fgsm, pgd, diff-pgd on the purified image) or down (inverse-fgsm)."""
+    model = LevelSegmenter(channels).eval()
+    x, y = nested_discs(channels=channels)
+    with torch.no_grad():
+        assert (model(x).argmax(1, keepdim=True) == y).float().mean() > 0.9  # the toy model reads the toy images
+        weights = uncertainty_weights(model(x)) if weighted else None
+    assert weights is None or weights.shape == y.shape
+    out = ATTACKS[name](model, x, y, eps=EPS, weights=weights, generator=torch.Generator().manual_seed(1),
+                        **KWARGS[name])
+    assert out.shape == x.shape and not out.requires_grad
+    final = 0.5 + (out - 0.5) / 0.8 if name == "diff-pgd" else out  # diff-pgd: undo the toy purifier
+    assert final.min() >= -1e-6 and final.max() <= 1 + 1e-6
+    assert 0 < (final - x).abs().max() <= EPS + 1e-6
+    # the loss the attack moves (weighted: Eq. 10's), at a budget below the toy model's level gaps (its logits are
+    # quadratic: a signed step much larger than the distance to a level overshoots it)
+    small = {**KWARGS[name], **({"step_size": 0.01} if "step_size" in KWARGS[name] else {})}
+    for kind in ("bce", "dice"):
+        if name == "noise":
+            break
+        out = ATTACKS[name](model, x, y, eps=0.04, weights=weights, loss=kind,
+                            generator=torch.Generator().manual_seed(1), **small)
+        clean = k_loss(model, shrink(x) if name == "diff-pgd" else x, y, kind, weights)
+        if name == "inverse-fgsm":
+            assert k_loss(model, out, y, kind, weights) < clean
+        else:
+            assert k_loss(model, out, y, kind, weights) > clean
+
+
+def test_k_class_losses_closed_form():
+    """bce on K logits is the pixel mean of cross-entropy (weighted: foreground pixels only, Eq. 10's y_i as
+    y_i > 0); dice is 1 - the mean soft Dice over the foreground classes."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 3, 8, 8, generator=g)
+    y = torch.randint(0, 3, (2, 1, 8, 8), generator=g).float()
+    w = torch.rand(2, 1, 8, 8, generator=g)
+    logp = logits.log_softmax(1)
+    ce = -logp.gather(1, y.long())
+    torch.testing.assert_close(adversarial_loss(logits, y, "bce"), ce.flatten(1).mean(1))
+    torch.testing.assert_close(adversarial_loss(logits, y, "bce", w), ((y > 0) * w * ce).flatten(1).mean(1))
+    p = logp.exp()
+    dice = [(2 * (w * p[:, c:c + 1] * (y == c)).flatten(1).sum(1) + 1)
+            / ((w * p[:, c:c + 1]).flatten(1).sum(1) + (w * (y == c)).flatten(1).sum(1) + 1) for c in (1, 2)]
+    torch.testing.assert_close(adversarial_loss(logits, y, "dice", w), 1 - (dice[0] + dice[1]) / 2)
+    # a perfect, confident prediction has (almost) no Dice loss; the worst one almost 1
+    perfect = 30.0 * (y.long() == torch.arange(3).view(1, 3, 1, 1)).float()
+    assert adversarial_loss(perfect, y, "dice").max() < 1e-3
+    assert adversarial_loss(-perfect, y, "dice").min() > 0.95
+    with pytest.raises(ValueError, match="logits must be"):
+        adversarial_loss(logits[:, :, :4], y)
+
+
+def test_k2_weight_is_eq10_bit_for_bit():
+    """The K-class W (margin top1 - top2) of a 2-logit model with logits (0, l) is exactly Eq. 10's W of l."""
+    g = torch.Generator().manual_seed(5)
+    l = 6 * torch.randn(3, 1, 16, 16, generator=g)
+    l[0, 0, 0, :3] = torch.tensor([0.0, -0.0, 1e-30])
+    two = torch.cat([torch.zeros_like(l), l], 1)
+    for sigma2 in (4.0, 0.5, 11.0):
+        assert torch.equal(uncertainty_weights(two, sigma2), uncertainty_weights(l, sigma2))
+    # K = 3: the margin of the two leading classes
+    three = torch.tensor([1.0, 4.0, 2.5]).view(1, 3, 1, 1)
+    torch.testing.assert_close(uncertainty_weights(three, 4.0), torch.exp(torch.tensor(-1.5**2 / 8.0)).view(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("kind", ["bce", "dice"])
+def test_k2_losses_equal_the_binary_ones(kind):
+    """A 2-logit model with logits (0, l) has the binary loss of l: cross-entropy = BCE, weighted (Eq. 10 with y_i
+    the foreground) and not; the mean foreground soft Dice = the binary soft Dice; the attacks step alike."""
+    g = torch.Generator().manual_seed(6)
+    l = 4 * torch.randn(3, 1, 12, 12, generator=g)
+    y = (torch.rand(3, 1, 12, 12, generator=g) > 0.6).float()
+    w = uncertainty_weights(l)
+    two = torch.cat([torch.zeros_like(l), l], 1)
+    for weights in (None, w):
+        torch.testing.assert_close(adversarial_loss(two, y, kind, weights), adversarial_loss(l, y, kind, weights))
+    binary = BlobSegmenter().eval()
+
+    class TwoLogit(nn.Module):
+        def forward(self, x):
+            z = binary(x)
+            return torch.cat([torch.zeros_like(z), z], 1)
+
+    x, y = blobs()
+    with torch.no_grad():
+        wx = uncertainty_weights(binary(x))
+    for name in ("fgsm", "pgd"):
+        a = ATTACKS[name](binary, x, y, eps=EPS, loss=kind, weights=wx, **KWARGS[name],
+                          generator=torch.Generator().manual_seed(2))
+        b = ATTACKS[name](TwoLogit(), x, y, eps=EPS, loss=kind, weights=wx, **KWARGS[name],
+                          generator=torch.Generator().manual_seed(2))
+        assert (a - b).abs().max() <= 1e-6 or (a != b).float().mean() < 1e-3  # a sign flip of a ~0 gradient at most
+
+
+def test_asma_k2_with_class_logits_minus_z_z_is_binary_asma():
+    """Binary ASMA reads one logit z as the class logits (-z, z): a 2-logit model giving them runs the same attack."""
+    binary = BlobSegmenter().eval()
+
+    class TwoLogit(nn.Module):
+        def forward(self, x):
+            z = binary(x)
+            return torch.cat([-z, z], 1)
+
+    x, y = blobs()
+    with torch.no_grad():
+        pred = (binary(x) > 0).float()
+    target = torch.roll(pred, shifts=(2, 2), dims=(2, 3))
+    kw = dict(target=target, max_iter=40, beta=0.01, tau=0.01, l2_weight=0.1)
+    a, b = asma(binary, x, y, **kw), asma(TwoLogit(), x, y, **kw)
+    torch.testing.assert_close(b.x_adv, a.x_adv)
+    for key in ("iterations", "iou_target", "pixel_acc_target", "peak_iou_target"):
+        torch.testing.assert_close(getattr(b, key), getattr(a, key))
+
+
+def test_mean_foreground_iou():
+    from augforge.attacks.asma import _iou, mean_foreground_iou
+
+    t = torch.zeros(3, 1, 4, 4)
+    t[:, :, :2, :2] = 1
+    t[:, :, :1, :1] = 2
+    p = t.clone()
+    p[1, :, 3, 3] = 2  # class 2 gains a false pixel: IoU 1/2; class 1 stays 3/3
+    p[2] = 0  # both classes missed
+    torch.testing.assert_close(mean_foreground_iou(p, t, 3), torch.tensor([1.0, 0.75, 0.0]))
+    # classes in neither mask do not count; no foreground at all scores 1
+    torch.testing.assert_close(mean_foreground_iou(p, t, 5), torch.tensor([1.0, 0.75, 0.0]))
+    empty = torch.zeros(1, 1, 4, 4)
+    assert mean_foreground_iou(empty, empty, 3).item() == 1.0
+    # K = 2: the binary foreground IoU
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(5, 1, 6, 6, generator=g) > 0.5).float(), (torch.rand(5, 1, 6, 6, generator=g) > 0.5).float()
+    torch.testing.assert_close(mean_foreground_iou(a, b, 2), _iou(a, b))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_asma_k3_reaches_a_shifted_target_with_per_class_masks(channels):
+    """ASMA (Eq. 2, per-class adaptive masks) on the K = 3 toy model reaches its target, the target-class
+    logits of the pixels still off target pulling; an image already at its target does not move."""
+    model = LevelSegmenter(channels).eval()
+    x, y = nested_discs(channels=channels)
+    with torch.no_grad():
+        pred = model(x).argmax(1, keepdim=True).float()
+    target = torch.roll(pred, shifts=(2, 2), dims=(2, 3))
+    target[0] = pred[0]
+    res = asma(model, x, y, target=target, max_iter=150, beta=0.01, tau=0.01, l2_weight=0.1)
+    with torch.no_grad():
+        final = model(res.x_adv).argmax(1, keepdim=True).float()
+    assert res.iterations[0] == 0 and torch.equal(res.x_adv[0], x[0]) and res.iou_target[0] == 1
+    assert (res.iou_target[1:] > 0.9).all(), res.iou_target
+    assert (final == target).float().mean() > 0.98
+    torch.testing.assert_close(res.pixel_acc_target, (final == target).float().flatten(1).mean(1))
+    from augforge.attacks.asma import mean_foreground_iou
+
+    torch.testing.assert_close(res.iou_target, mean_foreground_iou(final, target, 3))
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    # the static mask pulls on every pixel: one step differs from the adaptive one
+    one = dict(target=target, max_iter=1, beta=0.0, tau=0.01, l2_weight=0.0)
+    static, adaptive = asma(model, x, y, adaptive_mask=False, **one), asma(model, x, y, **one)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xg).gather(1, target.long()).sum(), xg)
+    torch.testing.assert_close(static.x_adv[1:], (x + 0.01 * grad).clamp(0, 1)[1:])  # image 0 is at its target
+    assert not torch.equal(static.x_adv[1:], adaptive.x_adv[1:])

@@ -1,17 +1,21 @@
-"""Adversarial attacks on binary segmenters: pure functions, tensors in, tensors out.
+"""Adversarial attacks on binary and K-class segmenters: pure functions, tensors in, tensors out.
 
 Every untargeted attack has one signature (torchattacks' ``forward`` without a base class):
 
     attack(model, x, y, *, eps, [step_size, steps, ...], loss="bce", weights=None,
            weight_mode="loss", generator=None) -> x_adv
 
-- ``model(x) -> logits``: any nn.Module, x (B, 3, H, W) in [0, 1], logits (B, 1, H, W); the
+- ``model(x) -> logits``: any nn.Module, x (B, C, H, W) in [0, 1] (C = 1 grey or 3 colour), logits
+  (B, 1, H, W) for a binary segmenter or (B, K, H, W), K > 1, for a K-class one (the channel count
+  decides: sigmoid/BCE/Dice for one logit, softmax/cross-entropy/mean foreground Dice for K); the
   caller sets its mode (eval); only input gradients are taken (no parameter .grad).
-- ``y``: masks (B, 1, H, W) in {0, 1}; ``loss``: "bce" or "dice" (``losses.adversarial_loss``).
+- ``y``: index masks (B, 1, H, W), {0, 1} binary or 0..K-1; ``loss``: "bce" (K classes: its
+  K-class reading, cross-entropy) or "dice" (``losses.adversarial_loss``).
 - budgets (eps, step_size) are in [0, 1] units; the stage converts 0-255 budgets once with
   ``augforge.ranges.intensity_to_unit``.
-- ``weights``: DASP per-pixel uncertainty weights from :func:`uncertainty_weights` on the clean
-  logits; ``weight_mode`` "loss" (DASP Eq. 10) or "step" (per-pixel step scale).
+- ``weights``: DASP per-pixel uncertainty weights (B, 1, H, W) from :func:`uncertainty_weights` on
+  the clean logits (K classes: from the margin between the two largest logits); ``weight_mode``
+  "loss" (DASP Eq. 10) or "step" (per-pixel step scale).
 - ``generator``: the only source of randomness (PGD/Diff-PGD random start): one generator, or a
   list of one per image so that an image's result does not depend on the batch it is in.
 - x_adv: detached, in [0, 1] and within eps of x (L-inf), except Diff-PGD whose output is the

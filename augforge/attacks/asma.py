@@ -1,14 +1,29 @@
 """ASMA, the Adaptive Segmentation Mask Attack (Ozbulak et al., MICCAI 2019), targeted.
 
 "Impact of adversarial examples on deep learning models for biomedical image segmentation".
-For a one-logit segmenter f(x) = z (B, 1, H, W) we use the class logits (g_0, g_1) = (-z, z),
-so the logit of a pixel's target class c is (2c - 1) z and the prediction is z > 0. Per
-iteration n (paper Eq. 2-4, and its reference code):
+The paper writes it for M classes: with class logits g_c(x_n) (c = 0..M-1), the prediction
+P_n = argmax_c g_c(x_n), the target Y_A and the per-class adaptive masks
+M_n^c = 1[Y_A = c] 1[P_n != c] (pixels whose target is c and whose prediction is not yet c), Eq. 2-4:
 
-    1. P_n = 1[z_n > 0]; the adaptive mask 1[target = c] 1[P_n != c] keeps only the pixels not
-       yet at their target class
-    2. J(x_n) = sum_i (2 t_i - 1) z_{n,i} 1[P_{n,i} != t_i]  -  lambda * ||x_n - x_0||_2^2
+    J(x_n) = sum_c sum_i M_{n,i}^c g_{c,i}(x_n),   x_{n+1} = x_n + alpha_n grad_x J(x_n),
+    alpha_n = beta * IoU(Y_A, P_n) + tau
+
+As every pixel has one target class, sum_c M^c g_c is the logit of the pixel's target class on the
+pixels not yet predicted as it. Per iteration n (and the paper's reference code):
+
+    1. P_n: the prediction; the adaptive mask 1[P_{n,i} != t_i] keeps only the pixels not yet at
+       their target class t_i
+    2. J(x_n) = sum_i g_{t_i,i}(x_n) 1[P_{n,i} != t_i]  -  lambda * ||x_n - x_0||_2^2
     3. x_{n+1} = clip_[0,1]( x_n + alpha_n * grad_x J(x_n) ),  alpha_n = beta * IoU(t, P_n) + tau
+
+Binary, a one-logit segmenter f(x) = z (B, 1, H, W): the class logits are (g_0, g_1) = (-z, z),
+so the target-class logit is g_t = (2t - 1) z, the prediction is z > 0 and the IoU is the
+foreground IoU. K classes, K > 1 logits (B, K, H, W): g_t is the logit of channel t, the prediction
+is the argmax and the IoU is the mean foreground IoU, over the classes 1..K-1 present in the target
+or the prediction (1 when neither holds any): for K = 2 it is the binary foreground IoU, and it is 1
+exactly when the prediction equals the target. (The mean IoU, not the pixel accuracy, drives alpha:
+pixel accuracy is dominated by the background and is near 1 long before a small structure such as
+a cup reaches its target; both are reported.)
 
 The L2 term keeps the perturbation small; ``l2_weight`` lambda = 1 as in the reference code
 (where it is negligible next to grad J; on a weakly-sensitive model its gradient
@@ -61,10 +76,10 @@ BETA_SEARCH = (1e-6, 5e-6, 1e-5)  # Ozbulak et al.'s candidates for beta (with t
 class AsmaResult:
     """Adversarial images and the per-image statistics of the paper's Table 1.
 
-    x_adv: (B, 3, H, W) in [0, 1]; iterations: (B,) int64, updates applied to each image;
+    x_adv: (B, C, H, W) in [0, 1]; iterations: (B,) int64, updates applied to each image;
     l2, linf: (B,) distances ||x_adv - x||_2 and ||x_adv - x||_inf in [0, 1] units;
-    iou_target, pixel_acc_target: (B,) IoU and pixel accuracy of the final prediction against
-    the target mask (IoU = 1 when both are empty); peak_iou_target: (B,) the highest IoU with the target
+    iou_target, pixel_acc_target: (B,) IoU (K classes: mean foreground IoU) and pixel accuracy of the final
+    prediction against the target mask (IoU = 1 when both are empty); peak_iou_target: (B,) the highest IoU with the target
     of any iterate's prediction (0: the multiplier stayed tau throughout, whatever beta).
     """
 
@@ -84,6 +99,34 @@ def _iou(pred: Tensor, target: Tensor) -> Tensor:
     return torch.where(union > 0, intersection / union.clamp_min(1.0), torch.ones_like(union))
 
 
+def mean_foreground_iou(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """Per-image mean IoU (B,) over the foreground classes 1..K-1 of index masks (B, 1, H, W).
+
+    A class counts when the target or the prediction holds it; an image where neither holds any
+    foreground class scores 1. For K = 2 this is :func:`_iou` of the binary masks.
+    """
+    classes = torch.arange(1, num_classes, device=pred.device).view(1, -1, 1, 1)
+    p, t = pred == classes, target == classes  # (B, K-1, H, W)
+    intersection = (p & t).flatten(2).sum(2).to(pred.dtype)
+    union = (p | t).flatten(2).sum(2).to(pred.dtype)
+    present = (union > 0).to(pred.dtype)
+    total = (intersection / union.clamp_min(1.0) * present).sum(1)
+    count = present.sum(1)
+    return torch.where(count > 0, total / count.clamp_min(1.0), torch.ones_like(count))
+
+
+def predict(logits: Tensor, dtype: torch.dtype) -> Tensor:
+    """The prediction (B, 1, H, W) of ``dtype``: z > 0 for one logit, the argmax class for K > 1."""
+    if logits.shape[1] == 1:
+        return (logits > 0).to(dtype)
+    return logits.argmax(1, keepdim=True).to(dtype)
+
+
+def target_iou(pred: Tensor, target: Tensor, num_logits: int) -> Tensor:
+    """IoU (B,) of the prediction with the target: foreground IoU (one logit), mean foreground IoU (K logits)."""
+    return _iou(pred, target) if num_logits == 1 else mean_foreground_iou(pred, target, num_logits)
+
+
 def asma(
     model: nn.Module,
     x: Tensor,
@@ -98,10 +141,11 @@ def asma(
     adaptive_mask: bool = True,
     dynamic_multiplier: bool = True,
 ) -> AsmaResult:
-    """Targeted ASMA: perturb x (B, 3, H, W) in [0, 1] until ``model`` predicts ``target``.
+    """Targeted ASMA: perturb x (B, C, H, W) in [0, 1] until ``model`` predicts ``target``.
 
+    ``model(x)``: logits (B, 1, H, W) (binary) or (B, K, H, W) (K classes, module docstring).
     y: the true masks (B, 1, H, W), only checked for shape (ASMA needs the target, not y);
-    target: masks (B, 1, H, W) in {0, 1}; max_iter: per-image iteration cap; beta, tau: step
+    target: index masks (B, 1, H, W), {0, 1} for one logit, 0..K-1 for K; max_iter: per-image iteration cap; beta, tau: step
     multiplier alpha_n = beta * IoU + tau (paper defaults); l2_weight: lambda of the L2 term.
     ``generator`` is accepted for the common attack signature; ASMA draws no random numbers.
     ``adaptive_mask`` / ``dynamic_multiplier``: False gives the static mask / the constant multiplier
@@ -138,15 +182,19 @@ def asma(
             x_in = x_n.detach().requires_grad_(True)
             z = model(x_in)
             # 1. prediction and adaptive mask; images already at the target stop for good
-            pred = (z.detach() > 0).to(x0.dtype)
+            pred = predict(z.detach(), x0.dtype)
             wrong = pred != t_live
             act = act & wrong.flatten(1).any(1)
             # 2. objective: target-class logits on the wrong pixels (every pixel: static mask) minus the L2 distance
-            logit = target_sign * z * wrong if adaptive_mask else target_sign * z
+            if z.shape[1] == 1:
+                logit = target_sign * z * wrong if adaptive_mask else target_sign * z
+            else:
+                target_logit = z.gather(1, t_live.long())  # g_{t_i, i}: sum_c M^c g_c of Eq. 2
+                logit = target_logit * wrong if adaptive_mask else target_logit
             objective = logit.sum() - l2_weight * (x_in - x0_live).square().sum()
             (grad,) = torch.autograd.grad(objective, x_in)
             # 3. adaptive step, box constraint, only on the active images
-            iou = _iou(pred, t_live)
+            iou = target_iou(pred, t_live, z.shape[1])
             peak_live = torch.where(act, torch.maximum(peak_live, iou), peak_live)
             overlap = iou if dynamic_multiplier else torch.zeros_like(iou)
             alpha = (beta * overlap + tau).view(-1, 1, 1, 1)
@@ -157,16 +205,18 @@ def asma(
         x_adv[live], active[live], peak[live] = x_n.detach(), act, peak_live
         iterations[live] += steps
     with torch.no_grad():
-        pred = (model(x_adv) > 0).to(x0.dtype)
+        z = model(x_adv)
+        pred = predict(z, x0.dtype)
     delta = (x_adv - x0).flatten(1)
+    final_iou = target_iou(pred, target, z.shape[1])
     return AsmaResult(
         x_adv=x_adv,
         iterations=iterations,
         l2=delta.norm(dim=1),
         linf=delta.abs().amax(dim=1),
-        iou_target=_iou(pred, target),
+        iou_target=final_iou,
         pixel_acc_target=(pred == target).to(x0.dtype).flatten(1).mean(1),
-        peak_iou_target=torch.maximum(peak, _iou(pred, target)),
+        peak_iou_target=torch.maximum(peak, final_iou),
     )
 
 

@@ -49,10 +49,10 @@ def diff_pgd(
     random_start: bool = False,
     generator: Generators = None,
 ) -> Tensor:
-    """Diff-PGD on a segmenter. Returns purify(x^K) (B, 3, H, W) in [0, 1], detached.
+    """Diff-PGD on a segmenter. Returns purify(x^K) (B, C, H, W) in [0, 1], detached.
 
-    x: images (B, 3, H, W) in [0, 1]; y: masks (B, 1, H, W) in {0, 1}; eps, step_size in [0, 1]
-    units; ``purify``: images -> images, both in [0, 1]; ``grad``: "bpda" or "full" (module
+    x: images (B, C, H, W) in [0, 1]; y: index masks (B, 1, H, W); eps, step_size in [0, 1]
+    units; ``purify``: C-channel images -> C-channel images, both in [0, 1]; ``grad``: "bpda" or "full" (module
     docstring); weights/weight_mode/random_start/generator as in :func:`augforge.attacks.pgd.pgd`.
     """
     linf.check_args(x, y, eps, loss, weights, weight_mode)

@@ -16,9 +16,10 @@ from augforge.attacks.linf import single_step
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, loss: str = "bce",
          weights: Tensor | None = None, weight_mode: str = "loss",
          generator: torch.Generator | None = None) -> Tensor:
-    """FGSM on a segmenter. Returns x_adv (B, 3, H, W) in [0, 1], within eps of x (L-inf), detached.
+    """FGSM on a segmenter. Returns x_adv (B, C, H, W) in [0, 1], within eps of x (L-inf), detached.
 
-    x: images (B, 3, H, W) in [0, 1]; y: masks (B, 1, H, W) in {0, 1}; eps in [0, 1] units;
+    x: images (B, C, H, W) in [0, 1]; y: index masks (B, 1, H, W) ({0, 1} for a one-logit segmenter,
+    0..K-1 for K logits); eps in [0, 1] units;
     ``weights``/``weight_mode``: DASP uncertainty weighting (see ``augforge.attacks.weighting``).
     ``generator`` is accepted for the common attack signature; FGSM draws no random numbers.
     """

@@ -20,9 +20,9 @@ from augforge.rng import Generators, rand_like
 def random_sign_noise(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, loss: str = "bce",
                       weights: Tensor | None = None, weight_mode: str = "loss",
                       generator: Generators = None) -> Tensor:
-    """x + eps * random signs, clipped to [0, 1]. Returns (B, 3, H, W), within eps of x (L-inf), detached.
+    """x + eps * random signs, clipped to [0, 1]. Returns (B, C, H, W), within eps of x (L-inf), detached.
 
-    x: images (B, 3, H, W) in [0, 1]; y: masks (B, 1, H, W), only checked for shape; eps in [0, 1]
+    x: images (B, C, H, W) in [0, 1]; y: masks (B, 1, H, W), only checked for shape; eps in [0, 1]
     units. ``model``, ``loss``, ``weights`` and ``weight_mode`` are accepted for the common attack
     signature and not used (the noise never looks at the model). ``generator`` (one, a list of one
     per image, or :class:`augforge.rng.PairStreams`) draws the signs: the same generator state gives

@@ -32,10 +32,10 @@ def pgd(
     weight_mode: str = "loss",
     generator: Generators = None,
 ) -> Tensor:
-    """Untargeted L-inf PGD on a segmenter (Madry et al. 2018). Returns x_adv (B, 3, H, W), detached.
+    """Untargeted L-inf PGD on a segmenter (Madry et al. 2018). Returns x_adv (B, C, H, W), detached.
 
-    x: images (B, 3, H, W) in [0, 1]; y: masks (B, 1, H, W) in {0, 1}; ``model(x)`` gives logits
-    (B, 1, H, W). eps, step_size: [0, 1] units. ``random_start`` starts from a uniform point of
+    x: images (B, C, H, W) in [0, 1]; y: index masks (B, 1, H, W); ``model(x)`` gives logits
+    (B, 1, H, W) (binary, y in {0, 1}) or (B, K, H, W) (K classes, y in 0..K-1). eps, step_size: [0, 1] units. ``random_start`` starts from a uniform point of
     the eps ball drawn with ``generator`` (one, or a list of one per image so that an image's
     start does not depend on its batch). ``weights`` (B, 1, H, W): DASP uncertainty weights,
     used as ``weight_mode`` says. The output lies in [0, 1] and within eps of x (L-inf).
