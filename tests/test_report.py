@@ -122,3 +122,15 @@ def test_each_curve_names_the_loss_its_model_was_trained_with(tmp_path, monkeypa
                       "mask (mask-diffusion)": r"loss (BCE of the flips $y_t \oplus y_0$)",
                       "seg-dice (segmenter)": "train loss (soft Dice)",
                       "seg-bce (segmenter)": "train loss (soft Dice + BCE)"}
+
+
+def test_k_class_evaluations_get_a_per_class_table():
+    from augforge.stages.report import per_class_section
+
+    cls = {"mIoU": 0.5, "mIoU_ci95": [0.4, 0.6], "mDice": 0.6, "mDice_ci95": [0.5, 0.7], "micro_dice": 0.62}
+    lines = per_class_section([("binary", {"mIoU": 0.7, "mDice": 0.8}),
+                               ("k3", {"mIoU": 0.5, "mDice": 0.6, "per_class": {"disc": cls, "cup": cls}})])
+    assert lines[0] == "### Per class"
+    assert "| k3 | disc | 0.5000 | [0.400, 0.600] | 0.6000 | [0.500, 0.700] | 0.6200 |" in lines
+    assert sum(line.startswith("| k3 |") for line in lines) == 2 and not any("binary" in line for line in lines)
+    assert per_class_section([("binary", {"mIoU": 0.7, "mDice": 0.8})]) == []

@@ -319,6 +319,7 @@ def run_report(*run_dirs: Path | str) -> dict:
             lines.append(f"| {name} | {d['mIoU']:.4f} | {ci('mIoU_ci95')} | {d['mDice']:.4f} | {ci('mDice_ci95')} | "
                          f"{d.get('n_images', '')} |")
         lines.append("")
+    lines += per_class_section(evals)
     lines += cross_dataset_section(cross)
     curves_by_method = robustness_curves(robust)
     lines += robustness_section(curves_by_method, assets, out)
@@ -329,6 +330,22 @@ def run_report(*run_dirs: Path | str) -> dict:
     return {"report": str(report), "models": len(models), "curves": curves, "contact_sheets": len(sheets),
             "evaluations": len(evals), "cross_dataset_evaluations": len(cross),
             "robustness_plots": len(curves_by_method), "forest_plots": sum(x.startswith("![forest") for x in forest)}
+
+
+def per_class_section(evals: list[tuple[str, dict]]) -> list[str]:
+    """Per-class Dice/IoU of the K-class evaluations (``per_class`` in evaluate's summary): the table above
+    gives their mean over the foreground classes."""
+    rows = [(name, cls, d) for name, data in evals for cls, d in (data.get("per_class") or {}).items()]
+    if not rows:
+        return []
+    ci = lambda d, k: "[{:.3f}, {:.3f}]".format(*d[k]) if isinstance(d.get(k), list) else ""
+    lines = ["### Per class", "", "K-class segmenters: each foreground class alone (the table above: their mean).", "",
+             "| evaluation | class | mIoU | 95% CI | mDice | 95% CI | pooled Dice |", "|---|---|---|---|---|---|---|"]
+    for name, cls, d in rows:
+        pooled = f"{d['micro_dice']:.4f}" if "micro_dice" in d else ""
+        lines.append(f"| {name} | {cls} | {d['mIoU']:.4f} | {ci(d, 'mIoU_ci95')} | {d['mDice']:.4f} | "
+                     f"{ci(d, 'mDice_ci95')} | {pooled} |")
+    return lines + [""]
 
 
 CROSS_SCORES = (("mDice", "mDice (mean of per-image Dice)"), ("mIoU", "mIoU (mean of per-image IoU)"),
