@@ -179,3 +179,60 @@ def test_runs_on_cuda_with_cuda_generator():
     xo, yo = parse_augs("basic+cutmix+cutout+elastic+random-erase+gaussian-noise+tumorcp")(x, y, g)
     assert xo.device == x.device and yo.device == y.device
     assert xo.shape == x.shape and ((yo == 0) | (yo == 1)).all()
+
+
+# --------------------------------------------------------------------------- K classes, C channels
+
+def _k_class(channels: int, seed: int = 0):
+    """K = 3 nested masks (class 1, a rectangle; class 2, a rectangle inside it, at least 2 px from its edge) and
+    images whose channel 0 encodes the label (label / 2); further channels are noise. The last image has none."""
+    g = _gen(seed)
+    rows, cols = torch.arange(H).view(1, H, 1), torch.arange(W).view(1, 1, W)
+    top, left = torch.randint(0, H - 12, (B, 1, 1), generator=g), torch.randint(0, W - 12, (B, 1, 1), generator=g)
+    outer = (rows >= top) & (rows < top + 10) & (cols >= left) & (cols < left + 11)
+    inner = (rows >= top + 3) & (rows < top + 7) & (cols >= left + 3) & (cols < left + 8)
+    y = (outer.float() + inner.float())[:, None]
+    y[-1] = 0.0
+    x = torch.cat([y / 2, torch.rand(B, channels - 1, H, W, generator=g)], 1)
+    return x, y
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", list(AUGMENTATIONS))
+def test_k_class_labels_are_kept_and_move_with_the_image(name, channels):
+    """After each augmentation of a K = 3 batch the mask holds labels {0, 1, 2} only, and each label sits where the
+    image content carrying it moved: exactly for flips and pastes, up to the warp's interpolation for elastic
+    (a pixel of class c has the warped encoding within 1/4 of c/2, i.e. weight > 1/2 on c); photometric
+    augmentations leave the mask as it was."""
+    x, y = _k_class(channels)
+    xo, yo = parse_augs(name, num_classes=3)(x, y, _gen(1))
+    assert xo.shape == x.shape and yo.shape == y.shape and yo.dtype == y.dtype
+    assert xo.min() >= 0 and xo.max() <= 1
+    assert ((yo == 0) | (yo == 1) | (yo == 2)).all()
+    if name in ("cutout", "random-erase", "gaussian-noise"):
+        assert torch.equal(yo, y)
+    elif name == "elastic":
+        assert not torch.equal(yo, y)
+        assert ((2 * xo[:, 0] - yo[:, 0]).abs() <= 0.5 + 1e-5).all()
+        for c in (1, 2):  # every class survives the small warp, most of its pixels in place
+            assert ((yo == c) & (y == c)).sum() > 0.7 * (y == c).sum()
+    else:
+        assert torch.equal(2 * xo[:, :1], yo)
+    if name in ("cutmix", "tumorcp"):  # the pasted labels are the donor's classes, cup included
+        assert ((yo == 2) & (y != 2)).any()
+
+
+def test_tumorcp_keeps_a_binary_batch_bit_identical_to_the_union_rule():
+    """The label-preserving paste gives 1 inside the pasted mask of a binary batch: today's union, bit for bit."""
+    x, y = _batch(3)
+    xo, yo = tumorcp(x, y, _gen(3))
+    pasted = (xo != x).any(1, keepdim=True)
+    assert torch.equal(yo, torch.where(pasted, torch.ones_like(y), y))
+
+
+def test_parse_augs_gives_num_classes_to_elastic_only_for_k_classes():
+    x, y = _encoded()
+    assert torch.equal(parse_augs("elastic", num_classes=2)(x, y, _gen(4))[1], elastic(x, y, _gen(4))[1])
+    xk, yk = _k_class(1)
+    assert torch.equal(parse_augs("elastic", num_classes=3)(xk, yk, _gen(4))[1],
+                       elastic(xk, yk, _gen(4), num_classes=3)[1])

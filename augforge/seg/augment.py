@@ -1,10 +1,14 @@
 """Batched, mask-consistent training augmentations (baselines for the DASP comparison).
 
 Every augmentation is a function ``aug(x, y, generator=None) -> (x, y)`` with images
-x (B, 3, H, W) in [0, 1] and masks y (B, 1, H, W) in {0, 1}; the outputs keep shape, dtype,
-device and ranges. Geometric changes hit image and mask together; photometric ones (cutout,
-random-erase, gaussian-noise) change the image only. Every image of the batch is augmented
-(only "basic" flips each image with probability 1/2); no per-image Python loops.
+x (B, C, H, W) in [0, 1] (C = 3 colour or 1 grey) and masks y (B, 1, H, W) holding the class index
+(binary: {0, 1}; K classes: 0..K-1); the outputs keep shape, dtype, device and ranges, and every
+mask value stays a class label. Geometric changes hit image and mask together and move labels, never
+mix them: flips and pastes copy mask values (cutmix and tumorcp paste the donor's labels, not a
+binarised union), and the elastic warp of a K-class mask warps its one-hot channels and takes the
+class of largest weight (``elastic(..., num_classes=K)``; :func:`parse_augs` binds K). Photometric ones
+(cutout, random-erase, gaussian-noise) change the image only, on all C channels. Every image of the
+batch is augmented (only "basic" flips each image with probability 1/2); no per-image Python loops.
 
 Randomness: all random numbers come from ``generator`` (drawn on the generator's device, then
 moved to the batch's device; pass a generator on the batch's device to avoid copies). kornia's
@@ -16,11 +20,13 @@ output on the same device.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable
 
 import torch
 
 from augforge.rng import draw_device
+from augforge.seg.losses import one_hot
 
 Aug = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -132,13 +138,16 @@ def elastic(
     generator: torch.Generator | None = None,
     sigma: float = 0.08,
     magnitude: float = 0.02,
+    num_classes: int = 2,
 ):
     """Elastic deformation (Simard et al., ICDAR 2003), one field for image and mask.
 
     sigma: smoothing of the displacement field, as a fraction of min(H, W); magnitude: standard
     deviation of the displacement, as a fraction of the image size (approximately; the field is
-    weaker near the borders). Both are warped bilinearly (reflection padding); the mask is
-    re-binarised at 0.5.
+    weaker near the borders). Both are warped bilinearly (reflection padding); a binary mask
+    (``num_classes`` 2) is re-binarised at 0.5. A K-class mask (``num_classes`` K > 2) is warped as its
+    K one-hot channels and each pixel takes the class of largest warped weight (the same rule: for two
+    classes the weight of class 1 exceeds 1/2), so labels move and are never averaged into another class.
     """
     from kornia.geometry.transform import elastic_transform2d
 
@@ -150,15 +159,18 @@ def elastic(
     sigma_px = max(sigma * min(h, w), 0.5)
     kernel = 2 * math.ceil(3 * sigma_px) + 1
     alpha = 2 * magnitude * sigma_px * math.sqrt(12 * math.pi)
-    # 3. warp image and mask together, re-binarise the mask
+    # 3. warp image and mask together (a K-class mask as K one-hot channels), re-binarise the mask
+    labels = y.to(x.dtype) if num_classes <= 2 else one_hot(y, num_classes, x.dtype)
     warped = elastic_transform2d(
-        torch.cat([x, y.to(x.dtype)], 1),
+        torch.cat([x, labels], 1),
         noise,
         kernel_size=(kernel, kernel),
         sigma=(sigma_px, sigma_px),
         alpha=(alpha, alpha),
         padding_mode="reflection",
     )
+    if num_classes > 2:
+        return warped[:, :c].clamp(0.0, 1.0), warped[:, c:].argmax(1, keepdim=True).to(y.dtype)
     return warped[:, :c].clamp(0.0, 1.0), (warped[:, c:] > 0.5).to(y.dtype)
 
 
@@ -195,6 +207,8 @@ def tumorcp(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None 
     """TumorCP (Yang et al., MICCAI 2021), object-level copy-paste: the polyp (masked region) of
     another image of the batch, randomly flipped and shifted (staying inside the image), is pasted
     into each image: image pixels are replaced inside the pasted mask and the mask becomes the union.
+    With K classes the object is the donor's foreground (every class > 0) and it is pasted with its own
+    labels (a disc with its nested cup stays a disc with its cup); binary masks get 1 there, as before.
 
     Simplification: TumorCP's rotation/scaling/elastic/gamma object transforms are left out.
     """
@@ -207,10 +221,11 @@ def tumorcp(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None 
     src_rows, valid_rows = _shifted_flipped_sources(fg.any(2), u[0] < 0.5, u[2])
     src_cols, valid_cols = _shifted_flipped_sources(fg.any(1), u[1] < 0.5, u[3])
     # 2. move the donor image and mask
-    paste = (_gather_pixels(y_donor, src_rows, src_cols) > 0.5) & (valid_rows[:, None, :, None] & valid_cols[:, None, None, :])
+    y_paste = _gather_pixels(y_donor, src_rows, src_cols)
+    paste = (y_paste > 0.5) & (valid_rows[:, None, :, None] & valid_cols[:, None, None, :])
     x_paste = _gather_pixels(x_donor, src_rows, src_cols)
-    # 3. paste: donor pixels inside the pasted mask, union of masks
-    return torch.where(paste, x_paste, x), torch.where(paste, torch.ones_like(y), y)
+    # 3. paste: donor pixels and labels inside the pasted mask (binary: 1 there, the union of the masks)
+    return torch.where(paste, x_paste, x), torch.where(paste, y_paste, y)
 
 
 AUGMENTATIONS: dict[str, Aug] = {
@@ -225,8 +240,13 @@ AUGMENTATIONS: dict[str, Aug] = {
 }
 
 
-def parse_augs(spec: str) -> Aug:
-    """Compose augmentations named in ``spec`` joined by "+" (e.g. "basic+cutout"), applied in order."""
+NEEDS_CLASSES = ("elastic",)  # the augmentations that take num_classes (they must know K to move labels)
+
+
+def parse_augs(spec: str, num_classes: int = 2) -> Aug:
+    """Compose augmentations named in ``spec`` joined by "+" (e.g. "basic+cutout"), applied in order.
+
+    ``num_classes``: K of the masks (2: binary); given to the augmentations that need it (elastic)."""
     names = [name.strip() for name in spec.split("+")]
     unknown = [name for name in names if name not in AUGMENTATIONS]
     if unknown:
@@ -234,7 +254,8 @@ def parse_augs(spec: str) -> Aug:
             f"unknown augmentation {', '.join(map(repr, unknown))}; valid names: {', '.join(AUGMENTATIONS)} "
             f"(join several with '+')"
         )
-    augs = [AUGMENTATIONS[name] for name in names]
+    augs = [partial(AUGMENTATIONS[name], num_classes=num_classes) if name in NEEDS_CLASSES and num_classes > 2
+            else AUGMENTATIONS[name] for name in names]
 
     def apply(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
         for aug in augs:
