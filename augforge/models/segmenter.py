@@ -1,9 +1,10 @@
-"""Binary segmenters (segmentation-models-pytorch) behind one builder.
+"""Segmenters (segmentation-models-pytorch) behind one builder: binary or K-class, colour or grey.
 
-Every segmenter takes images in [0, 1], shape (B, 3, H, W), normalises them inside the module
-with the ImageNet mean/std (so training, evaluation and the attacks all feed [0, 1] pixels), and
-returns one logit per pixel, shape (B, 1, H, W). H and W must be divisible by 32 (five
-encoder downsamplings).
+Every segmenter takes images in [0, 1], shape (B, C, H, W) with C = ``in_channels`` (3 colour, 1
+grey), normalises them inside the module with the ImageNet mean/std (for C = 1 the mean of the three
+channels' means and of their stds; training, evaluation and the attacks all feed [0, 1] pixels), and
+returns ``classes`` logits per pixel, shape (B, classes, H, W): one for binary data (sigmoid, as
+DASP), K for K > 2 classes (softmax). H and W must be divisible by 32 (five encoder downsamplings).
 
 Pretrained encoders ("imagenet") come the way segmentation-models-pytorch fetches them: smp 0.6
 downloads each encoder's files with ``huggingface_hub.hf_hub_download`` at a pinned commit into the
@@ -25,11 +26,26 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def segmenter_config(arch: str, encoder: str = "resnet34", encoder_weights: str | None = None) -> dict:
+def normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the input normalisation for ``channels`` image channels: ImageNet's for 3; for 1 the
+    means of ImageNet's three means and three stds."""
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+
+
+def segmenter_classes(num_classes: int) -> int:
+    """The logits a segmenter of K-class data has: 1 for binary data (K = 2), K for K > 2."""
+    return 1 if num_classes == 2 else num_classes
+
+
+def segmenter_config(arch: str, encoder: str = "resnet34", encoder_weights: str | None = None, *,
+                     in_channels: int = 3, classes: int = 1) -> dict:
     """The JSON-able description of a segmenter (stored in config.json), validated.
 
     ``encoder_weights`` is None (random init, also accepted as the string "none") or the name
-    of an smp pretrained setting such as "imagenet".
+    of an smp pretrained setting such as "imagenet". ``in_channels``: image channels C (3 or 1);
+    ``classes``: logits per pixel, 1 (binary) or K > 2 (:func:`segmenter_classes`).
     """
     import segmentation_models_pytorch as smp
 
@@ -45,21 +61,27 @@ def segmenter_config(arch: str, encoder: str = "resnet34", encoder_weights: str 
             raise ValueError(
                 f"encoder weights for {encoder} must be one of {sorted(available)} or none, got {encoder_weights!r}"
             )
-    return dict(arch=arch, encoder=encoder, encoder_weights=encoder_weights, in_channels=3, classes=1)
+    if in_channels not in (1, 3):
+        raise ValueError(f"segmenter input channels must be 1 (grey) or 3 (colour), got {in_channels}")
+    if classes != 1 and classes < 3:
+        raise ValueError(f"segmenter classes must be 1 (binary) or K > 2, got {classes}")
+    return dict(arch=arch, encoder=encoder, encoder_weights=encoder_weights, in_channels=int(in_channels),
+                classes=int(classes))
 
 
 class Segmenter(nn.Module):
-    """ImageNet normalisation + an smp segmentation network.
+    """ImageNet normalisation (:func:`normalisation`) + an smp segmentation network.
 
-    forward(x): x (B, 3, H, W) in [0, 1] -> logits (B, 1, H, W).
+    forward(x): x (B, C, H, W) in [0, 1] -> logits (B, classes, H, W).
     The mean/std buffers are constants, not saved in the state dict.
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, in_channels: int = 3):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = normalisation(in_channels)
+        self.register_buffer("mean", torch.tensor(mean).view(1, in_channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, in_channels, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
@@ -103,14 +125,16 @@ def ensure_encoder_weights(encoder: str, encoder_weights: str) -> str:
 
 
 def build_segmenter(config: dict, *, pretrained: bool = True) -> Segmenter:
-    """Build the segmenter described by :func:`segmenter_config` (one logit channel, 3 input channels).
+    """Build the segmenter described by :func:`segmenter_config` (its input channels and logits; a config
+    saved before K-class data existed has 3 and 1).
 
     ``pretrained=False`` skips the encoder's pretrained weights (for a network whose saved weights
     are loaded next).
     """
     import segmentation_models_pytorch as smp
 
-    config = segmenter_config(config["arch"], config["encoder"], config.get("encoder_weights"))
+    config = segmenter_config(config["arch"], config["encoder"], config.get("encoder_weights"),
+                              in_channels=int(config.get("in_channels", 3)), classes=int(config.get("classes", 1)))
     weights = config["encoder_weights"] if pretrained else None
     if weights is not None:
         ensure_encoder_weights(config["encoder"], weights)
@@ -121,4 +145,4 @@ def build_segmenter(config: dict, *, pretrained: bool = True) -> Segmenter:
         in_channels=config["in_channels"],
         classes=config["classes"],
     )
-    return Segmenter(net)
+    return Segmenter(net, config["in_channels"])
