@@ -145,7 +145,8 @@ class TrainSegConfig:
     encoder: str = option("resnet34", "smp encoder name (e.g. resnet34, resnet18, efficientnet-b0).")
     encoder_weights: str = option("none", "none | imagenet (from the Hugging Face cache; downloaded there once when "
                                           "missing).")
-    loss: str = option("dice", "dice | dice+bce (per-image, DASP Eq. 11).")
+    loss: str = option("dice", "dice | dice+bce (per-image, DASP Eq. 11). K-class data: Dice averaged over the "
+                               "foreground classes; dice+bce (also spelled dice+ce) adds the K-class cross-entropy.")
     extra_weight: float = option(1.0, "Weight of the extra-pair mean loss (Eq. 11).")
     extra_ratio: float = option(0.0, "Share r of extra pairs in every batch (0 < r < 1: round(r x batch) extra, the "
                                      "real pairs in the same order whatever the extra set; 1: extra pairs only, "
@@ -180,7 +181,8 @@ class EvaluateConfig:
     also: tuple[str, ...] = option((), cli=False)  # the further DATA: one cross-dataset table
     split: str = option("test", "train | val | test | unused (prepare --train-limit) | all (an all-test dataset is "
                                 "all test).")
-    threshold: float = option(0.5, "Foreground where sigmoid(logit) > threshold.")
+    threshold: float = option(0.5, "Binary segmenters: foreground where sigmoid(logit) > threshold (a K-class "
+                                   "segmenter predicts the argmax class).")
     out: str = option("", "Write the summary JSON to this file and per-image scores to it with .csv.", identity=False)
     csv: str = option("", "Write the per-dataset table (scores with 95% CIs) to this CSV file.", names=("--csv",))
     attack: str = option("none", "Robustness table under none | fgsm | inverse-fgsm | pgd | diff-pgd | asma | noise "

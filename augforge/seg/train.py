@@ -55,7 +55,7 @@ from torch import nn
 from augforge.data.dataset import PairSet
 from augforge.runtime import all_reduce_mean, any_rank, autocast, generator_for
 from augforge.seg.losses import dasp_loss
-from augforge.seg.metrics import per_image_scores
+from augforge.seg.metrics import consistency_scores, per_image_scores
 
 Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -63,7 +63,7 @@ Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device | str,
             precision: str) -> torch.Tensor:
-    """Logits (N, 1, H, W) float32 on ``device`` for images (N, 3, H, W) in [0, 1].
+    """Logits (N, K', H, W) float32 on ``device`` (K' = 1 binary, K classes) for images (N, C, H, W) in [0, 1].
 
     ``images`` may also be uint8 in [0, 255] (a :class:`PairSet`'s storage): each batch is then
     converted to [0, 1] on the device, so a whole split never exists as floats. The model is run
@@ -183,10 +183,11 @@ def batch_plan(n_real: int, n_extra: int, batch_size: int, *, extra_ratio: float
 class TrainLoop:
     """Step-budgeted segmentation training in epochs (see the module docstring for the batches).
 
-    model: images (B, 3, H, W) in [0, 1] -> logits (B, 1, H, W). train/val: PairSets, already on
+    model: images (B, C, H, W) in [0, 1] -> logits (B, 1, H, W) (binary) or (B, K, H, W) (K classes; masks hold
+    the class index; loss and validation follow the logits, :mod:`augforge.seg.losses`). train/val: PairSets, already on
     ``device``. epochs/steps/extra_ratio/batch_size: the :class:`BatchPlan` (``steps`` > 0 overrides
     ``epochs``). seed: of the real and extra index streams (stratified batches). augment:
-    ``aug(x, y, generator) -> (x, y)`` (e.g. ``seg.augment.parse_augs``). loss: "dice" | "dice+bce";
+    ``aug(x, y, generator) -> (x, y)`` (e.g. ``seg.augment.parse_augs``). loss: "dice" | "dice+bce" (= "dice+ce");
     extra_weight: λ, the weight of the extra-pair mean in Eq. 11. scheduler: stepped once per
     optimizer step (build it over ``plan.total_steps``). generator: on ``device``; draws the mixed
     batch order and the augmentations (its state is part of :meth:`state_dict`, so a resumed run
@@ -378,9 +379,13 @@ class TrainLoop:
         return all_reduce_mean(loss_sum) / max(steps, 1), steps
 
     def validate(self) -> dict:
-        """mIoU and mDice on the val split (means of per-image scores, threshold 0.5 = logit 0)."""
+        """mIoU and mDice on the val split (means of per-image scores; binary: threshold 0.5 = logit 0;
+        K classes: the argmax, scores averaged over the foreground classes, :func:`consistency_scores`)."""
         logits = predict(self.model, self.val_set.images, self.batch_size, self.device, self.precision)
-        scores = per_image_scores(logits > 0, self.val_set.masks)
+        if logits.shape[1] == 1:
+            scores = per_image_scores(logits > 0, self.val_set.masks)
+        else:
+            scores = consistency_scores(logits, self.val_set.masks)
         iou, dice = torch.stack([scores["iou"].mean(), scores["dice"].mean()]).tolist()
         return {"mIoU": iou, "mDice": dice}
 

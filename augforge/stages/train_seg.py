@@ -1,4 +1,11 @@
-"""``augforge train-seg DATA [--extra DATA2 ...] --out DIR``: train a binary segmenter (DASP §2.4).
+"""``augforge train-seg DATA [--extra DATA2 ...] --out DIR``: train a segmenter (DASP §2.4).
+
+The segmenter follows DATA: its image channels C (1 grey, 3 colour) are the network's input and its
+classes K give the outputs (one logit for binary data; K logits, softmax, for K > 2, trained with the
+soft Dice over the foreground classes, plus the K-class cross-entropy with ``--loss dice+bce``, also
+spelled dice+ce: :mod:`augforge.seg.losses`). config.json records the classes and channels (binary
+colour folders as before). ``--extra`` datasets and an ``--init-from`` segmenter of other classes or
+channels are refused in one line before anything is written.
 
 Real train pairs of DATA plus every train pair of the ``--extra`` datasets (generated or attacked)
 are held as uint8 tensors on the training device; the loss is DASP Eq. 11 (``--extra-weight``
@@ -28,6 +35,7 @@ from augforge.models.folder import (
     METRICS,
     STATE,
     append_metrics,
+    check_model_data,
     load_state,
     load_train_state,
     make_config,
@@ -110,14 +118,27 @@ def _fingerprint(roots: list[Path]) -> str:
     return prints[0] if len(prints) == 1 else hashlib.sha256("+".join(prints).encode()).hexdigest()[:16]
 
 
-def _init_source(cfg: TrainSegConfig, network: dict, image_size: int) -> tuple[Path, str]:
+def _check_extras(cfg: TrainSegConfig, data) -> None:
+    """Each --extra dataset must have DATA's classes and image channels (one line naming it)."""
+    for extra in cfg.extra:
+        theirs = read_dataset(Path(extra))
+        if theirs.classes != data.classes:
+            raise AugforgeError(f"--extra {extra}: its {len(theirs.classes)} classes ({', '.join(theirs.classes)}) "
+                                f"differ from {cfg.data}'s {data.num_classes} ({', '.join(data.classes)})")
+        if theirs.channels != data.channels:
+            raise AugforgeError(f"--extra {extra}: {theirs.channels}-channel images, {cfg.data} has "
+                                f"{data.channels}-channel ones")
+
+
+def _init_source(cfg: TrainSegConfig, network: dict, image_size: int, data) -> tuple[Path, str]:
     """--init-from: check that the segmenter there (a folder, an exported folder or a hf:// reference) has
-    this run's network and image size; returns it and its :func:`model_fingerprint`."""
+    this run's network, image size, classes and channels; returns it and its :func:`model_fingerprint`."""
     source = Path(cfg.init_from)
     try:
         theirs = read_config(source, kind="segmenter")  # no folder, wrong kind, no weights
     except AugforgeError as e:
         raise AugforgeError(f"--init-from {e}") from None
+    check_model_data(f"--init-from {source}", theirs, cfg.data, data.classes, data.channels)
     for key, flag in (("arch", "--arch"), ("encoder", "--encoder")):
         if theirs["network"].get(key) != network[key]:
             raise AugforgeError(f"--init-from {source}: its {flag} is {theirs['network'].get(key)}, this run's is "
@@ -153,13 +174,17 @@ def drop_rows_after(out: Path, key: str, last: int) -> None:
 
 
 def run(cfg: TrainSegConfig) -> dict:
-    from augforge.models.segmenter import build_segmenter
+    from augforge.models.segmenter import build_segmenter, segmenter_classes, segmenter_config
     from augforge.seg.augment import parse_augs
     from augforge.seg.train import TrainLoop, batch_plan
 
     network = _check(cfg)
+    data = read_dataset(Path(cfg.data))  # its classes and channels make the network (never a flag)
+    network = segmenter_config(network["arch"], network["encoder"], network["encoder_weights"],
+                               in_channels=data.channels, classes=segmenter_classes(data.num_classes))
+    _check_extras(cfg, data)
     try:
-        augment = parse_augs(cfg.aug)
+        augment = parse_augs(cfg.aug, num_classes=data.num_classes)
     except ValueError as e:
         raise AugforgeError(f"--aug: {e}") from None
     device = resolve_device(cfg.device)
@@ -172,7 +197,7 @@ def run(cfg: TrainSegConfig) -> dict:
     roots = [Path(cfg.data), *map(Path, cfg.extra)]
 
     # 1. data: uint8 tensors, moved to the device once; the batches they make
-    image_size = read_dataset(roots[0]).image_size
+    image_size = data.image_size
     if image_size % 32:
         raise AugforgeError(f"{roots[0]}: image size {image_size} is not a multiple of 32 (the segmenters downsample 5 times)")
     train = load_pairset(roots, "train").to(device)
@@ -185,7 +210,7 @@ def run(cfg: TrainSegConfig) -> dict:
                           epochs=cfg.epochs, steps=cfg.steps, world_size=world.world_size)
     except ValueError as e:
         raise AugforgeError(f"{roots[0]}: {e}") from None
-    init_weights, init_fingerprint = _init_source(cfg, network, image_size) if cfg.init_from else (None, "")
+    init_weights, init_fingerprint = _init_source(cfg, network, image_size, data) if cfg.init_from else (None, "")
 
     # 2. output folder: refuse a different run, continue the same one
     made_by = run_record("train-seg", {**_options(cfg, init_fingerprint), "precision": precision})
@@ -209,7 +234,7 @@ def run(cfg: TrainSegConfig) -> dict:
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.total_steps)
                  if cfg.schedule == "cosine" else None)
     config = make_config("segmenter", network=network, image_size=image_size, data_fingerprint=_fingerprint(roots),
-                         made_by=made_by)
+                         made_by=made_by, classes=data.classes, channels=data.channels)
     config["precision"] = precision
     config["init_from"] = ({"path": shown(cfg.init_from), "fingerprint": init_fingerprint}
                            if cfg.init_from else None)
