@@ -25,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from augforge.diffusion.schedules import betas_for
+from augforge.diffusion.schedules import DiscreteSchedule, Timestep
 from augforge.ranges import to_model_range
 from augforge.rng import Generators, check_batch, draw_device, rand_like
 
-Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
 FlipModel = Callable[[Tensor, Tensor], Tensor]  # (y_t in {-1,1} (B,1,H,W), t (B,)) -> logits (B,1,H,W)
 
 
@@ -43,45 +42,12 @@ def _bernoulli(probs: Tensor, generator: Generators) -> Tensor:
     return (rand_like(probs, generator) < probs).to(probs.dtype)
 
 
-class BernoulliDiffusion:
+class BernoulliDiffusion(DiscreteSchedule):
     """The Bernoulli forward process, its posterior, training loss and ancestral sampler.
 
     ``betas`` and ``alphas_cumprod`` are (T,) float64 CPU tensors; coefficients are computed
     in float64 on the input's device and cast to the input dtype.
     """
-
-    def __init__(self, timesteps: int = 1000, schedule: str = "cosine"):
-        self.timesteps = timesteps
-        self.schedule = schedule
-        self.betas = betas_for(schedule, timesteps)
-        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
-        # alphabar at index t + 1, so that t = -1 (the clean mask) reads alphabar = 1
-        self._alphabar_ext = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
-        self._alphabar_on: dict[torch.device, Tensor] = {}
-
-    # ------------------------------------------------------------------ helpers
-    def tables_on(self, device: torch.device | str) -> None:
-        """Put the schedule's table on ``device`` now (else made at its first use there): a function
-        compiled before its first use would otherwise see the table cache change after that call and
-        compile a second time."""
-        self._alphabar(0, torch.empty(1, device=device))
-
-    def _alphabar(self, t: Timestep, like: Tensor) -> Tensor:
-        """alphabar_t in float64 on ``like.device``, broadcastable to ``like`` (B, 1, H, W)."""
-        table = self._alphabar_on.get(like.device)
-        if table is None:
-            table = self._alphabar_on[like.device] = self._alphabar_ext.to(like.device)
-        if isinstance(t, int):
-            if not -1 <= t < self.timesteps:
-                raise ValueError(f"timestep must be in [-1, {self.timesteps}), got {t}")
-            return table[t + 1]
-        return table[t + 1].view(-1, *([1] * (like.dim() - 1)))
-
-    def _batch_t(self, t: Timestep, like: Tensor) -> Tensor:
-        """t as a (B,) long tensor on ``like.device`` (what the network is called with)."""
-        if isinstance(t, int):
-            return torch.full((like.shape[0],), t, device=like.device, dtype=torch.long)
-        return t
 
     # ------------------------------------------------------------------ forward process
     def q_probs(self, y0: Tensor, t: Timestep) -> Tensor:
@@ -191,12 +157,6 @@ class BernoulliDiffusion:
         y0_prob = self.predict_y0(y_t, flip_logits)
         y_s = _bernoulli(self.q_posterior(y_t, y0_prob, t, s), generator)
         return y_s, y0_prob
-
-    def sampling_timesteps(self, steps: int) -> list[int]:
-        """``steps`` evenly spaced, strictly descending timesteps from T-1 to 0 (just [T-1] for 1)."""
-        if not 1 <= steps <= self.timesteps:
-            raise ValueError(f"steps must be in [1, {self.timesteps}], got {steps}")
-        return torch.linspace(self.timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
 
     @torch.no_grad()
     def sample_loop(

@@ -19,8 +19,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 SCHEDULES = ("linear", "cosine")
+Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
 MAX_BETA = 0.999
 
 
@@ -38,3 +40,49 @@ def betas_for(schedule: str, timesteps: int) -> torch.Tensor:
     else:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     return betas.clamp(max=MAX_BETA)
+
+
+class DiscreteSchedule:
+    """The schedule tables and timestep helpers shared by the discrete mask diffusions (Bernoulli, categorical).
+
+    ``betas`` and ``alphas_cumprod`` are (T,) float64 CPU tensors (alphabar_t = prod_{i<=t} (1 - beta_i),
+    t = 0..T-1); t = -1 stands for the clean mask, alphabar_{-1} = 1.
+    """
+
+    def __init__(self, timesteps: int = 1000, schedule: str = "cosine"):
+        self.timesteps = timesteps
+        self.schedule = schedule
+        self.betas = betas_for(schedule, timesteps)
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        # alphabar at index t + 1, so that t = -1 (the clean mask) reads alphabar = 1
+        self._alphabar_ext = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
+        self._alphabar_on: dict[torch.device, Tensor] = {}
+
+    def tables_on(self, device: torch.device | str) -> None:
+        """Put the schedule's table on ``device`` now (else made at its first use there): a function
+        compiled before its first use would otherwise see the table cache change after that call and
+        compile a second time."""
+        self._alphabar(0, torch.empty(1, device=device))
+
+    def _alphabar(self, t: Timestep, like: Tensor) -> Tensor:
+        """alphabar_t in float64 on ``like.device``, broadcastable to ``like`` (B, C, H, W)."""
+        table = self._alphabar_on.get(like.device)
+        if table is None:
+            table = self._alphabar_on[like.device] = self._alphabar_ext.to(like.device)
+        if isinstance(t, int):
+            if not -1 <= t < self.timesteps:
+                raise ValueError(f"timestep must be in [-1, {self.timesteps}), got {t}")
+            return table[t + 1]
+        return table[t + 1].view(-1, *([1] * (like.dim() - 1)))
+
+    def _batch_t(self, t: Timestep, like: Tensor) -> Tensor:
+        """t as a (B,) long tensor on ``like.device`` (what the network is called with)."""
+        if isinstance(t, int):
+            return torch.full((like.shape[0],), t, device=like.device, dtype=torch.long)
+        return t
+
+    def sampling_timesteps(self, steps: int) -> list[int]:
+        """``steps`` evenly spaced, strictly descending timesteps from T-1 to 0 (just [T-1] for 1)."""
+        if not 1 <= steps <= self.timesteps:
+            raise ValueError(f"steps must be in [1, {self.timesteps}], got {steps}")
+        return torch.linspace(self.timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
