@@ -615,10 +615,17 @@ def test_mean_foreground_iou():
     p[1, :, 3, 3] = 2  # class 2 gains a false pixel: IoU 1/2; class 1 stays 3/3
     p[2] = 0  # both classes missed
     torch.testing.assert_close(mean_foreground_iou(p, t, 3), torch.tensor([1.0, 0.75, 0.0]))
-    # classes in neither mask do not count; no foreground at all scores 1
-    torch.testing.assert_close(mean_foreground_iou(p, t, 5), torch.tensor([1.0, 0.75, 0.0]))
+    # a class in neither mask scores 1, as seg.metrics scores it; no foreground at all scores 1
+    torch.testing.assert_close(mean_foreground_iou(p, t, 4), torch.tensor([1.0, 2.5 / 3, 1 / 3]))
     empty = torch.zeros(1, 1, 4, 4)
     assert mean_foreground_iou(empty, empty, 3).item() == 1.0
+    from augforge.seg.metrics import foreground_mean, per_class_scores
+
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randint(0, 4, (6, 1, 5, 5), generator=g).float(), torch.randint(0, 4, (6, 1, 5, 5), generator=g).float()
+    b[0] = (b[0] == 1).float()  # classes 2, 3 absent from image 0's target
+    a[0] = b[0]
+    torch.testing.assert_close(mean_foreground_iou(a, b, 4), foreground_mean(per_class_scores(a, b, 4))["iou"])
     # K = 2: the binary foreground IoU
     g = torch.Generator().manual_seed(0)
     a, b = (torch.rand(5, 1, 6, 6, generator=g) > 0.5).float(), (torch.rand(5, 1, 6, 6, generator=g) > 0.5).float()

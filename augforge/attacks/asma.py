@@ -19,9 +19,11 @@ pixels not yet predicted as it. Per iteration n (and the paper's reference code)
 Binary, a one-logit segmenter f(x) = z (B, 1, H, W): the class logits are (g_0, g_1) = (-z, z),
 so the target-class logit is g_t = (2t - 1) z, the prediction is z > 0 and the IoU is the
 foreground IoU. K classes, K > 1 logits (B, K, H, W): g_t is the logit of channel t, the prediction
-is the argmax and the IoU is the mean foreground IoU, over the classes 1..K-1 present in the target
-or the prediction (1 when neither holds any): for K = 2 it is the binary foreground IoU, and it is 1
-exactly when the prediction equals the target. (The mean IoU, not the pixel accuracy, drives alpha:
+is the argmax and the IoU is the mean foreground IoU, the mean over the classes c = 1..K-1 of
+IoU_c = |[P = c] & [t = c]| / |[P = c] | [t = c]|, a class in neither scoring 1 (the convention of
+:mod:`augforge.seg.metrics`, whose ``foreground_mean(per_class_scores(...))["iou"]`` it equals): for K = 2
+it is the binary foreground IoU, and it is 1 exactly when the prediction equals the target. (The mean
+IoU, not the pixel accuracy, drives alpha:
 pixel accuracy is dominated by the background and is near 1 long before a small structure such as
 a cup reaches its target; both are reported.)
 
@@ -100,19 +102,16 @@ def _iou(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def mean_foreground_iou(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """Per-image mean IoU (B,) over the foreground classes 1..K-1 of index masks (B, 1, H, W).
+    """Per-image mean IoU (B,) over the foreground classes 1..K-1 of index masks (B, 1, H, W), of pred's dtype.
 
-    A class counts when the target or the prediction holds it; an image where neither holds any
-    foreground class scores 1. For K = 2 this is :func:`_iou` of the binary masks.
+    A class absent from both masks scores 1 (as in :mod:`augforge.seg.metrics`). For K = 2 this is
+    :func:`_iou` of the binary masks.
     """
     classes = torch.arange(1, num_classes, device=pred.device).view(1, -1, 1, 1)
     p, t = pred == classes, target == classes  # (B, K-1, H, W)
     intersection = (p & t).flatten(2).sum(2).to(pred.dtype)
     union = (p | t).flatten(2).sum(2).to(pred.dtype)
-    present = (union > 0).to(pred.dtype)
-    total = (intersection / union.clamp_min(1.0) * present).sum(1)
-    count = present.sum(1)
-    return torch.where(count > 0, total / count.clamp_min(1.0), torch.ones_like(count))
+    return torch.where(union > 0, intersection / union.clamp_min(1.0), torch.ones_like(union)).mean(1)
 
 
 def predict(logits: Tensor, dtype: torch.dtype) -> Tensor:

@@ -2,7 +2,9 @@
 
 Every pair (or ``--split``) is attacked against the segmenter; rows keep their parent's id and
 split, with ``source: attacked``, ``parent`` and ``method`` (name and parameters) plus the
-perturbation's L∞/L2 and the segmenter's Dice before/after. Resumable and shardable like ``sample``.
+perturbation's L∞/L2 and the segmenter's Dice before/after (K classes: the mean foreground Dice).
+Resumable and shardable like ``sample``. The dataset's classes and image channels are read from it and
+must be the segmenter's (and the Diff-PGD purifier's); the attacked dataset keeps them.
 Budgets are given in 0-255 units and converted here, once, with :func:`intensity_to_unit`.
 A pair's random numbers (random start, SDEdit noise) come from counter-based per-pair streams
 (:class:`augforge.rng.PairStreams`); the Diff-PGD purifier runs as a bf16 copy on CUDA
@@ -27,16 +29,17 @@ from augforge.data.dataset import (
     DatasetWriter,
     encode_png,
     load_pairs,
+    mask_file_values,
     read_dataset,
+    read_label_mask,
     read_manifest,
-    read_mask,
     run_record,
 )
 from augforge.diffusion.gaussian import GaussianDiffusion
 from augforge.diffusion.process import build_diffusion
 from augforge.errors import AugforgeError
 from augforge.guidance import parse_guidance, resolve_guidance
-from augforge.models.folder import load_network, model_fingerprint
+from augforge.models.folder import check_model_data, load_network, model_fingerprint
 from augforge.models.inference import attacked_net, inference_net
 from augforge.progress import log, progress_bar
 from augforge.ranges import intensity_to_unit, to_uint8_images
@@ -52,8 +55,8 @@ from augforge.runtime import (
     seed_everything,
     work_shard,
 )
-from augforge.seg.metrics import per_image_scores
-from augforge.visual import contact_sheet, gray_to_rgb, heatmap
+from augforge.seg.metrics import consistency_scores, per_image_scores
+from augforge.visual import colour_labels, contact_sheet, gray_to_rgb, heatmap
 
 WEIGHTABLE = ("fgsm", "inverse-fgsm", "pgd", "diff-pgd")
 # keys of the per-pair generators (evaluate --attack shares them)
@@ -61,7 +64,10 @@ RANDOM_START_STREAM, ASMA_TARGET_STREAM, SDEDIT_STREAM, NOISE_STREAM = 13, 7, 11
 
 
 class Purifier(NamedTuple):
-    """The diff-pgd purifier: SDEdit with a mask-conditioned image model (bf16 copy on CUDA), at a guidance scale."""
+    """The diff-pgd purifier: SDEdit with a mask-conditioned image model (bf16 copy on CUDA), at a guidance scale.
+
+    Called with C-channel images in [0, 1] and the pairs' index masks (B, 1, H, W) (binary {0, 1}; K > 2:
+    class indices, which the image model's condition encodes as it was trained)."""
 
     net: torch.nn.Module
     diffusion: GaussianDiffusion
@@ -74,10 +80,15 @@ class Purifier(NamedTuple):
                                      differentiable=full_grad, checkpoint=full_grad)
 
 
-def load_purifier(image_model: str, guidance: str, image_size: int, device: torch.device, precision: str) -> Purifier:
+def load_purifier(image_model: str, guidance: str, image_size: int, device: torch.device, precision: str, *,
+                  data: str = "", classes: tuple[str, ...] | None = None, channels: int | None = None) -> Purifier:
     """The purifier of `attack` and `evaluate --attack diff-pgd`: the image model (kind and size checked),
-    frozen; ``guidance`` as --purify-guidance takes it (checked against how the model was trained)."""
+    frozen; ``guidance`` as --purify-guidance takes it (checked against how the model was trained). Given the
+    data's ``classes`` and ``channels`` (``data`` names it), a model of other classes or channels is refused in
+    one line (:func:`augforge.models.folder.check_model_data`)."""
     net, image_cfg = load_network(Path(image_model), kind="image-diffusion", image_size=image_size, device=device)
+    if classes is not None and channels is not None:
+        check_model_data(image_model, image_cfg, data, classes, channels)
     net.requires_grad_(False)
     # bf16 weights at --precision bf16 (input cast inside; with --grad full the gradient reaches the float32 image)
     return Purifier(inference_net(net, device, precision), build_diffusion("image-diffusion", image_cfg["process"]),
@@ -151,14 +162,23 @@ def unused_options(cfg: AttackConfig) -> list[str]:
             if not applies(f, values) and f.default is not MISSING and values[f.name] != f.default]
 
 
-def asma_targets(cfg: AttackConfig, masks: torch.Tensor, all_masks: torch.Tensor, index: list[int]) -> torch.Tensor:
-    """ASMA target masks (B,1,S,S): another pair's mask (seeded per pair), the mask shifted, or a file."""
+def read_target_file(path: str, size: int, num_classes: int = 2) -> np.ndarray:
+    """--target-file as a class-index map (S, S) uint8: a binary mask file (0/255, read as every mask is) for
+    binary data, a K-class label PNG (values 0..K-1, each checked: one line naming the file) for K > 2;
+    resized to the data's size with nearest-neighbour (classes stay classes)."""
+    return cv2.resize(read_label_mask(Path(path), num_classes), (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def asma_targets(cfg: AttackConfig, masks: torch.Tensor, all_masks: torch.Tensor, index: list[int], *,
+                 file_target: np.ndarray | None = None) -> torch.Tensor:
+    """ASMA target index masks (B,1,S,S): another pair's mask (seeded per pair), the mask shifted, or a file
+    (``file_target``, :func:`read_target_file`; read as a binary mask when not given)."""
     size = masks.shape[-1]
     if cfg.target == "shift":
         return torch.roll(masks, shifts=(size // 4, size // 4), dims=(-2, -1))
     if cfg.target == "file":
-        m = cv2.resize(read_mask(Path(cfg.target_file)), (size, size), interpolation=cv2.INTER_NEAREST)
-        return torch.from_numpy(m // 255).float().to(masks.device).expand_as(masks).clone()
+        m = read_target_file(cfg.target_file, size) if file_target is None else file_target
+        return torch.from_numpy(m).float().to(masks.device).expand_as(masks).clone()
     n = all_masks.shape[0]
     others = [(i + 1 + int(torch.randint(0, n - 1, (1,), generator=generator_for(cfg.seed, i, ASMA_TARGET_STREAM)))) % n
               if n > 1 else i for i in index]
@@ -184,11 +204,16 @@ def run(cfg: AttackConfig) -> dict:
     rows = sorted(ds.split(cfg.split), key=lambda r: r["id"])
     if not rows:
         raise AugforgeError(f"{cfg.data}: no pairs in split {cfg.split!r}")
-    seg, _ = load_network(Path(cfg.segmenter), kind="segmenter", image_size=ds.image_size, device=device)
+    seg, seg_cfg = load_network(Path(cfg.segmenter), kind="segmenter", image_size=ds.image_size, device=device)
+    # the data's classes and image channels are the segmenter's (one line otherwise, before anything is written)
+    check_model_data(cfg.segmenter, seg_cfg, cfg.data, ds.classes, ds.channels)
     seg.requires_grad_(False)
     seg = attacked_net(seg, precision)  # under bf16 autocast at --precision bf16
-    purifier = (load_purifier(cfg.image_model, cfg.purify_guidance, ds.image_size, device, precision)
+    purifier = (load_purifier(cfg.image_model, cfg.purify_guidance, ds.image_size, device, precision,
+                              data=cfg.data, classes=ds.classes, channels=ds.channels)
                 if cfg.method == "diff-pgd" else None)
+    file_target = (read_target_file(cfg.target_file, ds.image_size, ds.num_classes)
+                   if cfg.method == "asma" and cfg.target == "file" else None)
 
     # 2. output: the run's identity holds only the options this method uses (configs: when=)
     options = identity(cfg)
@@ -203,7 +228,8 @@ def run(cfg: AttackConfig) -> dict:
         options["purify_guidance"] = f"{purifier.guidance:g}"  # the scale used: auto and its value are one run
     made_by = run_record("attack", options)
     writer = rank_zero_first(lambda: DatasetWriter(Path(cfg.out), made_by, ds.image_size,
-                                                   overwrite=cfg.overwrite and world.is_main))
+                                                   overwrite=cfg.overwrite and world.is_main,
+                                                   classes=ds.classes, channels=ds.channels))
     done = writer.existing_ids()
     ids = [f"{r['id']}-{cfg.method}" for r in rows]
     todo = [i for i in range(shard_index, len(rows), shard_count) if ids[i] not in done]
@@ -237,7 +263,7 @@ def run(cfg: AttackConfig) -> dict:
             weights = uncertainty_weights(clean_logits, cfg.sigma2) if cfg.weighted else None
             kwargs: dict = {}
             if cfg.method == "asma":
-                target = asma_targets(cfg, y, all_masks, index)
+                target = asma_targets(cfg, y, all_masks, index, file_target=file_target)
                 result, chosen = asma_beta_search(seg, x, y, target=target, betas=betas, max_iter=cfg.max_iter,
                                                   tau=cfg.tau, generator=generator,
                                                   adaptive_mask=cfg.asma_mask == "adaptive",
@@ -268,18 +294,17 @@ def run(cfg: AttackConfig) -> dict:
             # per-pair numbers computed batched, moved to the host in one transfer
             delta = (x_adv - x).flatten(1)
             stats = torch.stack([delta.abs().amax(1) * 255, delta.norm(dim=1) * 255,
-                                 per_image_scores((clean_logits > 0).float(), y)["dice"].to(delta.dtype),
-                                 per_image_scores((adv_logits > 0).float(), y)["dice"].to(delta.dtype)], 1)
+                                 _dice(clean_logits, y).to(delta.dtype), _dice(adv_logits, y).to(delta.dtype)], 1)
             linf, l2, dice_before, dice_after = zip(*stats.cpu().tolist()) if index else ((),) * 4
             adv_u8 = to_uint8_images(x_adv)
-            masks_u8 = (masks[:, 0] * 255).to(torch.uint8).numpy()
+            masks_u8 = mask_file_values(masks[:, 0].numpy(), ds.num_classes)
             out_rows = [{"split": rows[i]["split"], "source": "attacked", "parent": rows[i]["id"], "method": method,
                          "seed": cfg.seed, "linf": linf[k], "l2": l2[k], "dice_before": dice_before[k],
                          "dice_after": dice_after[k], **{key: v[k] for key, v in extra.items()}}
                         for k, i in enumerate(index)]
             writer.append_batch([ids[i] for i in index], adv_u8, masks_u8, out_rows)
             if start == 0 and world.is_main:
-                _sheet(writer.root, images, x_adv, masks, clean_logits, adv_logits, weights)
+                _sheet(writer.root, images, x_adv, masks, clean_logits, adv_logits, weights, ds.classes)
             advance(len(index))
     writer.flush()
     barrier()
@@ -304,23 +329,38 @@ def run(cfg: AttackConfig) -> dict:
     return result
 
 
-def _sheet(root: Path, images_u8, x_adv, masks, clean_logits, adv_logits, weights, limit: int = 8) -> None:
-    """clean | attacked | amplified |difference| | W map (weighted) | prediction before | after."""
+def _dice(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image Dice (B,) of the segmenter's prediction: binary as it always was (logit > 0); K logits: the mean
+    foreground Dice of the argmax (:func:`augforge.seg.metrics.consistency_scores`)."""
+    if logits.shape[1] == 1:
+        return per_image_scores((logits > 0).float(), y)["dice"]
+    return consistency_scores(logits, y)["dice"]
+
+
+def _sheet(root: Path, images_u8, x_adv, masks, clean_logits, adv_logits, weights,
+           classes: tuple[str, ...] = ("background", "foreground"), limit: int = 8) -> None:
+    """clean | attacked | amplified |difference| | W map (weighted) | prediction before | after (grey images grey,
+    K-class predictions one colour per class with a legend)."""
     n = min(limit, images_u8.shape[0])
     clean = images_u8[:n].permute(0, 2, 3, 1).numpy()
     adv = to_uint8_images(x_adv[:n])
     diff = np.abs(adv.astype(np.int16) - clean.astype(np.int16))
     gain = 255.0 / max(1, int(diff.max()))
     amplified = np.clip(diff * gain, 0, 255).astype(np.uint8)
-    before = ((clean_logits[:n, 0] > 0).cpu().numpy() * 255).astype(np.uint8)
-    after = ((adv_logits[:n, 0] > 0).cpu().numpy() * 255).astype(np.uint8)
+    if clean_logits.shape[1] == 1:
+        before = [gray_to_rgb(m) for m in ((clean_logits[:n, 0] > 0).cpu().numpy() * 255).astype(np.uint8)]
+        after = [gray_to_rgb(m) for m in ((adv_logits[:n, 0] > 0).cpu().numpy() * 255).astype(np.uint8)]
+    else:
+        before, after = ([colour_labels(m, len(classes)) for m in logits[:n].argmax(1).cpu().numpy()]
+                         for logits in (clean_logits, adv_logits))
     cells = []
     for i in range(n):
         row = [clean[i], adv[i], amplified[i]]
         if weights is not None:
             row.append(heatmap(weights[i, 0].cpu().numpy()))
-        row += [gray_to_rgb(before[i]), gray_to_rgb(after[i])]
+        row += [before[i], after[i]]
         cells.append(row)
     titles = ["clean", "attacked", f"|difference| x{gain:.0f}"] + (["uncertainty W"] if weights is not None else []) \
         + ["prediction before", "prediction after"]
-    atomic_write_bytes(root / "contact_sheet.png", encode_png(contact_sheet(cells, titles=titles)))
+    atomic_write_bytes(root / "contact_sheet.png",
+                       encode_png(contact_sheet(cells, titles=titles, classes=tuple(classes))))
