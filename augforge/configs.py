@@ -122,6 +122,19 @@ class PrepareConfig:
     split_file: str = option("", "Published split lists instead of --split: a JSON file of lists {\"train\": [ids], "
                                  "\"val\": [...], \"test\": [...]} (a prepared dataset's splits.json), or a folder "
                                  "of train.txt, val.txt, test.txt (one id per line). Every pair must be listed once.")
+    classes: str = option("auto", "The masks' classes: auto (label and palette PNGs with indices up to K-1 give K "
+                                  "classes, 0/255 and near-binary JPEG masks are binary; a colour- or grey-coded "
+                                  "mask is refused, naming --class-map) | binary (every mask binarised at 128) | "
+                                  "names, background first (e.g. background,disc,cup: mask value k is class k).")
+    class_map: str = option("", "Colour-coded masks: a JSON file {\"background\": [0,0,0], \"disc\": [255,0,0], "
+                                "\"cup\": [0,0,255]} (a grey level or [R,G,B] per class, background first) or lines "
+                                "'NAME R G B'; each pixel takes the nearest listed colour (edge blends too); another "
+                                "colour is refused.", path=True)
+    structures: str = option("", "Masks in one folder per structure (MASKS/<structure>/, binary each), in this order, "
+                                 "outer first: a later structure paints over an earlier one (disc,cup: a pixel in "
+                                 "both is cup).")
+    channels: str = option("auto", "Image channels: auto (1 when every image is grey, R = G = B, else 3) | 1 (colour "
+                                   "images become their luma) | 3.")
     overwrite: bool = _overwrite()
 
 
@@ -132,6 +145,8 @@ class SynthesizeConfig:
     size: int = option(64, "Side length in pixels.")
     split: str = option("0.8,0.1,0.1", "train,val,test fractions summing to 1.")
     seed: int = option(0, "Seed: the same seed gives the same bytes.")
+    kind: str = option("polyp", "polyp: colour colonoscopy frames, binary masks | fundus: grey disc-centred fundus "
+                                "crops, 3 classes (background, disc, cup; the cup nested in the disc), 1 channel.")
     overwrite: bool = _overwrite()
 
 

@@ -205,16 +205,46 @@ class Subset:
 
     name: str
     layout: str
-    pairs: dict[str, tuple[str, str]] = field(default_factory=dict)  # stem -> (image rel, mask rel)
+    # stem -> (image rel, mask rel), or (image rel, mask rel of each structure...) with --structures
+    pairs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _structure_folders(source: Source, mask_dir: str) -> list[str]:
+    """The sub-folders of ``mask_dir`` holding image files (one mask folder per structure)."""
+    prefix = f"{mask_dir}/" if mask_dir else ""
+    return sorted({f[len(prefix):].split("/")[0] for f in source.files
+                   if f.startswith(prefix) and f[len(prefix):].count("/") == 1 and f.lower().endswith(IMAGE_EXTS)})
+
+
+def pair_structures(source: Source, image_dir: str, mask_dir: str, pattern: str,
+                    structures: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Pair each image of ``image_dir`` with its mask in every structure folder ``mask_dir/<structure>/``
+    (``--structures``, outer first): stem -> (image rel, mask rel of each structure, in that order)."""
+    found = _structure_folders(source, mask_dir)
+    lower = {f.lower(): f for f in found}
+    pairs: dict[str, tuple[str, ...]] = {}
+    for s in structures:
+        folder = lower.get(s.lower())
+        if folder is None:
+            where = source.where(mask_dir) if mask_dir else source.label
+            raise AugforgeError(f"--structures {','.join(structures)}: no folder {s}/ of masks in {where} (found: "
+                                f"{', '.join(f + '/' for f in found) or 'none'})")
+        for stem, (image_rel, mask_rel) in pair_files(source, image_dir, _join(mask_dir, folder), pattern).items():
+            pairs[stem] = (*pairs.get(stem, (image_rel,)), mask_rel)
+    return pairs
 
 
 def pair_files(source: Source, image_dir: str, mask_dir: str, pattern: str, *,
-               image_stem: str | None = None) -> dict[str, tuple[str, str]]:
+               image_stem: str | None = None, structures: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
     """Pair the image files of ``image_dir`` with the masks of ``mask_dir`` named by ``pattern``.
 
     When both are one folder, the files matching the pattern are the masks. ``image_stem`` (a regex)
-    keeps only images whose stem matches it (CVC-ColonDB's numbered frames).
+    keeps only images whose stem matches it (CVC-ColonDB's numbered frames). With ``structures`` the
+    masks are in one sub-folder of ``mask_dir`` per structure (:func:`pair_structures`); a ``mask_dir``
+    holding only such sub-folders without ``structures`` is one line asking for their order.
     """
+    if structures:
+        return pair_structures(source, image_dir, mask_dir, pattern, structures)
     regex = mask_regex(pattern)
 
     def files_in(folder: str) -> list[str]:
@@ -244,6 +274,12 @@ def pair_files(source: Source, image_dir: str, mask_dir: str, pattern: str, *,
         if stem in images:
             raise AugforgeError(f"{source.where(rel)}: two files share the stem {stem!r} ({PurePosixPath(images[stem]).name})")
         images[stem] = rel
+    if not masks and not unmatched and mask_dir != image_dir:
+        folders = _structure_folders(source, mask_dir)
+        if folders:
+            raise AugforgeError(f"{source.where(mask_dir) if mask_dir else source.label}: holds one folder of masks per "
+                                f"structure ({', '.join(f + '/' for f in folders)}): give their order with --structures "
+                                f"{','.join(folders)} (outer first: a later structure paints over an earlier one)")
     if not images and not masks and not unmatched:
         shown = " or ".join(f"{d or '.'}/" for d in dict.fromkeys((image_dir, mask_dir)))
         raise AugforgeError(f"{source.where(image_dir) if image_dir else source.label}: no image files "
@@ -324,8 +360,9 @@ def _found_summary(source: Source) -> str:
     return (f"in {top}/: " if top else "") + ", ".join(parts)
 
 
-def detect(source: Source) -> list[Subset]:
-    """Find every dataset root in the source (a root's own sub-folders are not searched further).
+def detect(source: Source, structures: tuple[str, ...] = ()) -> list[Subset]:
+    """Find every dataset root in the source (a root's own sub-folders are not searched further);
+    ``structures``: masks in one sub-folder per structure (:func:`pair_structures`).
 
     Several roots of one layout side by side are subsets, named by their folder relative to the
     folder that holds them all. Roots of different layouts are refused as mixed layouts.
@@ -352,14 +389,14 @@ def detect(source: Source) -> list[Subset]:
     if len(roots) == 1:
         d, m = roots[0]
         return [Subset("", m.layout, pair_files(source, _join(d, m.images), _join(d, m.masks), m.pattern,
-                                                image_stem=m.image_stem))]
+                                                image_stem=m.image_stem, structures=structures))]
     common = os.path.commonpath([d for d, _ in roots])
     subsets = []
     for d, m in roots:
         same_folder = sum(r == d for r, _ in roots) > 1  # PolypGen tags side by side in one folder
         name = "-".join(p for p in (d[len(common):].strip("/").replace("/", "-"), m.images if same_folder else "") if p)
         subsets.append(Subset(name, m.layout, pair_files(source, _join(d, m.images), _join(d, m.masks), m.pattern,
-                                                         image_stem=m.image_stem)))
+                                                         image_stem=m.image_stem, structures=structures)))
     for i, a in enumerate(subsets):  # one dataset twice (CVC-ClinicDB's PNG/ and TIF/ copies)
         for b in subsets[i + 1:]:
             if set(a.pairs) == set(b.pairs):
@@ -368,7 +405,7 @@ def detect(source: Source) -> list[Subset]:
     return subsets
 
 
-def explicit(source: Source, images: str, masks: str, pattern: str) -> list[Subset]:
+def explicit(source: Source, images: str, masks: str, pattern: str, structures: tuple[str, ...] = ()) -> list[Subset]:
     """``--images DIR --masks DIR [--mask-pattern P]``, folders relative to SRC ("." for SRC itself)."""
     folders = []
     for option, value in (("--images", images), ("--masks", masks)):
@@ -378,4 +415,4 @@ def explicit(source: Source, images: str, masks: str, pattern: str) -> list[Subs
             raise AugforgeError(f"{option} {value}: no such folder in {source.label} (found {_found_summary(source)})")
         folders.append(rel)
     return [Subset("", f"--images {images} --masks {masks} --mask-pattern {pattern}",
-                   pair_files(source, folders[0], folders[1], pattern))]
+                   pair_files(source, folders[0], folders[1], pattern, structures=structures))]

@@ -110,6 +110,20 @@ def write_shards(ds: Dataset, data_dir: Path, max_bytes: int) -> dict[str, list[
     return files
 
 
+def _classes_lines(info: dict) -> list[str]:
+    """The card's line on classes and channels (none for a binary colour dataset)."""
+    classes, channels = info.get("classes"), info.get("channels", 3)
+    if not classes and channels == 3:
+        return []
+    parts = []
+    if classes:
+        values = "0 and 255" if len(classes) == 2 else f"0..{len(classes) - 1}"
+        parts.append(f"{len(classes)} classes ({', '.join(classes)}): each mask pixel holds {values}, the class in "
+                     "that order")
+    parts.append("images are grey (one channel)" if channels == 1 else "images are RGB")
+    return ["", "; ".join(parts) + "."]
+
+
 def dataset_card(files: dict[str, list[str]], info: dict, *, name: str, license: str, digest: str) -> str:
     """README.md of an exported dataset: YAML (license, tags, ``configs`` naming each split's files)
     and what is in it."""
@@ -124,6 +138,7 @@ def dataset_card(files: dict[str, list[str]], info: dict, *, name: str, license:
             f"{info.get('count', '?')} image/mask pairs of {info.get('image_size', '?')} px, made by augforge "
             f"`{made_by.get('command', '')}` ({json.dumps(info.get('sources', {}))}); splits "
             f"{json.dumps({s: len(v) for s, v in files.items()})}, split lists in splits.json (digest `{digest}`).",
+            *_classes_lines(info),
             "", "```python", "from datasets import load_dataset",
             f'pairs = load_dataset("parquet", data_files={{"train": "{DATA_DIR}/train-*.parquet"}})["train"]',
             'pairs[0]["image"], pairs[0]["mask"]  # PIL images; the other columns: the pair\'s manifest fields',
@@ -182,10 +197,28 @@ def is_table(root: Path) -> bool:
         p.suffix.lower() in IMAGE_EXTS for p in root.rglob("*") if p.is_file())
 
 
+def table_classes(root: Path) -> tuple[tuple[str, ...] | None, int | None]:
+    """The classes and image channels an exported table's dataset.json records (export-dataset keeps the
+    dataset's summary beside the shards): (None, None) without one, a binary/3-channel dataset's (None, None)
+    too, since prepare reads those masks and images as it always did."""
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
+        return None, None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, None
+    classes = info.get("classes")
+    classes = tuple(classes) if isinstance(classes, list) and len(classes) >= 2 else None
+    channels = info.get("channels")
+    return classes, (channels if channels in (1, 3) else None)
+
+
 class TableSource:
     """A Parquet table as prepare's source (:class:`augforge.data.layouts.Source`'s interface): one subset
-    whose pairs are the rows, ``splits`` from its ``split`` column (None without one) and ``fields``, the
-    manifest fields each row carries into the prepared dataset."""
+    whose pairs are the rows, ``splits`` from its ``split`` column (None without one), ``fields``, the
+    manifest fields each row carries into the prepared dataset, and ``classes``/``channels`` from an exported
+    table's dataset.json (:func:`table_classes`)."""
 
     random_access = True
 
@@ -200,6 +233,7 @@ class TableSource:
         splits = {r["id"]: r["fields"].get("split") for r in rows}
         self.splits = splits if all(isinstance(v, str) and v for v in splits.values()) else None
         self.files, self.dirs = sorted(self._bytes), {""}
+        self.classes, self.channels = table_classes(root)
 
     def subset(self):
         from augforge.data.layouts import Subset

@@ -240,3 +240,166 @@ def synthetic_pairs(n: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, 
     for i in range(n):
         images[i], masks[i] = synthetic_pair(i, size, seed)
     return images, masks
+
+
+# --------------------------------------------------------------------------- fundus: 3 classes, one channel
+
+FUNDUS_CLASSES = ("background", "disc", "cup")
+_FUNDUS_STREAM = 1  # the fundus pairs' streams are numpy.random.default_rng([seed, index, 1])
+FUNDUS_PALETTE = ((0, 0, 0), (128, 0, 0), (0, 128, 0))  # palette PNG colours of the source files (VOC's first three)
+FUNDUS_COLOURS = {"background": [0, 0, 0], "disc": [255, 0, 0], "cup": [0, 0, 255]}  # colour-coded source files
+
+
+def _fundus_blob(rng: np.random.Generator, size: int, centre: np.ndarray, radius: float, aspect: float,
+                 rot: float, rough: float) -> np.ndarray:
+    """A filled near-ellipse (smoothed radial noise, harmonics 2..5 of amplitude up to ``rough``), centre and
+    radius in [0, 1] units, ``(size, size)`` uint8 {0, 1}."""
+    theta = np.linspace(0.0, 2 * np.pi, 96, endpoint=False)
+    k = np.arange(2, 6)[:, None]
+    radial = 1.0 + (rng.uniform(0.0, rough, (4, 1)) / k * np.cos(k * theta + rng.uniform(0, 2 * np.pi, (4, 1)))).sum(0)
+    ex, ey = radius / np.sqrt(aspect) * np.cos(theta), radius * np.sqrt(aspect) * np.sin(theta)
+    x = radial * (ex * np.cos(rot) - ey * np.sin(rot))
+    y = radial * (ex * np.sin(rot) + ey * np.cos(rot))
+    pts = np.stack([centre[0] + x, centre[1] + y], 1) * size * 2**_SUBPIXEL_BITS
+    blob = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(blob, [np.rint(pts).astype(np.int32)], 1, cv2.LINE_8, _SUBPIXEL_BITS)
+    return blob
+
+
+def _fundus_vessels(rng: np.random.Generator, size: int, origin: np.ndarray, disc_radius: float) -> np.ndarray:
+    """Retinal vessels leaving the disc: 4-7 tapering, gently curving random walks from near ``origin`` (the
+    cup), each with up to two branches; ``(size, size)`` in [0, 1]."""
+    canvas = np.zeros((size, size))
+
+    def walk(start: np.ndarray, heading: float, width: float, n: int) -> list[tuple[np.ndarray, float, float]]:
+        points, stops = [start], []
+        for _ in range(n):
+            heading += rng.normal(0, 0.18)
+            points.append(points[-1] + rng.uniform(0.035, 0.06) * np.array([np.cos(heading), np.sin(heading)]))
+            stops.append(heading)
+        for j in range(n):  # tapering segments
+            w = width * (1.0 - 0.6 * j / n)
+            a, b = (np.rint(p * size * 2**_SUBPIXEL_BITS).astype(int) for p in points[j:j + 2])
+            cv2.line(canvas, tuple(a), tuple(b), 1.0, max(int(round(w * size)), 1), cv2.LINE_AA, _SUBPIXEL_BITS)
+        return [(points[j], stops[j], width * (1.0 - 0.6 * j / n)) for j in range(2, n, 3)]
+
+    for heading in rng.uniform(0, 2 * np.pi) + np.sort(rng.uniform(0, 2 * np.pi, rng.integers(4, 8))):
+        start = origin + rng.normal(0, 0.2 * disc_radius, 2)
+        for point, h, w in walk(start, heading, rng.uniform(0.014, 0.024), 14)[:rng.integers(0, 3)]:
+            walk(point, h + rng.choice([-1, 1]) * rng.uniform(0.5, 1.1), 0.6 * w, 8)
+    return _blur(canvas, 0.004 * size + 0.3)
+
+
+def synthetic_fundus_pair(index: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic grey disc-centred fundus crop ``index`` of the stream ``seed`` (K = 3, C = 1).
+
+    Imitates the optic-disc crops of glaucoma sets (REFUGE, RIGA, Drishti-GS) in grey: a retina of smooth
+    low-frequency brightness and fine choroidal texture; a bright optic disc (6-22% of the crop, slightly
+    elongated vertically, soft edge) holding a brighter, softer-edged cup (cup-to-disc diameter ratio
+    0.35-0.75, off-centre by up to 15% of the disc radius); dark tapering vessels leaving the cup over the
+    disc and the retina; a vignette and sensor noise. Returns ``image`` (size, size) uint8 and ``labels``
+    (size, size) uint8 in {0, 1, 2} (0 background, 1 disc outside the cup, 2 cup; the cup lies inside the
+    disc by construction). Deterministic in ``(seed, index, size)``; the draws do not depend on ``size``
+    except the last (per-pixel noise).
+    """
+    _check_args(index, size, seed)
+    rng = np.random.default_rng([seed, index, _FUNDUS_STREAM])
+
+    # 1. retina: base level, low-frequency brightness, fine choroidal texture
+    base = 255.0 * rng.uniform(0.28, 0.42)
+    retina = 1.0 + 0.12 * _smooth_noise(rng, 4, size, size) + 0.04 * _smooth_noise(rng, 32, size, size)
+
+    # 2. disc and nested cup (normalised units), painted disc then cup
+    centre = 0.5 + np.clip(rng.normal(0, 0.05, 2), -0.12, 0.12)
+    disc_radius = np.sqrt(rng.uniform(0.06, 0.22) / np.pi)
+    disc = _fundus_blob(rng, size, centre, disc_radius, rng.uniform(0.8, 1.0), np.pi / 2 + rng.normal(0, 0.2), 0.12)
+    cdr = rng.uniform(0.35, 0.75)
+    offset = rng.uniform(0, 0.15 * disc_radius) * np.array([np.cos(a := rng.uniform(0, 2 * np.pi)), np.sin(a)])
+    cup = _fundus_blob(rng, size, centre + offset, cdr * disc_radius, rng.uniform(0.75, 1.0),
+                       np.pi / 2 + rng.normal(0, 0.3), 0.2) & disc
+    labels = disc + cup  # 0, 1 (disc), 2 (cup)
+
+    # 3. brightness: disc and cup raised with soft edges (the cup's edge softer: it is seen by depth, not colour)
+    disc_gain, cup_gain = rng.uniform(0.55, 0.95), rng.uniform(0.25, 0.5)
+    glow = disc_gain * _blur(disc.astype(np.float64), 0.012 * size + 0.3) + \
+        cup_gain * _blur(cup.astype(np.float64), 0.025 * size + 0.3)
+    halo = 0.12 * _blur(disc.astype(np.float64), 0.08 * size)  # peripapillary brightening
+    image = retina * (1.0 + glow + halo) * (1.0 + 0.05 * _smooth_noise(rng, 12, size, size))
+
+    # 4. vessels, darker on the retina than over the disc
+    vessels = _fundus_vessels(rng, size, centre + offset, disc_radius)
+    image *= 1.0 - rng.uniform(0.3, 0.5) * vessels
+
+    # 5. vignette, sensor noise; round half up to uint8
+    c = (np.arange(size) + 0.5) / size * 2.0 - 1.0
+    r2 = (c[None, :] - rng.normal(0, 0.1)) ** 2 + (c[:, None] - rng.normal(0, 0.1)) ** 2
+    image *= base / (1.0 + rng.uniform(0.1, 0.35) * r2)
+    image += rng.normal(0.0, 2.55, (size, size)) + 0.5
+    return np.clip(image, 0.0, 255.0).astype(np.uint8), labels.astype(np.uint8)
+
+
+def synthetic_fundus_pairs(n: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fundus pairs ``0 .. n-1`` of stream ``seed``: images (n, size, size) uint8, labels (n, size, size) uint8
+    in {0, 1, 2}; pair ``i`` equals ``synthetic_fundus_pair(i, size, seed)`` byte for byte."""
+    _check_args(n, size, seed)
+    images = np.empty((n, size, size), np.uint8)
+    labels = np.empty((n, size, size), np.uint8)
+    for i in range(n):
+        images[i], labels[i] = synthetic_fundus_pair(i, size, seed)
+    return images, labels
+
+
+FUNDUS_LAYOUTS = ("palette", "structures", "labels", "colour")
+
+
+def write_fundus_source(root, layout: str = "palette", n: int = 12, size: int = 64, seed: int = 0) -> dict:
+    """The fundus pairs written as a distributed set would ship them, for ``augforge prepare``:
+    ``images/eye<i>.png`` (grey PNG) and
+
+    - ``palette``: ``masks/eye<i>.png`` palette PNGs (index = class; palette :data:`FUNDUS_PALETTE`, written
+      with Pillow);
+    - ``structures``: ``masks/disc/eye<i>.png`` and ``masks/cup/eye<i>.png``, 0/255 each, the disc mask
+      holding the cup (prepare with ``--structures disc,cup``);
+    - ``labels``: ``masks/eye<i>.png`` grey PNGs holding 0, 1, 2;
+    - ``colour``: ``masks/eye<i>.png`` RGB PNGs in :data:`FUNDUS_COLOURS`, and that class map as
+      ``class_map.json`` beside the folders (prepare with ``--class-map``).
+
+    Returns {"root", "ids", "options": the prepare options this layout needs}.
+    """
+    from pathlib import Path
+
+    if layout not in FUNDUS_LAYOUTS:
+        raise ValueError(f"layout must be one of {FUNDUS_LAYOUTS}, got {layout!r}")
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for folder in (("masks/disc", "masks/cup") if layout == "structures" else ("masks",)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    ids = [f"eye{i:03d}" for i in range(n)]
+    colours = np.array(list(FUNDUS_COLOURS.values()), np.uint8)
+    for i, stem in enumerate(ids):
+        image, labels = synthetic_fundus_pair(i, size, seed)
+        cv2.imwrite(str(root / "images" / f"{stem}.png"), image)
+        if layout == "palette":
+            from PIL import Image
+
+            im = Image.fromarray(labels, mode="P")
+            im.putpalette([c for rgb in FUNDUS_PALETTE for c in rgb])
+            im.save(root / "masks" / f"{stem}.png")
+        elif layout == "structures":
+            cv2.imwrite(str(root / "masks" / "disc" / f"{stem}.png"), (labels >= 1).astype(np.uint8) * 255)
+            cv2.imwrite(str(root / "masks" / "cup" / f"{stem}.png"), (labels == 2).astype(np.uint8) * 255)
+        elif layout == "labels":
+            cv2.imwrite(str(root / "masks" / f"{stem}.png"), labels)
+        else:
+            cv2.imwrite(str(root / "masks" / f"{stem}.png"), colours[labels][..., ::-1])
+    options: list[str] = []
+    if layout == "structures":
+        options = ["--structures", "disc,cup"]
+    elif layout == "colour":
+        import json
+
+        (root / "class_map.json").write_text(json.dumps(FUNDUS_COLOURS))
+        options = ["--class-map", str(root / "class_map.json")]
+    elif layout == "labels":
+        options = ["--classes", ",".join(FUNDUS_CLASSES)]
+    return {"root": root, "ids": ids, "options": options}
