@@ -309,10 +309,12 @@ class AttackConfig:
     steps: int = option(10, "PGD / Diff-PGD iterations K.", when={"method": ITERATIVE_ATTACKS})
     random_start: bool = option(False, "PGD: start from a random point of the ball.", flag=True,
                                 when={"method": ITERATIVE_ATTACKS})
-    attack_loss: str = option("bce", "bce | dice.", when={"method": LINF_ATTACKS})
+    attack_loss: str = option("bce", "bce | dice (K-class data: cross-entropy | Dice averaged over the foreground "
+                                     "classes).", when={"method": LINF_ATTACKS})
     weighted: bool = option(False, "DASP per-pixel uncertainty weighting (Eq. 10).", flag=True,
                             when={"method": LINF_ATTACKS})
-    sigma2: float = option(4.0, "σ² of the uncertainty weights W = exp(-z²/2σ²).", when={"weighted": (True,)})
+    sigma2: float = option(4.0, "σ² of the uncertainty weights W = exp(-z²/2σ²) (K classes: z the margin between the "
+                                "two largest logits).", when={"weighted": (True,)})
     weight_mode: str = option("loss", "loss: weight the loss (the paper's Eq. 10); step: scale each pixel's step.",
                               when={"weighted": (True,)})
     image_model: str = option("", "Image-diffusion model (the diff-pgd purifier).", when={"method": ("diff-pgd",)},
@@ -326,7 +328,8 @@ class AttackConfig:
     grad: str = option("bpda", "diff-pgd gradient: bpda (fast) | full (through the denoiser).",
                        when={"method": ("diff-pgd",)})
     target: str = option("random-other", "asma target: random-other | shift | file.", when={"method": ("asma",)})
-    target_file: str = option("", "asma: target mask file for --target file.",
+    target_file: str = option("", "asma: target mask file for --target file (K-class data: a label PNG of class "
+                                  "indices 0..K-1).",
                               when={"method": ("asma",), "target": ("file",)})
     max_iter: int = option(2500, "asma: iteration cap per image.", when={"method": ("asma",)})
     beta: str = option("1e-6", "asma: β of the step multiplier β·IoU + τ; a comma list or 'search' (1e-6,5e-6,1e-5) "
