@@ -660,3 +660,24 @@ def test_asma_k3_reaches_a_shifted_target_with_per_class_masks(channels):
     (grad,) = torch.autograd.grad(model(xg).gather(1, target.long()).sum(), xg)
     torch.testing.assert_close(static.x_adv[1:], (x + 0.01 * grad).clamp(0, 1)[1:])  # image 0 is at its target
     assert not torch.equal(static.x_adv[1:], adaptive.x_adv[1:])
+
+
+@pytest.mark.parametrize("name", sorted(KWARGS))
+def test_binary_attacks_on_grey_images(name):
+    """A binary segmenter of 1-channel images: the same attacks, the same guarantees, the loss moved as on colour."""
+    model = BlobSegmenter().eval()
+    with torch.no_grad():
+        grey = nn.Conv2d(1, 1, 3, padding=1, padding_mode="replicate")
+        grey.weight.copy_(model.conv.weight.sum(1, keepdim=True))
+        grey.bias.copy_(model.conv.bias)
+    x, y = blobs()
+    x = x.mean(1, keepdim=True)
+    out = ATTACKS[name](grey, x, y, eps=EPS, generator=torch.Generator().manual_seed(1), **KWARGS[name])
+    assert out.shape == x.shape == (4, 1, SIZE, SIZE)
+    final = 0.5 + (out - 0.5) / 0.8 if name == "diff-pgd" else out
+    assert final.min() >= -1e-6 and final.max() <= 1 + 1e-6 and 0 < (final - x).abs().max() <= EPS + 1e-6
+    clean = bce(grey, shrink(x) if name == "diff-pgd" else x, y)
+    if name == "inverse-fgsm":
+        assert bce(grey, out, y) < clean
+    elif name != "noise":
+        assert bce(grey, out, y) > clean
