@@ -96,3 +96,72 @@ def test_bad_arguments():
         synthetic_pair(0, size=8)
     with pytest.raises(ValueError):
         synthetic_pairs(-2)
+
+
+# --------------------------------------------------------------------------- fundus (issue 32.7)
+
+def test_polyp_pairs_are_those_of_the_release_before_the_fundus_mode():
+    """The polyp stream is byte-identical to the release before ``--kind`` (hash taken there)."""
+    import hashlib
+
+    images, masks = synthetic_pairs(6, SIZE, seed=5)
+    assert hashlib.sha256(images.tobytes() + masks.tobytes()).hexdigest() == \
+        "37abc574fb2da2ebccaeee0b5469b6adf7dc106b0e3fe6ac2a92e4ac678f4d55"
+
+
+@pytest.fixture(scope="module")
+def fundus():
+    from augforge.data.synthetic import synthetic_fundus_pairs
+
+    return synthetic_fundus_pairs(60, 48, seed=3)
+
+
+def test_fundus_pairs_are_seeded_grey_and_nested(fundus):
+    from augforge.data.synthetic import synthetic_fundus_pair, synthetic_fundus_pairs
+
+    images, labels = fundus
+    assert images.shape == labels.shape == (60, 48, 48) and images.dtype == labels.dtype == np.uint8
+    again = synthetic_fundus_pairs(3, 48, seed=3)
+    assert again[0].tobytes() == images[:3].tobytes() and again[1].tobytes() == labels[:3].tobytes()
+    image, label = synthetic_fundus_pair(7, 48, seed=3)
+    assert np.array_equal(image, images[7]) and np.array_equal(label, labels[7])
+    assert not np.array_equal(synthetic_fundus_pair(0, 48, seed=4)[1], labels[0])
+    # every pair holds the three classes, the cup inside the disc: no cup pixel touches the background
+    kernel = np.ones((3, 3), np.uint8)
+    for lab in labels:
+        assert set(np.unique(lab)) == {0, 1, 2}
+        assert not (cv2.dilate((lab == 2).astype(np.uint8), kernel) & (lab == 0)).any()
+    with pytest.raises(ValueError):
+        synthetic_fundus_pair(0, size=8)
+
+
+def test_fundus_sizes_vary_plausibly_and_the_disc_is_brighter(fundus):
+    images, labels = fundus
+    disc = (labels >= 1).mean(axis=(1, 2))
+    cdr = np.sqrt((labels == 2).sum(axis=(1, 2)) / (labels >= 1).sum(axis=(1, 2)))  # cup-to-disc diameter ratio
+    assert 0.04 <= disc.min() and disc.max() <= 0.3 and disc.std() > 0.02
+    assert 0.25 <= cdr.min() and cdr.max() <= 0.85 and cdr.std() > 0.05
+    means = [np.mean([im[lab == k].mean() for im, lab in zip(images, labels)]) for k in range(3)]
+    assert means[0] + 30 < means[1] < means[2], means  # retina < rim < cup
+    assert images.std() > 20
+
+
+def test_synthesize_kind_fundus_writes_a_3_class_grey_dataset_and_polyp_stays(cli, tmp_path):
+    import json
+
+    from augforge.data.dataset import load_pairs, read_dataset
+
+    r = cli("synthesize", tmp_path / "f", "--kind", "fundus", "-n", 6, "--size", 32, "--json")
+    assert r.exit_code == 0, r.output
+    ds = read_dataset(tmp_path / "f", require_complete=True)
+    assert ds.classes == ("background", "disc", "cup") and ds.channels == 1
+    images, masks = load_pairs(ds)
+    assert images.shape == (6, 1, 32, 32) and set(masks.unique().tolist()) == {0, 1, 2}
+    assert json.loads(r.stdout)["class_area_fraction"]["cup"]["min"] > 0
+    r = cli("synthesize", tmp_path / "p", "-n", 6, "--size", 32)
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "p" / "dataset.json").read_text())
+    assert "kind" not in info["made_by"]["options"] and "classes" not in info and "channels" not in info
+    assert "class_area_fraction" not in info
+    r = cli("synthesize", tmp_path / "x", "--kind", "xray")
+    assert r.exit_code == 2 and "--kind" in r.output

@@ -10,7 +10,8 @@ A dataset carries K classes (names, background first). A mask file is read in on
 - **class map** (``--class-map FILE``): each colour (or grey level) names a class; a pixel takes the
   class of the nearest listed colour within :func:`match_distance`; a pixel between colours is an
   edge blend (anti-aliasing, JPEG) when pixels of two classes lie within 2 px of it, and then takes
-  the nearest class; any other pixel is a colour outside the map (refused in one line);
+  the nearest class; any other pixel is a colour outside the map (refused in one line; in a JPEG mask
+  only when such pixels fill an area, 1% of it, since JPEG smears the colour of small structures);
 - **structures** (``--structures disc,cup``): one binary mask per structure, painted in the order
   given, a later structure over an earlier one, so nested structures are listed outer first
   (disc, then cup: a pixel in both is cup).
@@ -400,14 +401,17 @@ def _value_text(colour) -> str:
     return f"value {r}" if r == g == b else f"colour ({r}, {g}, {b})"
 
 
-def map_colours(rgb: np.ndarray, class_map: ClassMap, where: str) -> np.ndarray:
+def map_colours(rgb: np.ndarray, class_map: ClassMap, where: str, *, lossy: bool = False) -> np.ndarray:
     """uint8 (H, W, 3) RGB -> uint8 (H, W) class indices by ``class_map`` (rules in the module docstring).
 
     1. each pixel's nearest class colour and its distance;
     2. a pixel within :func:`match_distance` takes that class;
     3. a pixel farther off takes it too when pixels of two classes (step 2) lie within BLEND_RADIUS px
        (an edge blend); any other such pixel is a colour outside the map: one line naming the file, the
-       colour and how many pixels hold it.
+       colour and how many pixels hold it. In a ``lossy`` (JPEG) mask, whose chroma is smeared over
+       whole blocks (small structures lose their colour), only an area of such pixels is refused (pixels
+       whose 3x3 neighbourhood is all outside, on at least MAJOR of the mask); the rest take the nearest
+       class.
     """
     # 1. nearest class colour
     pixels = rgb.reshape(-1, 3).astype(np.float32)
@@ -425,6 +429,10 @@ def map_colours(rgb: np.ndarray, class_map: ClassMap, where: str) -> np.ndarray:
     for k in range(class_map.num_classes):
         near += cv2.dilate(((labels == k) & matched).astype(np.uint8), kernel) > 0
     outside = ~matched & (near < 2)
+    if lossy:  # only an area of such pixels (3x3 neighbourhoods all outside) on MAJOR of the mask is refused
+        outside = cv2.erode(outside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        if outside.sum() < MAJOR * outside.size:
+            outside[:] = False
     if outside.any():
         colours, counts = np.unique(rgb[outside].reshape(-1, 3), axis=0, return_counts=True)
         worst = colours[counts.argmax()]
@@ -435,7 +443,7 @@ def map_colours(rgb: np.ndarray, class_map: ClassMap, where: str) -> np.ndarray:
 
 def class_map_labels(data: bytes, where: str, class_map: ClassMap) -> np.ndarray:
     """A colour-coded (or grey-coded) mask file -> uint8 (H, W) class indices (:func:`map_colours`)."""
-    return map_colours(_rgb8(raw_mask(data, where)), class_map, where)
+    return map_colours(_rgb8(raw_mask(data, where)), class_map, where, lossy=is_jpeg(data))
 
 
 def index_labels(data: bytes, where: str, num_classes: int) -> np.ndarray:

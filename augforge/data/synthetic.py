@@ -299,7 +299,7 @@ def synthetic_fundus_pair(index: int, size: int = 64, seed: int = 0) -> tuple[np
     0.35-0.75, off-centre by up to 15% of the disc radius); dark tapering vessels leaving the cup over the
     disc and the retina; a vignette and sensor noise. Returns ``image`` (size, size) uint8 and ``labels``
     (size, size) uint8 in {0, 1, 2} (0 background, 1 disc outside the cup, 2 cup; the cup lies inside the
-    disc by construction). Deterministic in ``(seed, index, size)``; the draws do not depend on ``size``
+    disc with a rim of at least 1.5% of ``size``, 1 px, by construction). Deterministic in ``(seed, index, size)``; the draws do not depend on ``size``
     except the last (per-pixel noise).
     """
     _check_args(index, size, seed)
@@ -315,8 +315,10 @@ def synthetic_fundus_pair(index: int, size: int = 64, seed: int = 0) -> tuple[np
     disc = _fundus_blob(rng, size, centre, disc_radius, rng.uniform(0.8, 1.0), np.pi / 2 + rng.normal(0, 0.2), 0.12)
     cdr = rng.uniform(0.35, 0.75)
     offset = rng.uniform(0, 0.15 * disc_radius) * np.array([np.cos(a := rng.uniform(0, 2 * np.pi)), np.sin(a)])
+    rim = max(int(round(0.015 * size)), 1)  # the neuroretinal rim: the cup stays this many px inside the disc
+    inner = cv2.erode(disc, np.ones((2 * rim + 1,) * 2, np.uint8))
     cup = _fundus_blob(rng, size, centre + offset, cdr * disc_radius, rng.uniform(0.75, 1.0),
-                       np.pi / 2 + rng.normal(0, 0.3), 0.2) & disc
+                       np.pi / 2 + rng.normal(0, 0.3), 0.2) & inner
     labels = disc + cup  # 0, 1 (disc), 2 (cup)
 
     # 3. brightness: disc and cup raised with soft edges (the cup's edge softer: it is seen by depth, not colour)
