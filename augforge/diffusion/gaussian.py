@@ -1,11 +1,13 @@
 """Mask-conditioned Gaussian image diffusion (DASP §3.2; DDPM, Ho et al. 2020).
 
-Images x_0 live in [-1, 1], shape (B, 3, H, W); masks are the in-memory {0, 1}, shape (B, 1, H, W).
+Images x_0 live in [-1, 1], shape (B, C, H, W) (C = 3 colour, 1 grey); masks are the in-memory label maps,
+shape (B, 1, H, W): {0, 1} for binary masks, class indices 0..K-1 for K > 2 classes.
 With the schedule beta_t (``augforge.diffusion.schedules``, shared with the mask diffusion) and
 alphabar_t = prod_{i<=t} (1 - beta_i) (``alphas_cumprod[t]``, t = 0..T-1):
 
 - forward marginal  q(x_t | x_0) = N(sqrt(alphabar_t) x_0, (1 - alphabar_t) I)            (DDPM Eq. 4)
-- network           f_theta(cat[x_t, 2 m - 1], t), 4 channels in, 3 out (the mask is the condition)
+- network           f_theta(cat[x_t, c(m)], t), C + 1 channels in (binary: c(m) = 2 m - 1) or C + K
+                    (K > 2: c(m) = 2 onehot(m) - 1, the one-hot mask in {-1, 1}), C out
 - loss              E_{t, x_0, eps} || target - f_theta(x_t, m, t) ||^2
 
 with one of two parametrisations (``prediction``):
@@ -18,8 +20,8 @@ with one of two parametrisations (``prediction``):
 
 The samplers and SDEdit only ever see eps (``eps_from_output``), so both parametrisations share them.
 
-Classifier-free guidance (Ho & Salimans 2022): training replaces the mask channel by 0, a value that
-no {-1, 1} mask takes, with probability ``cond_drop``; sampling mixes
+Classifier-free guidance (Ho & Salimans 2022): training replaces the mask channel(s) by 0, a value that
+no {-1, 1} mask (binary or one-hot) takes, with probability ``cond_drop``; sampling mixes
 eps = eps_uncond + g (eps_cond - eps_uncond).
 
 The reverse process is diffusers' (DDPMScheduler, DDIMScheduler with eta = 0, DPM-Solver++ 2M via
@@ -45,9 +47,9 @@ from augforge.rng import Generators, PairStreams, check_batch, draw_device, rand
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
-EpsModel = Callable[[Tensor, Tensor], Tensor]  # (cat[x_t, mask] (B,4,H,W), t (B,)) -> eps or v (B,3,H,W)
+EpsModel = Callable[[Tensor, Tensor], Tensor]  # (cat[x_t, mask] (B,C+M,H,W), t (B,)) -> eps or v (B,C,H,W)
 Scheduler = DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler
-NULL_MASK = 0.0  # the "no condition" value of the mask channel
+NULL_MASK = 0.0  # the "no condition" value of the mask channel(s), binary and one-hot alike
 PREDICTIONS = ("epsilon", "v")  # what the network predicts (see the module docstring)
 
 
@@ -56,11 +58,18 @@ class GaussianDiffusion:
 
     ``betas`` and ``alphas_cumprod`` are (T,) float32 CPU tensors, computed exactly as the
     diffusers schedulers compute them from the same betas (so ``q_sample`` and the samplers agree).
+    ``num_classes``: the masks' K; 2 conditions on one {-1, 1} channel (DASP's), K > 2 on K one-hot
+    channels in {-1, 1} (:attr:`mask_channels`).
     """
 
-    def __init__(self, timesteps: int = 1000, schedule: str = "linear", prediction: str = "epsilon"):
+    def __init__(self, timesteps: int = 1000, schedule: str = "linear", prediction: str = "epsilon",
+                 num_classes: int = 2):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.num_classes = num_classes
+        self.mask_channels = 1 if num_classes == 2 else num_classes
         self.timesteps = timesteps
         self.schedule = schedule
         self.prediction = prediction
@@ -86,23 +95,26 @@ class GaussianDiffusion:
             return table[t].to(like.dtype)
         return table[t].view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
-    @staticmethod
-    def model_input(x_t: Tensor, mask: Tensor | None) -> Tensor:
-        """cat[x_t, condition] (B, 4, H, W): the mask (B, 1, H, W) in {0, 1} mapped to {-1, 1}, or the
-        null condition 0 when ``mask`` is None."""
+    def model_input(self, x_t: Tensor, mask: Tensor | None) -> Tensor:
+        """cat[x_t, condition] (B, C + M, H, W), M = :attr:`mask_channels`: the mask (B, 1, H, W) mapped to
+        {-1, 1} (binary {0, 1}: 2 m - 1; K > 2 class indices: 2 onehot(m) - 1, K channels), or the null
+        condition, M channels of 0, when ``mask`` is None."""
         if mask is None:
-            cond = x_t.new_full((x_t.shape[0], 1, *x_t.shape[2:]), NULL_MASK)
+            cond = x_t.new_full((x_t.shape[0], self.mask_channels, *x_t.shape[2:]), NULL_MASK)
         elif mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != x_t.shape[0] or mask.shape[2:] != x_t.shape[2:]:
             raise ValueError(f"mask must have shape {(x_t.shape[0], 1, *x_t.shape[2:])}, got {tuple(mask.shape)}")
-        else:
+        elif self.mask_channels == 1:
             cond = to_model_range(mask.to(x_t.dtype))
+        else:
+            classes = torch.arange(self.num_classes, device=mask.device).view(1, -1, 1, 1)
+            cond = to_model_range((mask.long() == classes).to(x_t.dtype))
         return torch.cat([x_t, cond], dim=1)
 
     # ------------------------------------------------------------------ forward process
     def q_sample(
         self, x0: Tensor, t: Timestep, noise: Tensor | None = None, generator: Generators = None
     ) -> Tensor:
-        """x_t = sqrt(alphabar_t) x0 + sqrt(1 - alphabar_t) noise (DDPM Eq. 4), x0 (B, 3, H, W) in [-1, 1].
+        """x_t = sqrt(alphabar_t) x0 + sqrt(1 - alphabar_t) noise (DDPM Eq. 4), x0 (B, C, H, W) in [-1, 1].
 
         noise ~ N(0, I) is drawn with ``generator`` when not given (one draw of a PairStreams).
         """
@@ -162,7 +174,8 @@ class GaussianDiffusion:
         # 2. condition: the mask in {-1, 1}, the null value where dropped
         x_in = self.model_input(x_t, mask)
         if drop is not None:
-            x_in[:, 3:] = torch.where(drop.view(-1, 1, 1, 1), NULL_MASK, x_in[:, 3:])
+            c = x0.shape[1]
+            x_in[:, c:] = torch.where(drop.view(-1, 1, 1, 1), NULL_MASK, x_in[:, c:])
         # 3. MSE to the eps or v target
         out = model(x_in, t)
         if out.shape != x0.shape:
@@ -187,8 +200,8 @@ class GaussianDiffusion:
         """L = || target - f_theta(cat[x_t, 2 mask - 1], t) ||^2 (mean over pixels and batch), target
         from ``training_target``: eps (DASP Eq. 8) or v.
 
-        x0: (B, 3, H, W) in [-1, 1]; mask: (B, 1, H, W) in {0, 1}; t drawn uniformly from [0, T) when
-        None. With probability ``cond_drop`` a sample's mask channel is the null condition 0 (for
+        x0: (B, C, H, W) in [-1, 1]; mask: (B, 1, H, W) class indices ({0, 1} binary); t drawn uniformly
+        from [0, T) when None. With probability ``cond_drop`` a sample's mask channels are the null condition 0 (for
         classifier-free guidance). ``min_snr_gamma`` > 0 weighs each sample's MSE by
         :meth:`min_snr_weights` (Hang et al. 2023, Min-SNR-γ; 0: all weights 1).
         Returns ``loss`` (float32 scalar) and the ``t`` used (B,): :meth:`loss_from_draws` of
@@ -243,7 +256,7 @@ class GaussianDiffusion:
         return scheduler
 
     def _eps(self, model: EpsModel, x_t: Tensor, t: Tensor, mask: Tensor, guidance: float) -> Tensor:
-        """eps for x_t (B, 3, H, W) at t (B,); guidance != 1 evaluates cond and null in one batch.
+        """eps for x_t (B, C, H, W) at t (B,); guidance != 1 evaluates cond and null in one batch.
 
         Guidance mixes the network outputs; eps is affine in the output with the same x_t term for both
         halves, so mixing v's and then converting equals mixing the eps's."""
@@ -320,7 +333,7 @@ class GaussianDiffusion:
     ) -> tuple[Tensor, Tensor]:
         """One reverse step of ``scheduler`` (from ``make_scheduler``) at its grid timestep t.
 
-        x_t: (B, 3, H, W); mask: (B, 1, H, W) in {0, 1}. Returns (x_prev at the scheduler's next grid
+        x_t: (B, C, H, W); mask: (B, 1, H, W) class indices. Returns (x_prev at the scheduler's next grid
         timestep, x0_hat = predict_x0 clipped to [-1, 1]). On a grid's last step x_prev is the
         scheduler's own clean estimate (x0_hat, up to clipping for DPM-Solver). DPM-Solver keeps a
         history of model outputs, so its steps must follow the grid in order.
@@ -365,13 +378,13 @@ class GaussianDiffusion:
         guidance: float = 1.0,
         progress: Callable[[int, int], None] | None = None,
     ) -> Tensor:
-        """Generate images of ``shape`` (B, 3, H, W) in [-1, 1] for masks (B, 1, H, W) in {0, 1}.
+        """Generate images of ``shape`` (B, C, H, W) in [-1, 1] for masks (B, 1, H, W) (class indices).
 
         x_T ~ N(0, I), then ``steps`` model calls along the sampler's grid (``make_scheduler``).
         ``generator`` may be :class:`augforge.rng.PairStreams` (batched: O(1) kernels per step) or a
         list with one generator per batch element: each element's x_T and every DDPM step's noise
         come from its own stream, so element i does not depend on the batch it is in. PairStreams
-        layout: draw 0 is x_T (3, H, W) per element; DDPM draws one (3, H, W) normal per step with
+        layout: draw 0 is x_T (C, H, W) per element; DDPM draws one (C, H, W) normal per step with
         t > 0 (draws 1..steps-1); DDIM and DPM-Solver++ draw nothing after x_T. guidance > 1: classifier-free guidance against the null mask. Runs on
         ``mask.device``; ``progress(i, n)`` is called after each step.
         """
@@ -418,11 +431,11 @@ class GaussianDiffusion:
         checkpoint: bool = False,
         guidance: float = 1.0,
     ) -> Tensor:
-        """Run the reverse process from x_t (B, 3, H, W) at timestep t_start down to x_0 in [-1, 1].
+        """Run the reverse process from x_t (B, C, H, W) at timestep t_start down to x_0 in [-1, 1].
 
         The ``steps`` model calls are at ``denoise_grid(t_start, steps)``; the result is the clean
         estimate x0_hat of the last call, i.e. the step from the last grid point straight to x_0
-        (what DDIM's step to t < 0 returns). mask: (B, 1, H, W) in {0, 1}. ``differentiable`` keeps the
+        (what DDIM's step to t < 0 returns). mask: (B, 1, H, W) class indices ({0, 1} binary). ``differentiable`` keeps the
         autograd graph (Diff-PGD with full gradients); ``checkpoint`` then recomputes each model call
         in backward (torch.utils.checkpoint) so memory does not grow with the activations per step.
         ``guidance`` != 1: classifier-free guidance against the null mask (two model rows per image).
@@ -454,14 +467,14 @@ class GaussianDiffusion:
     ) -> Tensor:
         """SDEdit purification (Meng et al. 2022) as used by Diff-PGD (Xue et al. 2023) and DASP.
 
-        x0_01: (B, 3, H, W) in [0, 1]; mask01: (B, 1, H, W) in {0, 1}. DASP Eq. (1) noises x to
+        x0_01: (B, C, H, W) in [0, 1]; mask01: (B, 1, H, W) class indices ({0, 1} binary). DASP Eq. (1) noises x to
         x_{T^s} and applies the denoiser R_phi at T^s, T^s - 1, ..., 0 of the DDIM grid: T^s + 1 calls.
         With T^s = ``sdedit_steps`` on the ``grid_steps`` DDIM grid over T (diffusers "leading": 980,
         960, ..., 0 for 50 of 1000), t_start is the grid point ``sdedit_steps`` + 1 from the end, as
         in Diff-PGD's reference code: 60 for the defaults, run 60, 40, 20, 0 (4 denoiser calls,
         noise std sqrt(1 - alphabar_60) = 0.204 for the linear schedule). ``guidance``: the denoiser's
         classifier-free guidance scale (1, DASP's: the conditional model alone). Returns images
-        (B, 3, H, W) in [0, 1].
+        (B, C, H, W) in [0, 1].
         """
         if not 1 <= sdedit_steps < grid_steps:
             raise ValueError(f"sdedit_steps must be in [1, grid_steps - 1 = {grid_steps - 1}], got {sdedit_steps}")

@@ -1,4 +1,10 @@
-"""``augforge sample``: masks from the Bernoulli mask model, then images from the mask-conditioned image model.
+"""``augforge sample``: masks from the mask model, then images from the mask-conditioned image model.
+
+The classes K and image channels C come from the model folders (config.json's "classes"/"channels"): the
+mask model's process is Bernoulli for binary masks, categorical for K > 2 (:func:`build_diffusion`), and
+the image model draws C channels. A mask model and an image model of other classes or channels, or
+``--masks-from`` data of other classes or channels than the image model's, are refused in one line before
+anything is written. The generated dataset records the classes and channels (:class:`DatasetWriter`).
 
 Pair i is drawn from its own counter-based random streams (keyed by ``(seed, i, stream)``,
 :class:`augforge.rng.PairStreams`), and every batch is padded to ``--batch-size`` (:func:`padded`),
@@ -27,6 +33,7 @@ from augforge.data.dataset import (
     DatasetWriter,
     encode_png,
     load_pairs,
+    mask_file_values,
     read_dataset,
     read_manifest,
     run_record,
@@ -35,7 +42,7 @@ from augforge.diffusion.gaussian import SAMPLERS
 from augforge.diffusion.process import build_diffusion
 from augforge.errors import AugforgeError
 from augforge.guidance import parse_guidance, resolve_guidance
-from augforge.models.folder import load_network, model_fingerprint
+from augforge.models.folder import check_model_data, load_network, model_channels, model_classes, model_fingerprint
 from augforge.models.inference import inference_net
 from augforge.progress import log, progress_bar
 from augforge.ranges import from_model_range, to_uint8_images
@@ -66,7 +73,9 @@ def pair_streams(seed: int, indices: list[int], stream: int, device: torch.devic
 @torch.no_grad()
 def sample_masks(mask_net, process: dict, indices: list[int], *, size: int, steps: int, seed: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw the masks of pairs ``indices`` (one batch): (masks {0,1}, probability maps), (B,1,S,S) float32.
+    """Draw the masks of pairs ``indices`` (one batch): (masks, probability maps) float32. Binary (Bernoulli):
+    masks {0,1} and P(y_0 = 1), both (B,1,S,S); K-class (categorical): class indices (B,1,S,S) and the
+    x_0 estimate (B,K,S,S).
 
     ``mask_net`` runs as given (no autocast): pass :func:`inference_net`'s network (bf16 on CUDA).
     """
@@ -77,13 +86,13 @@ def sample_masks(mask_net, process: dict, indices: list[int], *, size: int, step
 
 @torch.no_grad()
 def render_images(image_net, process: dict, masks: torch.Tensor, indices: list[int], *, sampler: str, steps: int,
-                  guidance: float, seed: int) -> torch.Tensor:
-    """Images in [0,1] (B,3,S,S) float32 for masks (B,1,S,S) in {0,1}.
+                  guidance: float, seed: int, channels: int = 3) -> torch.Tensor:
+    """Images in [0,1] (B,C,S,S) float32, C = ``channels``, for masks (B,1,S,S) (class indices; binary {0,1}).
 
     ``image_net`` runs as given (no autocast): pass :func:`inference_net`'s network (bf16 on CUDA).
     """
     diffusion = build_diffusion("image-diffusion", process)
-    x0 = diffusion.sample_loop(image_net, (masks.shape[0], 3, *masks.shape[-2:]), mask=masks.float(),
+    x0 = diffusion.sample_loop(image_net, (masks.shape[0], channels, *masks.shape[-2:]), mask=masks.float(),
                                sampler=sampler, steps=steps, guidance=guidance,
                                generator=pair_streams(seed, indices, IMAGE_STREAM, masks.device))
     return from_model_range(x0.float())
@@ -104,9 +113,9 @@ def padded(idx: list[int], batch_size: int) -> list[int]:
 def draw_batch(idx: list[int], *, batch_size: int, image_net, image_process: dict, mask_net=None,
                mask_process: dict | None = None, real_masks: torch.Tensor | None = None, size: int, sampler: str,
                sample_steps: int, mask_sample_steps: int, guidance: float, seed: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+               device: torch.device, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs ``idx`` run as one batch padded to ``batch_size`` (:func:`padded`): (images in [0,1]
-    (B,3,S,S) float32, masks in {0,1} (B,1,S,S) float32), B = len(idx).
+    (B,C,S,S) float32, masks of class indices (binary {0,1}) (B,1,S,S) float32), B = len(idx).
 
     Masks come from the mask model, or with ``real_masks`` (M,1,S,S) pair i gets real mask i mod M."""
     run_idx = padded(idx, batch_size)
@@ -116,19 +125,20 @@ def draw_batch(idx: list[int], *, batch_size: int, image_net, image_process: dic
         masks, _ = sample_masks(mask_net, mask_process, run_idx, size=size, steps=mask_sample_steps, seed=seed,
                                 device=device)
     images = render_images(image_net, image_process, masks, run_idx, sampler=sampler, steps=sample_steps,
-                           guidance=guidance, seed=seed)
+                           guidance=guidance, seed=seed, channels=channels)
     return images[:len(idx)], masks[:len(idx)]
 
 
 def write_contact_sheet(root: Path, limit: int = 16) -> Path:
-    """image | mask overlay for the first ``limit`` pairs of a dataset folder."""
+    """image | mask overlay for the first ``limit`` pairs of a dataset folder (K > 2: class colours, legend)."""
     ds = read_dataset(root)
     rows = sorted(ds.rows, key=lambda r: r["id"])[:limit]
     images, masks = load_pairs(ds, rows)
     imgs = images.permute(0, 2, 3, 1).numpy()
-    cells = [[imgs[i], overlay(imgs[i], masks[i, 0].numpy())] for i in range(len(rows))]
+    cells = [[imgs[i], overlay(imgs[i], masks[i, 0].numpy(), num_classes=ds.num_classes)] for i in range(len(rows))]
     path = root / "contact_sheet.png"
-    atomic_write_bytes(path, encode_png(contact_sheet(cells, titles=["image", "mask overlay"])))
+    sheet = contact_sheet(cells, titles=["image", "mask overlay"], classes=ds.classes)
+    atomic_write_bytes(path, encode_png(sheet))
     return path
 
 
@@ -158,17 +168,20 @@ def run(cfg: SampleConfig) -> dict:
     # 1. models (kind and image size checked from their config.json)
     image_net, image_cfg = load_network(Path(cfg.image_model), kind="image-diffusion", device=device)
     size = image_cfg["image_size"]
+    classes, channels = model_classes(image_cfg), model_channels(image_cfg)  # K and C: the image model's
     guidance = resolve_guidance(cfg.guidance, image_cfg, cfg.image_model)
     real_masks, parents, mask_net, mask_cfg = None, None, None, None
     if cfg.masks_from:
         ds = read_dataset(Path(cfg.masks_from))
         if ds.image_size != size:
             raise AugforgeError(f"{cfg.masks_from}: masks are {ds.image_size}px, the image model works on {size}px")
+        check_model_data(cfg.image_model, image_cfg, cfg.masks_from, ds.classes, ds.channels)
         rows = ds.split("train")
         _, real_masks = load_pairs(ds, rows)
         parents = [r["id"] for r in rows]
     else:
         mask_net, mask_cfg = load_network(Path(cfg.mask_model), kind="mask-diffusion", image_size=size, device=device)
+        check_model_data(cfg.mask_model, mask_cfg, cfg.image_model, classes, channels)
 
     # bf16 copies at --precision bf16 (the networks themselves at fp32)
     image_net = inference_net(image_net, device, precision)
@@ -185,7 +198,8 @@ def run(cfg: SampleConfig) -> dict:
         options["mask_model_fingerprint"] = model_fingerprint(Path(cfg.mask_model))
     made_by = run_record("sample", options)
     writer = rank_zero_first(lambda: DatasetWriter(Path(cfg.out), made_by, size,
-                                                   overwrite=cfg.overwrite and world.is_main))
+                                                   overwrite=cfg.overwrite and world.is_main,
+                                                   classes=classes, channels=channels))
     ids = [f"gen{i:06d}" for i in range(cfg.n)]
     done = writer.existing_ids()
     todo = [i for i in range(shard_index, cfg.n, shard_count) if ids[i] not in done]
@@ -209,9 +223,9 @@ def run(cfg: SampleConfig) -> dict:
                                        mask_process=mask_cfg["process"] if mask_cfg else None, real_masks=real_masks,
                                        size=size, sampler=cfg.sampler, sample_steps=cfg.sample_steps,
                                        mask_sample_steps=cfg.mask_sample_steps, guidance=guidance, seed=cfg.seed,
-                                       device=device)
-            images_u8 = to_uint8_images(images)
-            masks_u8 = (masks[:, 0] * 255).to(torch.uint8).cpu().numpy()
+                                       device=device, channels=channels)
+            images_u8 = to_uint8_images(images)  # (B, S, S, C)
+            masks_u8 = mask_file_values(masks[:, 0].to(torch.uint8).cpu().numpy(), len(classes))
             rows = []
             for i in idx:
                 row = {"split": "train", "source": "generated", "seed": cfg.seed, "index": i,

@@ -1,8 +1,12 @@
 """``augforge train-mask-diffusion`` and ``augforge train-image-diffusion``.
 
-Mask model (DASP §3.1): Bernoulli diffusion on the train-split masks, 1 channel in, 1 flip logit out.
-Image model (DASP §3.2): Gaussian DDPM on the train-split images conditioned on their masks,
-4 channels in (image + mask), 3 out (ε). Both save a model folder (docs/artifacts.md) with EMA weights.
+Mask model (DASP §3.1): Bernoulli diffusion on the train-split masks, 1 channel in, 1 flip logit out;
+on a dataset of K > 2 classes the categorical diffusion (:mod:`augforge.diffusion.categorical`), K one-hot
+channels in, K logits of x_0 out, config "process": {"kind": "categorical", "num_classes": K, ...}.
+Image model (DASP §3.2): Gaussian DDPM on the train-split images (C = 3 colour or 1 grey channels)
+conditioned on their masks, C + 1 channels in (image + binary mask) or C + K (image + one-hot mask, config
+"mask_encoding": "one-hot"), C out (ε or v). Both record the data's classes and channels (config.json's
+"classes"/"channels", written when not binary/RGB) and save a model folder (docs/artifacts.md) with EMA weights.
 
 Checkpoints (weights + train_state.pt) follow ``--save-every`` steps and ``--save-minutes`` of wall
 time, whichever comes first; a rerun continues from the last one and first drops the metrics.jsonl
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from augforge.commands import COMMANDS
 from augforge.configs import TrainDiffusionConfig, identity
 from augforge.data.dataset import PairSet, load_pairset, open_output, read_dataset, run_record
+from augforge.diffusion.categorical import HYBRID_COEFF
 from augforge.diffusion.gaussian import PREDICTIONS
 from augforge.diffusion.process import build_diffusion
 from augforge.diffusion.train import EMA, DiffusionTrainLoop
@@ -52,16 +57,43 @@ from augforge.runtime import (
 from augforge.stages.train_seg import drop_rows_after
 
 KINDS = ("mask-diffusion", "image-diffusion")
-CHANNELS = {"mask-diffusion": (1, 1), "image-diffusion": (4, 3)}
+
+
+def network_channels(kind: str, num_classes: int = 2, channels: int = 3) -> tuple[int, int]:
+    """(in, out) channels of a diffusion UNet for data of K = ``num_classes`` classes and C = ``channels``.
+
+    Mask model: (1, 1) binary (y_t in {-1, 1} in, a flip logit out); (K, K) for K > 2 (one-hot x_t in
+    {-1, 1} in, K logits of x_0 out). Image model: (C + 1, C) binary (the mask in {-1, 1}); (C + K, C) for
+    K > 2 (the one-hot mask in {-1, 1}). Binary RGB: (1, 1) and (4, 3), DASP's."""
+    mask_channels = 1 if num_classes == 2 else num_classes
+    if kind == "mask-diffusion":
+        return mask_channels, mask_channels
+    return channels + mask_channels, channels
+
+
+def mask_process(num_classes: int, timesteps: int, schedule: str) -> dict:
+    """A mask model's config "process": Bernoulli for binary masks (no "kind": DASP's folders, unchanged),
+    categorical for K > 2 classes."""
+    if num_classes == 2:
+        return {"timesteps": timesteps, "schedule": schedule}
+    return {"kind": "categorical", "num_classes": num_classes, "timesteps": timesteps, "schedule": schedule,
+            "hybrid_coeff": HYBRID_COEFF}
 
 
 def resize_pairs(pairs: PairSet, size: int) -> PairSet:
-    """Downsample resident pairs (images: area; masks: area then threshold at 0.5)."""
+    """Downsample resident pairs (images: area; binary masks: area then threshold at 0.5; K-class masks:
+    area of each class's one-hot channel, then the argmax, i.e. the majority class of each block, ties
+    to the lower class)."""
     if pairs.images.shape[-1] == size:
         return pairs
     images = F.interpolate(pairs.images.float(), size=(size, size), mode="area").round().to(torch.uint8)
-    masks = (F.interpolate(pairs.masks.float(), size=(size, size), mode="area") >= 0.5).to(torch.uint8)
-    return PairSet(images, masks, pairs.is_extra, pairs.ids)
+    if pairs.num_classes == 2:
+        masks = (F.interpolate(pairs.masks.float(), size=(size, size), mode="area") >= 0.5).to(torch.uint8)
+    else:
+        classes = torch.arange(pairs.num_classes, device=pairs.masks.device).view(1, -1, 1, 1)
+        shares = F.interpolate((pairs.masks.long() == classes).float(), size=(size, size), mode="area")
+        masks = shares.argmax(dim=1, keepdim=True).to(torch.uint8)
+    return PairSet(images, masks, pairs.is_extra, pairs.ids, pairs.classes, pairs.channels)
 
 
 def _check(cfg: TrainDiffusionConfig) -> None:
@@ -113,10 +145,15 @@ def run(cfg: TrainDiffusionConfig) -> dict:
     options["precision"] = precision  # the arithmetic used: auto and its value are one run
     made_by = run_record(f"train-{cfg.kind}", options)
     resumed = open_output(out, made_by, overwrite=cfg.overwrite, marker=CONFIG) if world.is_main else True
-    process = {"timesteps": cfg.timesteps, "schedule": cfg.schedule}
-    if cfg.kind == "image-diffusion":
-        process["prediction"] = cfg.prediction
-    in_ch, out_ch = CHANNELS[cfg.kind]
+    num_classes, extra = ds.num_classes, {}
+    if cfg.kind == "mask-diffusion":
+        process = mask_process(num_classes, cfg.timesteps, cfg.schedule)
+    else:
+        process = {"timesteps": cfg.timesteps, "schedule": cfg.schedule, "prediction": cfg.prediction}
+        if num_classes > 2:  # the one-hot condition: build_diffusion reads K from the process
+            process["num_classes"] = num_classes
+            extra["mask_encoding"] = "one-hot"
+    in_ch, out_ch = network_channels(cfg.kind, num_classes, ds.channels)
     try:
         model = build_denoiser(cfg.model_size, in_ch, out_ch, size)
     except ValueError as e:
@@ -126,7 +163,8 @@ def run(cfg: TrainDiffusionConfig) -> dict:
 
     def config(steps_done: int, train_seconds: float = 0.0) -> dict:
         return {**make_config(cfg.kind, network=model.unet_kwargs, image_size=size, process=process,
-                              data_fingerprint=ds.fingerprint(), made_by=made_by, steps_done=steps_done),
+                              data_fingerprint=ds.fingerprint(), made_by=made_by, steps_done=steps_done,
+                              classes=ds.classes, channels=ds.channels, **extra),
                 "train_seconds": round(train_seconds, 1), "precision": precision,
                 **({"compile": compiled} if compiled else {})}
 
