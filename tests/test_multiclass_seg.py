@@ -5,17 +5,17 @@ nothing written."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from augforge.data.dataset import DatasetWriter, read_dataset, run_record
+from augforge.data.dataset import DatasetWriter, run_record
 
 CLASSES = ("background", "disc", "cup")
 NET = ["--arch", "unet", "--encoder", "resnet18"]
+EVAL = ["--device", "cpu", "--precision", "fp32"]
 TRAIN = [*NET, "--steps", "6", "--batch-size", "8", "--lr", "3e-3", "--device", "cpu"]
 
 
@@ -81,3 +81,112 @@ def test_train_seg_reads_classes_and_channels_from_the_data(trained):
     net, _ = load_network(out, kind="segmenter", device="cpu")
     with torch.no_grad():
         assert net.eval()(torch.rand(2, 1, 32, 32)).shape == (2, 3, 32, 32)
+
+
+def _hand_scores(out, data, split="test"):
+    """Per-image, per-class Dice/IoU of the segmenter's argmax on ``split``, computed here from the files."""
+    from augforge.data.dataset import load_pairset
+    from augforge.models.folder import load_network
+
+    net, _ = load_network(out, kind="segmenter", device="cpu")
+    pairs = load_pairset([data], split)
+    with torch.no_grad():
+        pred = net.eval()(pairs.images.float() / 255).argmax(1)
+    truth = pairs.masks[:, 0].long()
+    dice, iou = np.zeros((len(pairs), 3)), np.zeros((len(pairs), 3))
+    for i in range(len(pairs)):
+        for c in range(3):
+            p, t = (pred[i] == c).numpy(), (truth[i] == c).numpy()
+            tp, fp, fn = (p & t).sum(), (p & ~t).sum(), (~p & t).sum()
+            exact = float(fp + fn == 0)
+            dice[i, c] = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else exact
+            iou[i, c] = tp / (tp + fp + fn) if tp + fp + fn else exact
+    return pairs.ids, dice, iou
+
+
+def test_evaluate_reports_the_foreground_mean_and_per_class_scores(tmp_path, trained, grey3):
+    out, _ = trained
+    summary = tmp_path / "eval.json"
+    r = _invoke("evaluate", "--segmenter", out, grey3, *EVAL, "--bootstrap", "200",
+                "--out", summary, "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    ids, dice, iou = _hand_scores(out, grey3)
+    assert result["classes"] == list(CLASSES) and result["prediction"] == "argmax"
+    assert result["n_images"] == len(ids) == 4
+    assert result["mDice"] == pytest.approx(dice[:, 1:].mean(1).mean(), abs=1e-6)
+    assert result["mIoU"] == pytest.approx(iou[:, 1:].mean(1).mean(), abs=1e-6)
+    per_class = result["per_class"]
+    assert list(per_class) == ["disc", "cup"]
+    for c, name in ((1, "disc"), (2, "cup")):
+        assert per_class[name]["mDice"] == pytest.approx(dice[:, c].mean(), abs=1e-6)
+        lo, hi = per_class[name]["mDice_ci95"]
+        assert lo - 1e-9 <= per_class[name]["mDice"] <= hi + 1e-9
+        assert len(per_class[name]["micro_dice_ci95"]) == 2
+    assert result["micro_dice"] == pytest.approx((per_class["disc"]["micro_dice"] + per_class["cup"]["micro_dice"]) / 2)
+    # the files: the summary JSON and a per-image CSV with the foreground means and per-class columns
+    assert json.loads(summary.read_text())["per_class"] == result["per_class"]
+    lines = summary.with_suffix(".csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[:5] == ["id", "iou", "dice", "precision", "recall"]
+    assert {"dice_disc", "iou_cup", "tp_cup", "fp_disc", "fn_cup"} <= set(header)
+    first = dict(zip(header, lines[1].split(",")))
+    assert first["id"] == ids[0] and float(first["dice_cup"]) == pytest.approx(dice[0, 2], abs=1e-6)
+    assert float(first["dice"]) == pytest.approx(dice[0, 1:].mean(), abs=1e-6)
+    # the table as printed: the foreground mean and a row per class
+    r = _invoke("evaluate", "--segmenter", out, grey3, *EVAL, "--bootstrap", "50")
+    assert r.exit_code == 0, r.output
+    assert "per class (test split)" in r.output and "disc" in r.output and "cup" in r.output
+
+
+def test_evaluate_across_datasets_and_under_attack_scores_k_classes(tmp_path, trained, grey3):
+    out, _ = trained
+    other = write_disc_cup(tmp_path / "other", n=12, seed=5)
+    csv_path = tmp_path / "table.csv"
+    r = _invoke("evaluate", "--segmenter", out, grey3, other, *EVAL, "--bootstrap", "50",
+                "--csv", csv_path, "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert [list(d["per_class"]) for d in result["datasets"]] == [["disc", "cup"]] * 2
+    header = csv_path.read_text().splitlines()[0].split(",")
+    assert "disc_mDice" in header and "cup_micro_iou_ci95_high" in header
+    # --attack: the clean row first, then the attacked ones, each with its per-class scores
+    r = _invoke("evaluate", "--segmenter", out, grey3, *EVAL, "--bootstrap", "50", "--attack", "fgsm",
+                "--eps", "0,8", "--out", tmp_path / "robust.json", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    assert [(row["method"], row["eps_255"]) for row in rows] == [("none", 0.0), ("fgsm", 0.0), ("fgsm", 8.0)]
+    assert rows[1]["mDice"] == pytest.approx(rows[0]["mDice"])  # eps 0 changes nothing
+    assert all(list(row["per_class"]) == ["disc", "cup"] for row in rows)
+    assert "dice_cup" in (tmp_path / "robust.csv").read_text().splitlines()[0]
+
+
+def test_evaluate_asma_on_k_classes(trained, grey3):
+    out, _ = trained
+    r = _invoke("evaluate", "--segmenter", out, grey3, *EVAL, "--bootstrap", "20", "--attack", "asma",
+                "--max-iter", "3", "--beta", "1e-5", "--limit", "2", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    assert [row["method"] for row in rows] == ["none", "asma"]
+    stats = rows[1]["asma"]
+    assert 0.0 <= stats["iou_target"]["mean"] <= 1.0 and 0.0 <= stats["coverage_target"]["mean"] <= 1.0
+    assert stats["iterations"]["mean"] <= 3
+
+
+def test_a_segmenter_is_refused_on_data_of_other_classes_or_channels(tmp_path, trained, grey3):
+    out, _ = trained
+    binary = write_disc_cup(tmp_path / "binary", n=12, classes=("background", "foreground"))
+    colour = write_disc_cup(tmp_path / "colour", n=12, channels=3)
+    for data, expected in ((binary, "cannot be used on"), (colour, "1-channel images cannot be used on")):
+        summary = tmp_path / "eval.json"
+        for extra in ([], ["--attack", "fgsm", "--eps", "1"]):
+            r = _invoke("evaluate", "--segmenter", out, data, *EVAL, "--out", summary, *extra)
+            _one_line_error(r, expected)
+            assert not summary.exists() and not summary.with_suffix(".csv").exists()
+    # and the reverse: a binary segmenter on the K-class data
+    seg2 = tmp_path / "seg2"
+    r = _invoke("train-seg", binary, "--out", seg2, *NET, "--steps", "1", "--batch-size", "4", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    r = _invoke("evaluate", "--segmenter", seg2, grey3, *EVAL, "--out", tmp_path / "e2.json")
+    _one_line_error(r, "a model of 2 classes (background, foreground) cannot be used on")
+    assert not (tmp_path / "e2.json").exists()

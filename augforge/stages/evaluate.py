@@ -1,6 +1,6 @@
 """``augforge evaluate --segmenter S DATA [DATA2 ...]``: segmentation metrics of a trained segmenter on a split.
 
-A pixel is foreground when sigmoid(logit) > ``--threshold``. Reported, as in the polyp
+A pixel is foreground when sigmoid(logit) > ``--threshold`` (binary segmenters). Reported, as in the polyp
 segmentation papers: mIoU and mDice (means of per-image scores) with 95% percentile-bootstrap
 intervals (``--bootstrap`` resamples, seeded by ``--seed``), mean per-image precision and recall,
 and micro ("pooled") IoU/Dice/precision/recall from the confusion counts summed over the split.
@@ -19,6 +19,17 @@ each with its 95% bootstrap interval (images resampled, seeded). A dataset prepa
 ``--split all-test`` is scored whole by the default ``--split test``. ``--csv FILE`` writes the
 table; ``--out FILE`` the JSON (every dataset's full summary) and the per-image scores with a
 ``dataset`` column. With one dataset the result keeps its single-dataset keys (``mIoU``, ``mDice``, ...).
+
+K classes (a K-class segmenter on a dataset of the same K classes and image channels; any other pairing of
+segmenter and data, e.g. a K-class segmenter on binary data or a 1-channel one on colour images, is refused
+in one line before anything is written): the prediction is the argmax class (``--threshold`` plays no part)
+and each foreground class is scored one-vs-rest (:mod:`augforge.seg.metrics`). mDice, mIoU, precision and
+recall are then the per-image means over the foreground classes, averaged over images; the pooled scores
+are the means over the foreground classes of each class's pooled score; every interval is the same image
+bootstrap. The result adds ``classes`` and ``per_class`` (each foreground class's scores and intervals), a
+per-class table, and per-class columns in the CSV files (``dice_<class>``, ``tp_<class>``, ...). Under
+``--attack`` the attacked images are scored the same way; ASMA's targets are another image's index mask and
+its statistics average the IoU to the target over the foreground classes.
 """
 
 from __future__ import annotations
@@ -58,9 +69,29 @@ def parse_budgets(text: str, allow_zero: bool = False) -> list[float]:
 
 
 def score(logits: torch.Tensor, masks: torch.Tensor, threshold: float) -> tuple[dict, tuple]:
-    """Per-image scores (dict of (N,) CPU tensors, with tp/fp/fn counts) and dataset totals (tp, fp, fn)."""
-    from augforge.seg.metrics import confusion_counts, per_image_scores
+    """Per-image scores (dict of (N,) CPU tensors, with tp/fp/fn counts) and dataset totals (tp, fp, fn).
 
+    K logits (a K-class segmenter; masks hold class indices): the argmax is scored per class; iou, dice,
+    precision, recall (N,) are the means over the foreground classes, ``class_<score>`` and ``class_tp``/
+    ``class_fp``/``class_fn`` (N, K) each class's, and the totals (tp, fp, fn) are (K,) per class.
+    """
+    from augforge.seg.metrics import (
+        class_confusion_counts,
+        confusion_counts,
+        foreground_mean,
+        per_class_scores,
+        per_image_scores,
+    )
+
+    if logits.shape[1] > 1:
+        k = logits.shape[1]
+        pred = logits.argmax(1, keepdim=True)
+        per_class = per_class_scores(pred, masks, k)
+        tp, fp, fn = class_confusion_counts(pred, masks, k)
+        scores = {**foreground_mean(per_class),
+                  **{f"class_{name}": v for name, v in {**per_class, "tp": tp, "fp": fp, "fn": fn}.items()}}
+        scores = {name: v.cpu() for name, v in scores.items()}
+        return scores, tuple(scores[f"class_{name}"].sum(0) for name in ("tp", "fp", "fn"))
     pred = torch.sigmoid(logits) > threshold
     scores = per_image_scores(pred, masks)
     tp, fp, fn, _ = confusion_counts(pred, masks)
@@ -70,7 +101,10 @@ def score(logits: torch.Tensor, masks: torch.Tensor, threshold: float) -> tuple[
 
 def pooled_ci(scores: dict, n_boot: int, seed: int, level: float = 0.95) -> dict:
     """Percentile-bootstrap intervals of the pooled (micro) IoU and Dice: images resampled with
-    replacement (the same resamples as the per-image means' intervals, same seed), counts summed."""
+    replacement (the same resamples as the per-image means' intervals, same seed), counts summed.
+
+    Counts (N,) give the binary pooled scores; counts (N, F) of F classes give, per resample, the mean over
+    the classes of each class's pooled score (the K-class pooled scores over the foreground classes)."""
     tp, fp, fn = (np.asarray(scores[k], dtype=np.float64) for k in ("tp", "fp", "fn"))
     idx = np.random.default_rng(seed).integers(0, len(tp), size=(n_boot, len(tp)))
     t, f_p, f_n = tp[idx].sum(1), fp[idx].sum(1), fn[idx].sum(1)
@@ -78,8 +112,48 @@ def pooled_ci(scores: dict, n_boot: int, seed: int, level: float = 0.95) -> dict
     out = {}
     for name, num, den in (("micro_iou", t, t + f_p + f_n), ("micro_dice", 2 * t, 2 * t + f_p + f_n)):
         values = np.where(den > 0, num / np.maximum(den, 1), exact.astype(np.float64))
+        if values.ndim == 2:  # (n_boot, F): the mean over the classes
+            values = values.mean(1)
         out[f"{name}_ci95"] = [float(v) for v in np.percentile(values, [50 * (1 - level), 50 * (1 + level)])]
     return out
+
+
+def summary(scores: dict, totals: tuple, classes: tuple[str, ...], n_boot: int, seed: int) -> dict:
+    """The summary of :func:`score`'s output: :func:`augforge.seg.metrics.summarize` and :func:`pooled_ci`
+    (binary); for K classes :func:`augforge.seg.metrics.summarize_classes` over the foreground classes with the
+    pooled intervals of their mean, then ``classes`` and ``per_class`` (each class with its pooled intervals)."""
+    from augforge.seg.metrics import SCORE_NAMES, summarize, summarize_classes
+
+    if "class_dice" not in scores:
+        return {**summarize(scores, totals, n_boot=n_boot, seed=seed), **pooled_ci(scores, n_boot, seed)}
+    counts = ("tp", "fp", "fn")
+    out = summarize_classes({name: scores[f"class_{name}"] for name in SCORE_NAMES}, totals, classes, n_boot, seed)
+    names, rows = out.pop("classes"), out.pop("per_class")
+    per_class = {name: {**row, **pooled_ci({k: scores[f"class_{k}"][:, c] for k in counts}, n_boot, seed)}
+                 for c, (name, row) in enumerate(rows.items(), start=1)}
+    foreground = pooled_ci({name: scores[f"class_{name}"][:, 1:] for name in counts}, n_boot, seed)
+    return {**out, **foreground, "classes": names, "per_class": per_class}
+
+
+def class_table(result: dict) -> list[dict]:
+    """A K-class summary as printed: the foreground mean, then a row per foreground class, each score
+    "0.812 [0.790, 0.834]" (per-image means and pooled scores with their 95% intervals)."""
+    cell = lambda s, k: "{:.3f} [{:.3f}, {:.3f}]".format(s[k], *s[f"{k}_ci95"])  # noqa: E731
+    rows = [("mean (foreground)", result), *result["per_class"].items()]
+    return [{"class": name, **{label: cell(row, key) for label, key in TABLE_COLUMNS},
+             "precision": row["precision"], "recall": row["recall"]} for name, row in rows]
+
+
+def _prediction(classes: tuple[str, ...]) -> dict:
+    """K-class results say how the prediction is made (the threshold plays no part); binary ones stay as they were."""
+    return {} if len(classes) == 2 else {"prediction": "argmax"}
+
+
+def check_pairing(segmenter: str, config: dict, data: str, ds) -> None:
+    """A segmenter is used only on data of its classes and image channels (one line otherwise)."""
+    from augforge.models.folder import check_model_data
+
+    check_model_data(segmenter, config, data, ds.classes, ds.channels)
 
 
 def _write_results(cfg, out: Path | None, result: dict, table: Callable[[], bytes],
@@ -96,25 +170,52 @@ def _write_results(cfg, out: Path | None, result: dict, table: Callable[[], byte
         atomic_write_bytes(out, (json.dumps(result, indent=2) + "\n").encode())
 
 
-def _per_image_csv(rows: list[tuple[str, str, list]], with_dataset: bool) -> bytes:
+def per_image_columns(classes: tuple[str, ...]) -> list[str]:
+    """The per-image CSV's score columns: binary :data:`PER_IMAGE`; K classes the foreground means (iou, dice,
+    precision, recall), then ``<score>_<class>`` and ``tp_<class>``/``fp_<class>``/``fn_<class>`` per foreground
+    class."""
+    if len(classes) == 2:
+        return list(PER_IMAGE)
+    return [*PER_IMAGE[:4], *(f"{name}_{c}" for c in classes[1:] for name in PER_IMAGE)]
+
+
+def _is_count(column: str) -> bool:
+    return column.split("_", 1)[0] in ("tp", "fp", "fn")
+
+
+def _format(column: str, value: float):
+    return int(value) if _is_count(column) else f"{value:.6f}"
+
+
+def _per_image_csv(rows: list[tuple[str, str, list]], with_dataset: bool,
+                   columns: list[str] | None = None) -> bytes:
+    columns = columns or PER_IMAGE
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*(["dataset"] if with_dataset else []), "id", *PER_IMAGE])
+    writer.writerow([*(["dataset"] if with_dataset else []), "id", *columns])
     for dataset, pair_id, row in rows:
-        writer.writerow([*([dataset] if with_dataset else []), pair_id, *(f"{v:.6f}" for v in row[:4]),
-                         *(int(v) for v in row[4:])])
+        writer.writerow([*([dataset] if with_dataset else []), pair_id, *(_format(c, v) for c, v in zip(columns, row))])
     return buf.getvalue().encode()
 
 
 def _image_rows(dataset: str, scores: dict, ids: list[str]) -> list[tuple[str, str, list]]:
-    table = torch.stack([scores[c].double() for c in PER_IMAGE], 1).tolist()
+    """Per-image values in :func:`per_image_columns` order (K classes: the foreground means, then each
+    foreground class's scores and counts)."""
+    if "class_dice" not in scores:
+        table = torch.stack([scores[c].double() for c in PER_IMAGE], 1).tolist()
+    else:
+        k = scores["class_dice"].shape[1]
+        columns = [scores[c].double() for c in PER_IMAGE[:4]]
+        columns += [scores[f"class_{name}"][:, c].double() for c in range(1, k) for name in PER_IMAGE]
+        table = torch.stack(columns, 1).tolist()
     return [(dataset, pair_id, row) for pair_id, row in zip(ids, table)]
 
 
-def _write_outputs(path: Path, result: dict, scores: dict, ids: list[str]) -> None:
+def _write_outputs(path: Path, result: dict, scores: dict, ids: list[str], classes: tuple[str, ...]) -> None:
     """Summary JSON at ``path``, per-image CSV next to it (``path`` with .csv); both atomic."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path.with_suffix(".csv"), _per_image_csv(_image_rows("", scores, ids), False))
+    atomic_write_bytes(path.with_suffix(".csv"),
+                       _per_image_csv(_image_rows("", scores, ids), False, per_image_columns(classes)))
     atomic_write_bytes(path, (json.dumps(result, indent=2) + "\n").encode())
 
 
@@ -139,18 +240,27 @@ def table_rows(summaries: list[dict]) -> list[dict]:
     """The cross-dataset table as printed: one row per dataset, each score "0.812 [0.790, 0.834]"
     (the numbers themselves are in the result's ``datasets`` and in the CSV)."""
     cell = lambda s, k: "{:.3f} [{:.3f}, {:.3f}]".format(s[k], *s[f"{k}_ci95"])  # noqa: E731
-    return [{"dataset": s["dataset"], "n": s["n_images"], **{label: cell(s, key) for label, key in TABLE_COLUMNS}}
+    return [{"dataset": s["dataset"], "n": s["n_images"], **{label: cell(s, key) for label, key in TABLE_COLUMNS},
+             **{f"Dice {name} [95% CI]": cell(c, "mDice") for name, c in s.get("per_class", {}).items()}}
             for s in summaries]
 
 
 def table_csv(summaries: list[dict]) -> bytes:
+    """One line per dataset: the scores and their intervals (K classes: the foreground means, then each foreground
+    class's as ``<class>_<score>``)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     intervals = ("mDice", "mIoU", "micro_dice", "micro_iou")
-    writer.writerow(["dataset", "data", "split", *CSV_COLUMNS, *(f"{k}_ci95_{e}" for k in intervals for e in ("low", "high"))])
+    columns = [*CSV_COLUMNS[1:], *(f"{k}_ci95_{e}" for k in intervals for e in ("low", "high"))]
+    names = list(summaries[0].get("per_class", {}))
+    writer.writerow(["dataset", "data", "split", "n_images", *columns, *(f"{n}_{k}" for n in names for k in columns)])
+
+    def values(s: dict) -> list[str]:
+        return [*(f"{s[k]:.6f}" for k in CSV_COLUMNS[1:]), *(f"{v:.6f}" for k in intervals for v in s[f"{k}_ci95"])]
+
     for s in summaries:
-        writer.writerow([s["dataset"], s["data"], s["split"], *(s[k] if k == "n_images" else f"{s[k]:.6f}" for k in CSV_COLUMNS),
-                         *(f"{v:.6f}" for k in intervals for v in s[f"{k}_ci95"])])
+        writer.writerow([s["dataset"], s["data"], s["split"], s["n_images"], *values(s),
+                         *(v for c in s.get("per_class", {}).values() for v in values(c))])
     return buf.getvalue().encode()
 
 
@@ -158,16 +268,17 @@ def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, devi
                    precision: str) -> dict:
     """One segmenter on several datasets: a summary per dataset and the cross-dataset table."""
     from augforge.models.folder import load_network
-    from augforge.seg.metrics import summarize
     from augforge.seg.train import predict
 
     datasets = [read_dataset(Path(p)) for p in paths]  # every folder checked before the model is loaded
     model, config = load_network(Path(cfg.segmenter), kind="segmenter", device=device)
     size = int(config["image_size"])
     for p, ds in zip(paths, datasets):
+        check_pairing(cfg.segmenter, config, p, ds)
         if ds.image_size != size:
             raise AugforgeError(f"{p}: images are {ds.image_size}px, the segmenter works on {size}px; "
                                 f"prepare it with --size {size}")
+    classes = datasets[0].classes
     summaries, image_rows = [], []
     for name, p in zip(dataset_names(paths), paths):
         pairs = load_pairset([Path(p)], cfg.split).to(device)
@@ -175,14 +286,14 @@ def _evaluate_many(cfg: EvaluateConfig, paths: list[str], out: Path | None, devi
         scores, totals = score(logits, pairs.masks, cfg.threshold)
         summaries.append({"dataset": name, "data": p, "split": cfg.split,
                           "splits_digest": datasets[paths.index(p)].splits_digest(),  # its splits.json's
-                          **summarize(scores, totals, n_boot=cfg.bootstrap, seed=cfg.seed),
-                          **pooled_ci(scores, cfg.bootstrap, cfg.seed)})
+                          **summary(scores, totals, classes, cfg.bootstrap, cfg.seed)})
         image_rows += _image_rows(name, scores, pairs.ids)
         del pairs, logits
     result = {"segmenter": cfg.segmenter, "split": cfg.split, "threshold": cfg.threshold, "float_precision": precision,
-              "n_datasets": len(paths), "datasets": summaries,
+              **_prediction(classes), "n_datasets": len(paths), "datasets": summaries,
               "tables": {f"cross-dataset ({cfg.split} split)": table_rows(summaries)}}
-    _write_results(cfg, out, result, lambda: table_csv(summaries), lambda: _per_image_csv(image_rows, True))
+    _write_results(cfg, out, result, lambda: table_csv(summaries),
+                   lambda: _per_image_csv(image_rows, True, per_image_columns(classes)))
     return result
 
 
@@ -276,13 +387,11 @@ def _asma_batch(cfg: EvaluateConfig, attacker, x, y, index: list[int], all_masks
 
 
 def _row(cfg: EvaluateConfig, names: tuple[str, str, str], method: str, variant: str, eps255, scores: dict,
-         totals: tuple) -> dict:
-    from augforge.seg.metrics import summarize
-
+         totals: tuple, classes: tuple[str, ...]) -> dict:
     segmenter, attacker, dataset = names
     return {"segmenter": segmenter, "attack_segmenter": attacker, "dataset": dataset, "method": method,
             "variant": variant, "eps_255": eps255, "eps_01": None if eps255 is None else intensity_to_unit(eps255),
-            **summarize(scores, totals, n_boot=cfg.bootstrap, seed=cfg.seed), **pooled_ci(scores, cfg.bootstrap, cfg.seed)}
+            **summary(scores, totals, classes, cfg.bootstrap, cfg.seed)}
 
 
 def _mean_std(values: torch.Tensor) -> dict:
@@ -301,7 +410,7 @@ def robustness_table(rows: list[dict]) -> list[dict]:
                     "dataset": r["dataset"], "method": label,
                     "eps (0-255)": r["eps_255"] if r["eps_255"] is not None else "—", "n": r["n_images"],
                     "mDice": r["mDice"], "mDice CI": ci(*r["mDice_ci95"]), "mIoU": r["mIoU"],
-                    "mIoU CI": ci(*r["mIoU_ci95"])})
+                    "mIoU CI": ci(*r["mIoU_ci95"]), **{f"Dice {name}": c["mDice"] for name, c in r.get("per_class", {}).items()}})
     return out
 
 
@@ -321,12 +430,17 @@ def robust_csv(rows: list[dict]) -> bytes:
     writer = csv.writer(buf, lineterminator="\n")
     intervals = ("mDice", "mIoU", "micro_dice", "micro_iou")
     asma = [f"{k}_{m}" for k in ASMA_STATS for m in ("mean", "std")]
-    writer.writerow([*ROBUST_CSV, *(f"{k}_ci95_{e}" for k in intervals for e in ("low", "high")), *asma])
+    names = list(rows[0].get("per_class", {})) if rows else []  # K classes: per-class columns last
+    per_class = ("mDice", "mIoU", "micro_dice", "micro_iou", *(f"{k}_ci95_{e}" for k in intervals for e in ("low", "high")))
+    writer.writerow([*ROBUST_CSV, *(f"{k}_ci95_{e}" for k in intervals for e in ("low", "high")), *asma,
+                     *(f"{n}_{k}" for n in names for k in per_class)])
     fmt = lambda v: "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)  # noqa: E731
     for r in rows:
         writer.writerow([*(fmt(r[k]) for k in ROBUST_CSV), *(f"{v:.6f}" for k in intervals for v in r[f"{k}_ci95"]),
                          *((fmt(r["asma"][k][m]) for k in ASMA_STATS for m in ("mean", "std")) if "asma" in r
-                           else [""] * len(asma))])
+                           else [""] * len(asma)),
+                         *(f"{v:.6f}" for c in r.get("per_class", {}).values() for v in
+                           (*(c[k] for k in per_class[:4]), *(v for k in intervals for v in c[f"{k}_ci95"])))])
     return buf.getvalue().encode()
 
 
@@ -347,9 +461,13 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
             raise AugforgeError(f"--attack-segmenter {cfg.attack_segmenter} works on {attacker[1]['image_size']}px, "
                                 f"--segmenter {s} on {size}px: a transfer attack needs the same image size")
         for p, ds in zip(paths, datasets):
+            check_pairing(s, config, p, ds)
+            if attacker is not None:
+                check_pairing(f"--attack-segmenter {cfg.attack_segmenter}", attacker[1], p, ds)
             if ds.image_size != size:
                 raise AugforgeError(f"{p}: images are {ds.image_size}px, the segmenter {s} works on {size}px; "
                                     f"prepare it with --size {size}")
+    classes = datasets[0].classes  # every dataset's (each checked against the segmenters)
     for net, _ in models + ([attacker] if attacker else []):
         net.requires_grad_(False)
     purifier = None
@@ -378,7 +496,7 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
             clean = [predict(net, pairs.images, cfg.batch_size, device, precision) for net, _ in models]
             for k, s_name in enumerate(seg_names):
                 scores, totals = score(clean[k], pairs.masks, cfg.threshold)
-                rows.append(_row(cfg, (s_name, attack_name, d_name), "none", "", 0.0, scores, totals))
+                rows.append(_row(cfg, (s_name, attack_name, d_name), "none", "", 0.0, scores, totals, classes))
                 image_rows.append((rows[-1], scores, pairs.ids))
             for g, scored in groups:
                 net = attacked_net(attacker[0] if g is None else models[g][0], precision)
@@ -407,9 +525,10 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
                     for j, k in enumerate(scored):
                         adv = torch.cat(logits[j])
                         scores, totals = score(adv, pairs.masks, cfg.threshold)
-                        row = _row(cfg, (seg_names[k], attack_name, d_name), cfg.attack, variant, eps255, scores, totals)
+                        row = _row(cfg, (seg_names[k], attack_name, d_name), cfg.attack, variant, eps255, scores, totals,
+                                   classes)
                         if cfg.attack == "asma":
-                            row["asma"] = _asma_stats(stats, torch.sigmoid(adv).cpu() > cfg.threshold)
+                            row["asma"] = _asma_stats(stats, adv, cfg.threshold)
                         rows.append(row)
                         image_rows.append((row, scores, pairs.ids))
             del pairs, clean
@@ -421,7 +540,7 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
     mode = f"transfer (attack computed on {cfg.attack_segmenter})" if cfg.attack_segmenter else "white-box"
     title = f"robustness under {cfg.attack}" + (f", transferred from {attack_name}" if attack_name else "")
     result: dict = {"segmenter": cfg.segmenter, "attack": cfg.attack, "attack_mode": mode, "split": cfg.split,
-                    "threshold": cfg.threshold, "float_precision": precision,
+                    "threshold": cfg.threshold, "float_precision": precision, **_prediction(classes),
                     **({"purify_guidance": purifier.guidance} if purifier else {})}
     result["splits_digests"] = {n: ds.splits_digest() for n, ds in zip(_names(paths), datasets)}  # splits.json's
     if len(paths) == 1 and len(segmenters) == 1:
@@ -431,20 +550,35 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
     result.update(rows=rows, tables={title: robustness_table(rows)})
     if cfg.attack == "asma":
         result["tables"]["ASMA (Ozbulak et al. Table 1): targets are another sample's mask"] = asma_table(rows)
-    _write_results(cfg, out, result, lambda: robust_csv(rows), lambda: _robust_per_image_csv(image_rows))
+    _write_results(cfg, out, result, lambda: robust_csv(rows), lambda: _robust_per_image_csv(image_rows, classes))
     return result
 
 
-def _asma_stats(stats: dict, pred: torch.Tensor) -> dict:
+def _asma_stats(stats: dict, logits: torch.Tensor, threshold: float) -> dict:
     """mean ± std over images of the perturbation's L2 / L∞ ([0, 1] units), IoU and pixel accuracy of the scored
     segmenter's prediction against the target (Ozbulak et al.'s reference code: |P∩T| / |P∪T|, 1 when both are
-    empty), |P∩T| / |T| (the target's share reached), and the iterations used."""
-    target = torch.cat(stats["target"]) > 0.5
-    inter = (pred & target).flatten(1).sum(1).double()
-    union = (pred | target).flatten(1).sum(1).double()
-    area = target.flatten(1).sum(1).double()
+    empty), |P∩T| / |T| (the target's share reached), and the iterations used.
+
+    logits: the scored segmenter's on the adversarial images. Binary: P = sigmoid(logit) > ``threshold``. K
+    classes (targets are index masks): P = the argmax; the IoU is the mean over the foreground classes of the
+    per-class IoU (each 1 when the class is in neither), |P∩T| counts the target's foreground pixels predicted
+    as their own class, over |T| its foreground pixels; the pixel accuracy is over all K classes."""
+    if logits.shape[1] == 1:
+        pred = (torch.sigmoid(logits) > threshold).cpu()
+        target = torch.cat(stats["target"]) > 0.5
+        inter = (pred & target).flatten(1).sum(1).double()
+        union = (pred | target).flatten(1).sum(1).double()
+        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+        area = target.flatten(1).sum(1).double()
+    else:
+        from augforge.seg.metrics import foreground_mean, per_class_scores
+
+        pred, target = logits.argmax(1, keepdim=True).cpu(), torch.cat(stats["target"]).long()
+        iou = foreground_mean(per_class_scores(pred, target, logits.shape[1]))["iou"].double()
+        inter = ((pred == target) & (target > 0)).flatten(1).sum(1).double()
+        area = (target > 0).flatten(1).sum(1).double()
     per_image = {"l2": torch.cat(stats["l2"]), "linf": torch.cat(stats["linf"]),
-                 "iou_target": torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)),
+                 "iou_target": iou,
                  "pixel_acc_target": (pred == target).flatten(1).double().mean(1),
                  "coverage_target": torch.where(area > 0, inter / area.clamp_min(1), torch.ones_like(area)),
                  "iterations": torch.cat(stats["iterations"])}
@@ -453,21 +587,21 @@ def _asma_stats(stats: dict, pred: torch.Tensor) -> dict:
             "beta_counts": {b: betas.count(b) for b in sorted(set(betas))}}
 
 
-def _robust_per_image_csv(image_rows: list[tuple[dict, dict, list[str]]]) -> bytes:
+def _robust_per_image_csv(image_rows: list[tuple[dict, dict, list[str]]], classes: tuple[str, ...]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["segmenter", "dataset", "method", "variant", "eps_255", "id", *PER_IMAGE])
+    columns = per_image_columns(classes)
+    writer.writerow(["segmenter", "dataset", "method", "variant", "eps_255", "id", *columns])
     for row, scores, ids in image_rows:
         for _, pair_id, values in _image_rows("", scores, ids):
             writer.writerow([row["segmenter"], row["dataset"], row["method"], row["variant"],
                              "" if row["eps_255"] is None else row["eps_255"], pair_id,
-                             *(f"{v:.6f}" for v in values[:4]), *(int(v) for v in values[4:])])
+                             *(_format(c, v) for c, v in zip(columns, values))])
     return buf.getvalue().encode()
 
 
 def run(cfg: EvaluateConfig) -> dict:
     from augforge.models.folder import load_network
-    from augforge.seg.metrics import summarize
     from augforge.seg.train import predict
 
     # 1. options
@@ -512,22 +646,25 @@ def run(cfg: EvaluateConfig) -> dict:
 
     # 2. model (kind and image size checked against the dataset), data, clean predictions
     ds = read_dataset(Path(cfg.data))
-    model, _ = load_network(Path(cfg.segmenter), kind="segmenter", image_size=ds.image_size, device=device)
+    model, config = load_network(Path(cfg.segmenter), kind="segmenter", image_size=ds.image_size, device=device)
+    check_pairing(cfg.segmenter, config, cfg.data, ds)
     pairs = load_pairset([Path(cfg.data)], cfg.split).to(device)
     logits = predict(model, pairs.images, cfg.batch_size, device, precision)
     scores, totals = score(logits, pairs.masks, cfg.threshold)
     result = {"segmenter": cfg.segmenter, "data": cfg.data, "split": cfg.split,
               "splits_digest": ds.splits_digest(), "threshold": cfg.threshold,  # the digest of its splits.json
-              "float_precision": precision,
-              **summarize(scores, totals, n_boot=cfg.bootstrap, seed=cfg.seed), **pooled_ci(scores, cfg.bootstrap, cfg.seed)}
+              "float_precision": precision, **_prediction(ds.classes),
+              **summary(scores, totals, ds.classes, cfg.bootstrap, cfg.seed)}
+    if "per_class" in result:
+        result["tables"] = {f"per class ({cfg.split} split)": class_table(result)}
     if cfg.csv:
-        summary = {"dataset": dataset_names([cfg.data])[0], **result}
+        row = {"dataset": dataset_names([cfg.data])[0], **result}
         Path(cfg.csv).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(Path(cfg.csv), table_csv([summary]))
+        atomic_write_bytes(Path(cfg.csv), table_csv([row]))
         result["csv"] = cfg.csv
 
     # 3. files
     if out is not None:
         result.update(out=str(out), per_image=str(out.with_suffix(".csv")))
-        _write_outputs(out, result, scores, pairs.ids)
+        _write_outputs(out, result, scores, pairs.ids, ds.classes)
     return result
