@@ -354,7 +354,8 @@ class FilterConfig:
 
     data: str = option(help="Dataset to filter (generated or attacked; any dataset works).", path=True, argument=True)
     segmenter: str = option(help="Segmenter model folder (trained on real pairs) that scores each pair: Dice of its "
-                                 "prediction against the pair's own mask.", hub="model")
+                                 "prediction against the pair's own mask (K classes: the mean over the foreground "
+                                 "classes).", hub="model")
     out: str = _out("Filtered dataset folder to write (continued if it holds the same run).")
     # FreeMask (NeurIPS 2023) and ControlPolypNet (CVPRW 2024) gain only once the least consistent synthetic
     # pairs are left out; 0.5 keeps the better half
@@ -364,7 +365,8 @@ class FilterConfig:
     min_score: float = option(0.0, "Also drop pairs scoring below this Dice in [0, 1] (0: no floor).")
     # the mask-realism gate: consistency says whether the image shows its mask, not whether the mask is a polyp
     max_components: int = option(0, "Mask gate: drop masks with more 8-connected foreground components than this, "
-                                    "before ranking (1: one blob, as 96 % of Kvasir-SEG masks; 0: any number).")
+                                    "before ranking (1: one blob, as 96 % of Kvasir-SEG masks; 0: any number). K "
+                                    "classes: the foreground is every class > 0 together, for all three gates.")
     min_area: float = option(0.0, "Mask gate: drop masks whose foreground fraction is below this, before ranking.")
     max_area: float = option(1.0, "Mask gate: drop masks whose foreground fraction is above this, before ranking.")
     split: str = option("all", "Pairs to score: all | train | val | test | unused.")
@@ -436,6 +438,8 @@ class DemoConfig:
     out: str = option(_DEMO["out"], "Folder for the whole run.", path=True, names=("--out",))
     n: int = option(_DEMO["n"], "Synthetic pairs.")
     size: int = option(_DEMO["size"], "Image side length.")
+    kind: str = option(_DEMO["kind"], "Synthetic data: polyp (colour frames, binary masks) | fundus (grey crops, 3 "
+                                      "classes: background, disc, nested cup).")
     seg_steps: int = option(_DEMO["seg_steps"], "Optimizer steps of each segmenter (real-only and augmented alike).")
     extra_ratio: float = option(_DEMO["extra_ratio"], "Share of filtered/attacked pairs in each batch of the augmented "
                                                       "segmenter.")

@@ -60,7 +60,7 @@ def add_summary_to_report(report: Path, summary: dict, consistency_ci: list[floa
     generated, real = summary["consistency_mDice"]["generated"], summary["consistency_mDice"]["real_test"]
     ci = " (95 % CI [{:.3f}, {:.3f}])".format(*consistency_ci) if consistency_ci else ""
     section = [SUMMARY_HEADING, "",
-               f"- **Generated pairs**: the real-only segmenter finds their polyps where their masks are with "
+               f"- **Generated pairs**: the real-only segmenter finds their structures where their masks are with "
                f"mDice {generated:.3f}{ci}, against {real:.3f} on the real test images (mask-image consistency).",
                f"- **Did augmentation help?** The {summary['augmentation']['verdict']}; the interval is a paired "
                "bootstrap over the test images of the augmented minus the real-only segmenter's Dice.",
