@@ -76,12 +76,14 @@ def _diffusion(kind: str, help: str, schedule: str, schedule_help: str, **fixed)
 COMMANDS: dict[str, Command] = {
     "prepare": Command(PrepareConfig, _stage("prepare"),
                        "Turn real images and masks (a folder or an archive, layout detected) into a prepared dataset "
-                       "(resized, binarised, split)."),
+                       "(resized, split; binary masks binarised, K-class masks as label/palette PNGs, colour-coded with "
+                       "--class-map or one folder per structure)."),
     "synthesize": Command(SynthesizeConfig, _stage("prepare"),
-                          "Write a prepared dataset of seeded synthetic colonoscopy-like polyp images (for demos and "
-                          "tests).", func="run_synthesize"),
+                          "Write a prepared dataset of seeded synthetic images (for demos and tests): colonoscopy-like "
+                          "polyps, or grey fundus crops with 3 classes (--kind fundus).", func="run_synthesize"),
     # the mask model is unconditional and predicts y_0: no --cond-drop, no --prediction
-    "train-mask-diffusion": _diffusion("mask-diffusion", "Train a Bernoulli diffusion model of polyp masks (DASP §3.1).",
+    "train-mask-diffusion": _diffusion("mask-diffusion", "Train a diffusion model of masks: Bernoulli for binary masks (DASP §3.1), "
+                                       "categorical for K classes (multinomial diffusion).",
                                        "cosine", "Noise schedule: cosine (ᾱ_T < 1e-3 at T=1000) or linear.",
                                        cond_drop=0.0, prediction=""),
     "train-image-diffusion": _diffusion("image-diffusion", "Train a mask-conditioned Gaussian image diffusion model "
@@ -94,7 +96,8 @@ COMMANDS: dict[str, Command] = {
     "filter": Command(FilterConfig, _stage("filter"), "Keep the generated/attacked pairs a segmenter finds most "
                       "consistent with their own masks (per-pair Dice; --keep-top, --min-score): a dataset of the "
                       "kept pairs, each row with its score and rank, scores.csv of all pairs and a contact sheet."),
-    "demo": Command(DemoConfig, _stage("demo"), "Run the whole DASP chain on synthetic polyps (a few minutes on a CPU) "
+    "demo": Command(DemoConfig, _stage("demo"), "Run the whole DASP chain on synthetic polyps or, with --kind fundus, 3-class grey "
+                    "fundus crops (a few minutes on a CPU) "
                     "and write a report.", stage=False),
     "pipeline": Command(PipelineConfig, _stage("pipeline"), "Run the stages a TOML file lists, in order; stages "
                         "already done with the same options are skipped.", stage=False, torchrun=True),
