@@ -333,7 +333,7 @@ def held_out_areas(data: str, splits: list[str]) -> dict[str, float]:
     areas: dict[str, float] = {}
     for split in splits:
         rows = ds.split(split)
-        masks = load_pairs(ds, rows)[1].float().mean(dim=(1, 2, 3))
+        masks = (load_pairs(ds, rows)[1] > 0).float().mean(dim=(1, 2, 3))  # K classes: every class > 0
         areas.update({f"{split}/{r['id']}": float(m) for r, m in zip(rows, masks)})
     return areas
 
@@ -343,7 +343,7 @@ def mask_report(recipe: dict, g: int) -> dict | None:
     training masks (augforge.quality.mask_quality_report), with its held-out real masks (val + test) for
     scale; None before the first set exists."""
     from augforge.data.dataset import load_pairs, read_dataset
-    from augforge.quality import mask_quality_report
+    from augforge.quality import class_area_report, mask_quality_report
 
     paths = {name: Path(pipeline.substitute(p, _group_vars(recipe, g), "[experiment.masks]"))
              for name, p in recipe["experiment"]["masks"].items()}
@@ -354,12 +354,14 @@ def mask_report(recipe: dict, g: int) -> dict | None:
     sets = {"held-out real": load_pairs(data, data.split("val") + data.split("test"))[1]}
     sets.update({name: load_pairs(read_dataset(p))[1] for name, p in paths.items() if (p / "manifest.jsonl").exists()})
     out = {}
-    for name, masks in sets.items():
+    for name, masks in sets.items():  # K classes: the foreground (every class > 0) as one mask, then each class
         r = mask_quality_report(masks, train)
         out[name] = {"n": r["n_generated"], "area_mean": r["area"]["generated_mean"],
                      "real_area_mean": r["area"]["real_mean"], "area_w1": r["area"]["wasserstein1"],
                      "area_ks": r["area"]["ks"], "one_component": r["components"]["generated_hist"]["1"],
                      "real_one_component": r["components"]["real_hist"]["1"], "empty": r["empty"]["generated"]}
+        if data.num_classes > 2:
+            out[name]["class_area_w1"] = class_area_report(masks, train, data.classes)["area_w1"]
     return out
 
 

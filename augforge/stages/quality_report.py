@@ -22,13 +22,14 @@ from augforge.data.dataset import load_pairs, read_dataset
 from augforge.errors import AugforgeError
 from augforge.models.folder import load_network, read_config
 from augforge.quality import (
+    class_area_report,
     frechet_distance,
     kernel_inception_distance,
     mask_quality_report,
     nearest_distance,
     subsample_to_equal_n,
 )
-from augforge.seg.metrics import per_image_scores
+from augforge.seg.metrics import consistency_scores, per_image_scores
 from augforge.seg.train import predict
 
 MEMO_SIZE = 32  # images are compared at 32x32 for the nearest-neighbour distance
@@ -43,7 +44,11 @@ def _real_data_path(cfg: SampleConfig) -> Path:
 
 
 def _consistency(seg, images_u8: torch.Tensor, masks: torch.Tensor, device) -> float:
+    """Mean per-image Dice of the segmenter's prediction against the masks (K classes: the mean over the
+    foreground classes of the argmax, :func:`consistency_scores`)."""
     logits = predict(seg, images_u8, 32, device, "fp32")  # a measurement: the same arithmetic whatever the run's
+    if logits.shape[1] > 1:
+        return float(consistency_scores(logits, masks.to(device))["dice"].mean())
     return float(per_image_scores((logits > 0).float(), masks.to(device).float())["dice"].mean())
 
 
@@ -64,8 +69,12 @@ def sample_report(gen_root: Path, cfg: SampleConfig, device: torch.device) -> di
     gen_images, gen_masks = load_pairs(gen)
 
     report: dict = {"reference": str(real_path), "generated": len(gen.rows), "held_out_real": len(held_images)}
+    # K classes: the foreground (every class > 0) as one mask, and each class's area on its own
     report["masks"] = {"generated": mask_quality_report(gen_masks, train_masks),
                        "held_out_real": mask_quality_report(held_masks, train_masks)}
+    if real.num_classes > 2:
+        report["masks"]["per_class"] = {"generated": class_area_report(gen_masks, train_masks, real.classes),
+                                        "held_out_real": class_area_report(held_masks, train_masks, real.classes)}
 
     small = lambda x: F.interpolate(x.float() / 255, size=(MEMO_SIZE, MEMO_SIZE), mode="area")
     train_small = small(train_images)
