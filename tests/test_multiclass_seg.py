@@ -190,3 +190,53 @@ def test_a_segmenter_is_refused_on_data_of_other_classes_or_channels(tmp_path, t
     r = _invoke("evaluate", "--segmenter", seg2, grey3, *EVAL, "--out", tmp_path / "e2.json")
     _one_line_error(r, "a model of 2 classes (background, foreground) cannot be used on")
     assert not (tmp_path / "e2.json").exists()
+
+
+def test_filter_scores_k_class_pairs_by_their_mean_foreground_dice(tmp_path, trained, grey3):
+    import csv
+
+    from augforge.data.dataset import read_dataset
+
+    out, _ = trained
+    kept = tmp_path / "kept"
+    r = _invoke("filter", grey3, "--segmenter", out, "--out", kept, "--split", "test", "--keep-top", "0.5",
+                "--max-components", "1", "--min-area", "0.05", *EVAL, "--json")
+    assert r.exit_code == 0, r.output
+    ids, dice, _ = _hand_scores(out, grey3)
+    rows = {row["id"]: row for row in csv.DictReader((kept / "scores.csv").open())}
+    for i, pair_id in enumerate(ids):
+        assert float(rows[pair_id]["score"]) == pytest.approx(dice[i, 1:].mean(), abs=1e-6)
+        # the gate sees the disc with its cup as one foreground blob, of the union's area
+        assert int(rows[pair_id]["components"]) == 1 and int(rows[pair_id]["gate"]) == 1
+    ds = read_dataset(kept)
+    assert ds.classes == CLASSES and ds.channels == 1 and len(ds.rows) == 2
+    best = max(ids, key=lambda pair_id: (float(rows[pair_id]["score"]), -ids.index(pair_id)))
+    assert best in {row["id"] for row in ds.rows}
+    assert (kept / "contact_sheet.png").exists()
+    # the copied masks are the label files themselves (classes kept)
+    source = read_dataset(grey3)
+    for row in ds.rows:
+        assert (kept / row["mask"]).read_bytes() == (source.root / row["mask"]).read_bytes()
+
+
+def test_filter_refuses_a_segmenter_of_other_classes_or_channels(tmp_path, trained):
+    out, _ = trained
+    for data in (write_disc_cup(tmp_path / "binary", n=12, classes=("background", "foreground")),
+                 write_disc_cup(tmp_path / "colour", n=12, channels=3)):
+        r = _invoke("filter", data, "--segmenter", out, "--out", tmp_path / "kept", *EVAL)
+        _one_line_error(r, "cannot be used on")
+        assert not (tmp_path / "kept").exists()
+
+
+def test_train_seg_refuses_extra_data_and_init_from_of_other_classes_or_channels(tmp_path, trained, grey3):
+    out, _ = trained
+    binary = write_disc_cup(tmp_path / "binary", n=12, classes=("background", "foreground"), source="generated")
+    colour = write_disc_cup(tmp_path / "colour", n=12, channels=3, source="generated")
+    model = tmp_path / "model"
+    r = _invoke("train-seg", grey3, "--extra", binary, "--out", model, *TRAIN)
+    _one_line_error(r, f"--extra {binary}: its 2 classes (background, foreground) differ from")
+    r = _invoke("train-seg", grey3, "--extra", colour, "--out", model, *TRAIN)
+    _one_line_error(r, f"--extra {colour}: 3-channel images")
+    r = _invoke("train-seg", colour, "--init-from", out, "--out", model, *TRAIN)
+    _one_line_error(r, f"--init-from {out}: a model of 1-channel images cannot be used on")
+    assert not model.exists()

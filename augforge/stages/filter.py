@@ -13,6 +13,14 @@ not whether the mask is a plausible polyp; the top ``--keep-top`` are then taken
 pass. Filtering out the least consistent synthetic pairs is what made generated data help in FreeMask
 (Yang et al., NeurIPS 2023) and ControlPolypNet (Sharma et al., CVPRW 2024).
 
+K classes (a K-class segmenter on a dataset of the same classes and image channels; any other pairing is
+refused in one line before anything is written): the consistency is the mean over the foreground classes
+1..K-1 of the per-class Dice between the segmenter's argmax and the pair's label mask (each class scored
+one-vs-rest with the same empty-mask convention: a class in neither scores 1;
+:func:`augforge.seg.metrics.consistency_scores`). The mask gate acts on the foreground, every class > 0
+taken together (components and area of the union of the classes, e.g. the whole disc with its cup). The
+output dataset keeps the classes and channels, and the contact sheet draws each class in its colour.
+
 The output is a dataset (docs/artifacts.md) of the kept pairs: same ids, image and mask files copied
 byte for byte, manifest rows with their fields (split, source, parent, method, ...) plus ``score`` and
 ``rank`` (1: the most consistent of all scored pairs). Beside it: ``scores.csv`` (every scored pair
@@ -51,11 +59,11 @@ from augforge.data.dataset import (
     run_record,
 )
 from augforge.errors import AugforgeError
-from augforge.models.folder import load_network, model_fingerprint
+from augforge.models.folder import check_model_data, load_network, model_fingerprint
 from augforge.progress import progress_bar
 from augforge.quality import area_fractions, component_counts
 from augforge.runtime import atomic_write_bytes, read_json, resolve_device, resolve_precision
-from augforge.seg.metrics import per_image_scores
+from augforge.seg.metrics import consistency_scores, per_image_scores
 from augforge.seg.train import predict
 from augforge.visual import contact_sheet, overlay
 
@@ -135,8 +143,9 @@ def score_stats(values: list[float]) -> dict:
 @torch.no_grad()
 def score_pairs(seg: torch.nn.Module, ds: Dataset, rows: list[dict], batch_size: int,
                 device: torch.device, precision: str) -> dict[str, list]:
-    """Each row's consistency ``score``: Dice (in [0, 1]) of the segmenter's prediction against its mask;
-    and its mask's ``components`` (8-connected) and ``area`` (foreground fraction), in row order.
+    """Each row's consistency ``score``: Dice (in [0, 1]) of the segmenter's prediction against its mask (K
+    classes: the mean over the foreground classes of the argmax's per-class Dice); and its mask's ``components``
+    (8-connected) and ``area`` (foreground fraction; K classes: every class > 0 together), in row order.
 
     Pairs are decoded ``CHUNK`` batches at a time and predicted in batches of ``batch_size``
     (:func:`augforge.seg.train.predict`); the scores reach the host once, at the end.
@@ -147,7 +156,10 @@ def score_pairs(seg: torch.nn.Module, ds: Dataset, rows: list[dict], batch_size:
         for start in range(0, len(rows), step):
             images, masks = load_pairs(ds, rows[start:start + step])
             logits = predict(seg, images, batch_size, device, precision)
-            scores.append(per_image_scores(torch.sigmoid(logits) > THRESHOLD, masks.to(device))["dice"])
+            if logits.shape[1] == 1:
+                scores.append(per_image_scores(torch.sigmoid(logits) > THRESHOLD, masks.to(device))["dice"])
+            else:
+                scores.append(consistency_scores(logits, masks.to(device))["dice"])
             components += component_counts(masks).tolist()
             areas += area_fractions(masks).tolist()
             advance(len(images))
@@ -200,20 +212,26 @@ def _label(text: list[str], size: int, kept: bool) -> np.ndarray:
 def write_sheet(path: Path, seg, ds: Dataset, rows: list[dict], scores: list[float], ranks: list[int],
                 kept: list[bool], device: torch.device, precision: str, limit: int = SHEET_ROWS,
                 min_cell: int = 128) -> None:
-    """The best ``limit`` kept pairs, then the worst ``limit`` dropped ones: image | mask | prediction | score."""
+    """The best ``limit`` kept pairs, then the worst ``limit`` dropped ones: image | mask | prediction | score
+    (K classes: each class in its colour, with the legend)."""
     by_rank = sorted(range(len(rows)), key=lambda i: ranks[i])
     shown = [i for i in by_rank if kept[i]][:limit] + [i for i in by_rank if not kept[i]][-limit:]
     images, masks = load_pairs(ds, [rows[i] for i in shown])
+    k_classes = ds.num_classes
     with torch.no_grad():
-        pred = (torch.sigmoid(predict(seg, images, len(shown), device, precision)) > THRESHOLD)[:, 0].cpu().numpy()
+        logits = predict(seg, images, len(shown), device, precision)
+        pred = ((torch.sigmoid(logits) > THRESHOLD) if logits.shape[1] == 1 else logits.argmax(1, keepdim=True))
+        pred = pred[:, 0].cpu().numpy()
     size = ds.image_size * max(1, -(-min_cell // ds.image_size))  # the contact sheet's cell size
     cells = []
     for k, i in enumerate(shown):
         image = images[k].permute(1, 2, 0).numpy()
-        cells.append([image, overlay(image, masks[k, 0].numpy()), overlay(image, pred[k], color=(255, 0, 0)),
+        cells.append([image, overlay(image, masks[k, 0].numpy(), num_classes=k_classes),
+                      overlay(image, pred[k], color=(255, 0, 0), num_classes=k_classes),
                       _label(["kept" if kept[i] else "dropped", f"rank {ranks[i]}", f"Dice {scores[i]:.3f}"],
                              size, kept[i])])
-    sheet = contact_sheet(cells, min_cell=min_cell, titles=["image", "mask", "prediction", "score"])
+    sheet = contact_sheet(cells, min_cell=min_cell, titles=["image", "mask", "prediction", "score"],
+                          classes=ds.classes)
     atomic_write_bytes(path, encode_png(sheet))
 
 
@@ -251,7 +269,8 @@ def run(cfg: FilterConfig) -> dict:
     if not rows:
         raise AugforgeError(f"{cfg.data}: no pairs in split {cfg.split!r}")
     keep = keep_count(cfg.keep_top, len(rows))
-    seg, _ = load_network(Path(cfg.segmenter), kind="segmenter", image_size=ds.image_size, device=device)
+    seg, seg_config = load_network(Path(cfg.segmenter), kind="segmenter", image_size=ds.image_size, device=device)
+    check_model_data(cfg.segmenter, seg_config, cfg.data, ds.classes, ds.channels)
     made_by = run_record("filter", {**identity(cfg), "precision": precision, "data_fingerprint": ds.fingerprint(),
                                     "segmenter_fingerprint": model_fingerprint(Path(cfg.segmenter))})
 
@@ -280,7 +299,8 @@ def run(cfg: FilterConfig) -> dict:
         raise AugforgeError(f"--min-score {cfg.min_score:g}: no pair kept (the best score is {best:.4f})")
 
     # 3. the dataset of kept pairs: files copied byte for byte, rows with their score and rank
-    writer = DatasetWriter(out, made_by, ds.image_size, overwrite=cfg.overwrite)
+    writer = DatasetWriter(out, made_by, ds.image_size, overwrite=cfg.overwrite, classes=ds.classes,
+                           channels=ds.channels)
     atomic_write_bytes(writer.root / SCORES, scores_csv(rows, scored, ranks, passes, kept))
     keep_ids = {ids[i] for i in range(len(rows)) if kept[i]}
     done = writer.existing_ids()
