@@ -240,3 +240,33 @@ def test_train_seg_refuses_extra_data_and_init_from_of_other_classes_or_channels
     r = _invoke("train-seg", colour, "--init-from", out, "--out", model, *TRAIN)
     _one_line_error(r, f"--init-from {out}: a model of 1-channel images cannot be used on")
     assert not model.exists()
+
+
+def test_evaluate_diff_pgd_weighted_on_k_classes_with_a_k_class_purifier(tmp_path, trained, grey3):
+    """--attack diff-pgd --weighted: the K-class loss and W on the segmenter, the purifier conditioned on the
+    index masks (an untrained 3-class grey image model); a binary colour purifier is refused in one line."""
+    from augforge.models.folder import make_config, save_model
+    from augforge.models.unet import Denoiser
+
+    out, _ = trained
+    kw = dict(sample_size=32, in_channels=1 + len(CLASSES), out_channels=1, block_out_channels=[16, 16],
+              layers_per_block=1, down_block_types=["DownBlock2D", "DownBlock2D"],
+              up_block_types=["UpBlock2D", "UpBlock2D"], norm_num_groups=8)
+    torch.manual_seed(0)
+    save_model(tmp_path / "image3", make_config("image-diffusion", network=kw, image_size=32,
+                                                process={"timesteps": 1000, "schedule": "linear", "num_classes": 3},
+                                                classes=CLASSES, channels=1, mask_encoding="one-hot"),
+               Denoiser(kw).state_dict())
+    args = ["evaluate", "--segmenter", out, grey3, *EVAL, "--bootstrap", "20", "--attack", "diff-pgd", "--weighted",
+            "--eps", "8", "--attack-steps", "1", "--limit", "2"]
+    r = _invoke(*args, "--image-model", tmp_path / "image3", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    assert [row["method"] for row in rows] == ["none", "diff-pgd"] and list(rows[1]["per_class"]) == ["disc", "cup"]
+    kw_rgb = dict(kw, in_channels=4, out_channels=3)
+    save_model(tmp_path / "image2", make_config("image-diffusion", network=kw_rgb, image_size=32,
+                                                process={"timesteps": 1000, "schedule": "linear"}),
+               Denoiser(kw_rgb).state_dict())
+    r = _invoke(*args, "--image-model", tmp_path / "image2", "--out", tmp_path / "e.json")
+    _one_line_error(r, "cannot be used on")
+    assert not (tmp_path / "e.json").exists()

@@ -474,7 +474,8 @@ def _robustness(cfg: EvaluateConfig, paths: list[str], segmenters: list[str], bu
     if cfg.attack == "diff-pgd":  # as `augforge attack` builds it
         from augforge.stages.attack import load_purifier
 
-        purifier = load_purifier(cfg.image_model, cfg.purify_guidance, datasets[0].image_size, device, precision)
+        purifier = load_purifier(cfg.image_model, cfg.purify_guidance, datasets[0].image_size, device, precision,
+                                 data=paths[0], classes=classes, channels=datasets[0].channels)
     seg_names, data_names = _names(segmenters), _names(paths)
     attack_name = _names([cfg.attack_segmenter])[0] if cfg.attack_segmenter else ""
     variants = ([v for v in ASMA_VARIANTS if cfg.ablation or v[1] and v[2]] if cfg.attack == "asma"
