@@ -78,6 +78,7 @@ def test_train_seg_reads_classes_and_channels_from_the_data(trained):
     assert model_classes(config) == CLASSES and model_channels(config) == 1
     assert config["network"]["in_channels"] == 1 and config["network"]["classes"] == 3
     assert summary["steps"] == 6 and np.isfinite(summary["last_loss"])
+    assert 0.0 <= summary["best_val_mDice"] <= 1.0  # validated as K classes (mean foreground Dice of the argmax)
     net, _ = load_network(out, kind="segmenter", device="cpu")
     with torch.no_grad():
         assert net.eval()(torch.rand(2, 1, 32, 32)).shape == (2, 3, 32, 32)
@@ -270,3 +271,33 @@ def test_evaluate_diff_pgd_weighted_on_k_classes_with_a_k_class_purifier(tmp_pat
     r = _invoke(*args, "--image-model", tmp_path / "image2", "--out", tmp_path / "e.json")
     _one_line_error(r, "cannot be used on")
     assert not (tmp_path / "e.json").exists()
+
+
+def test_segmenter_config_and_grey_normalisation():
+    from augforge.models.segmenter import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        build_segmenter,
+        normalisation,
+        segmenter_classes,
+        segmenter_config,
+    )
+
+    # binary colour configs are what they were; K and C come in as numbers
+    assert segmenter_config("unet", "resnet18") == dict(arch="unet", encoder="resnet18", encoder_weights=None,
+                                                        in_channels=3, classes=1)
+    assert segmenter_classes(2) == 1 and segmenter_classes(3) == 3
+    for bad in (dict(in_channels=2), dict(classes=2), dict(classes=0)):
+        with pytest.raises(ValueError):
+            segmenter_config("unet", "resnet18", **bad)
+    # C = 1: the ImageNet channels' averaged mean and std, inside the module
+    mean, std = normalisation(1)
+    assert mean == pytest.approx((sum(IMAGENET_MEAN) / 3,)) and std == pytest.approx((sum(IMAGENET_STD) / 3,))
+    model = build_segmenter(segmenter_config("unet", "resnet18", in_channels=1, classes=3), pretrained=False)
+    seen = {}
+    model.net.register_forward_pre_hook(lambda _, args: seen.setdefault("x", args[0]))
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 3, 32, 32)
+    torch.testing.assert_close(seen["x"], (x - mean[0]) / std[0])
+    assert "mean" not in model.state_dict()
