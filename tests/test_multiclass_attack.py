@@ -56,7 +56,8 @@ def grey3(tmp_path_factory):
               layers_per_block=1, down_block_types=["DownBlock2D", "DownBlock2D"],
               up_block_types=["UpBlock2D", "UpBlock2D"], norm_num_groups=8)
     save_model(root / "image3", make_config("image-diffusion", network=kw, image_size=SIZE,
-                                            process={"timesteps": 1000, "schedule": "linear"}, classes=CLASSES,
+                                            process={"timesteps": 1000, "schedule": "linear", "num_classes": 3},
+                                            classes=CLASSES,
                                             channels=1, mask_encoding="one-hot"), Denoiser(kw).state_dict())
     kw_rgb = dict(kw, in_channels=4, out_channels=3)
     save_model(root / "image-binary", make_config("image-diffusion", network=kw_rgb, image_size=SIZE,
@@ -77,6 +78,8 @@ METHODS = [
     ("inverse-fgsm", ["--eps", "4"], 4),
     ("pgd", ["--steps", "3", "--step-size", "2", "--weighted"], 6),
     ("noise", ["--eps", "8"], 8),
+    ("diff-pgd", ["--steps", "2", "--image-model", "{image3}"], None),
+    ("diff-pgd", ["--steps", "1", "--grad", "full", "--weighted", "--image-model", "{image3}"], None),
     ("asma", ["--target", "shift", "--max-iter", "5", "--beta", "1e-2", "--tau", "1e-3"], None),
     ("asma", ["--target", "random-other", "--max-iter", "3"], None),
 ]
