@@ -83,7 +83,8 @@ def random_flips(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | 
 
 @dataclass
 class DiffusionTrainLoop:
-    """Train a mask diffusion (Bernoulli, on masks) or an image diffusion (Gaussian, on images given masks).
+    """Train a mask diffusion (Bernoulli on binary masks, categorical on K-class label maps) or an image
+    diffusion (Gaussian, on C-channel images given their masks).
 
     ``condition_on_mask`` selects the image model: its loss is
     ``diffusion.training_losses(model, x0, mask=y, cond_drop=...)`` with x0 the image in [-1, 1];
