@@ -107,8 +107,10 @@ def render(config: dict, info: dict, *, name: str, license: str, datasets: tuple
 
     kind = config["kind"]
     library = LIBRARY[kind]
+    classes = info.get("classes")  # exported K-class / grey models only
+    task = "polyp-segmentation" if classes is None else "multiclass-segmentation"
     meta = {"library_name": library, "license": license,
-            "tags": ["augforge", "medical-imaging", "polyp-segmentation", *TAGS[kind]]}
+            "tags": ["augforge", "medical-imaging", task, *TAGS[kind]]}
     if datasets:
         meta["datasets"] = list(datasets)
     if kind == "segmenter":
@@ -128,7 +130,16 @@ def render(config: dict, info: dict, *, name: str, license: str, datasets: tuple
         body += [f"Parametrisation: `{info.get('prediction')}`; trained with mask dropout {info.get('cond_drop', 0):g} "
                  f"(classifier-free guidance {info.get('guidance', 1):g} by default: out = out(null) + g (out(mask) - "
                  "out(null)), the null mask channel 0). The scheduler is the training schedule (betas as trained).", ""]
-    if kind == "mask-diffusion":
+    if classes is not None:
+        body += [f"Data: {len(classes)} classes ({', '.join(classes)}; a mask holds the class index), "
+                 f"{info.get('channels', 3)}-channel images.", ""]
+    if kind == "mask-diffusion" and info.get("process", {}).get("type") == "categorical":
+        process = info["process"]
+        body += [f"Categorical (multinomial) diffusion of {len(classes or ())}-class masks (Hoogeboom et al. 2021): "
+                 f"{process.get('timesteps')} steps, {process.get('schedule')} schedule, q(x_t | x_0) = Cat(ᾱ_t x_0 + "
+                 "(1 - ᾱ_t)/K); no diffusers scheduler implements it: `augforge sample --mask-model` does "
+                 "(augforge.json holds the process).", ""]
+    elif kind == "mask-diffusion":
         process = info.get("process", {})
         body += [f"Bernoulli diffusion (DASP §3.1): {process.get('timesteps')} steps, {process.get('schedule')} "
                  "schedule, q(y_t | y_0) = B(ᾱ_t y_0 + (1 - ᾱ_t)/2); no diffusers scheduler implements it: "

@@ -20,7 +20,16 @@ import torch
 
 from augforge import __version__
 from augforge.errors import AugforgeError
-from augforge.models.folder import EXPORT_INFO, STATE, UNET, build_network, load_state, load_train_state
+from augforge.models.folder import (
+    EXPORT_INFO,
+    STATE,
+    UNET,
+    build_network,
+    load_state,
+    load_train_state,
+    model_channels,
+    model_classes,
+)
 
 SCHEDULER = "scheduler"
 NON_EMA = "non_ema"  # the diffusers variant name of the raw (not averaged) weights
@@ -32,22 +41,37 @@ def export_info(config: dict, source_fingerprint: str, *, non_ema: bool) -> dict
     info = {"format": 1, "kind": kind, "config": config, "source_fingerprint": source_fingerprint,
             "exported_by": __version__, "ema": kind != "segmenter", "non_ema": non_ema}
     process = dict(config.get("process", {}))
+    classes, channels = model_classes(config), model_channels(config)
+    k = len(classes)
+    if k > 2 or channels != 3:  # binary colour exports keep the keys they had
+        info.update(classes=list(classes), channels=channels)
     if kind == "image-diffusion":
         from augforge.diffusion.gaussian import NULL_MASK
         from augforge.guidance import resolve_guidance, trained_cond_drop
 
+        mask = "2 * mask - 1 (1 channel)" if k == 2 else f"2 * one_hot(mask, {k}) - 1 ({k} channels)"
         info.update(prediction=process.get("prediction", "epsilon"), process={"type": "gaussian", **process},
-                    conditioning={"input": "cat[x_t (3 channels), 2 * mask - 1 (1 channel)]", "null_mask": NULL_MASK},
+                    conditioning={"input": f"cat[x_t ({channels} channel{'s' * (channels > 1)}), {mask}]",
+                                  "null_mask": NULL_MASK},
                     cond_drop=trained_cond_drop(config), guidance=resolve_guidance("auto", config, ""),
                     pixel_range=[-1.0, 1.0])
+    elif kind == "mask-diffusion" and process.get("kind") == "categorical":
+        info.update(process={"type": "categorical", **process},
+                    input=f"2 * one_hot(x_t, {k}) - 1, {k} channels", output=f"{k} logits of x_0 (softmax: x0_hat)")
     elif kind == "mask-diffusion":
         info.update(process={"type": "bernoulli", **process}, input="y_t in {-1, 1}, 1 channel",
                     output="logits of the flip map y_t XOR y_0")
     else:
-        from augforge.models.segmenter import IMAGENET_MEAN, IMAGENET_STD
+        from augforge.models.segmenter import normalisation
 
-        info.update(preprocessing={"input": "RGB in [0, 1]", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-                    output="one logit per pixel (B, 1, H, W)", threshold=0.5)
+        mean, std = normalisation(channels)
+        info.update(preprocessing={"input": "RGB in [0, 1]" if channels == 3 else "grey in [0, 1], 1 channel",
+                                   "mean": list(mean), "std": list(std)},
+                    output="one logit per pixel (B, 1, H, W)" if k == 2 else f"{k} logits per pixel (B, {k}, H, W)",
+                    threshold=0.5)
+        if k > 2:
+            info.update(prediction="argmax over the classes")
+            info.pop("threshold")
     return info
 
 
