@@ -44,3 +44,18 @@ def test_demo_runs_every_stage_and_writes_a_report(tmp_path, cli):
     assert set(again["seconds"]) == set(result["seconds"]) and not any(again["seconds"].values())  # all skipped
     assert again["tables"] == result["tables"] and again["report"] == result["report"]
     assert (out / "report.md").read_text().count("## This run") == 1
+
+
+def test_demo_on_three_class_grey_fundus_crops(tmp_path, cli):
+    out = tmp_path / "fundus"
+    r = cli("demo", "--kind", "fundus", "--out", out, "--n", 40, "--seg-steps", 4, "--mask-steps", 3, "--image-steps", 3,
+            "--generated", 6, "--attack-steps", 2, "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["augmentation"]["test_images"] == 12 and result["augmentation"]["verdict"].startswith("augmentation ")
+    for name in ("data", "generated", "filtered", "attacked"):
+        info = json.loads((out / name / "dataset.json").read_text())
+        assert info["classes"] == ["background", "disc", "cup"] and info["channels"] == 1, name
+    for name in ("seg-real", "seg-augmented"):
+        assert set(json.loads((out / f"eval-{name}.json").read_text())["per_class"]) == {"disc", "cup"}
+    assert "### Per class" in (out / "report.md").read_text()
