@@ -2,8 +2,11 @@
 
 Both diffusion processes use the same network family; they differ only in channels:
 
-- mask diffusion (Bernoulli, DASP §3.1): 1 channel in (y_t in {-1, 1}), 1 logit out;
-- image diffusion (Gaussian, DASP §3.2): 3 image + 1 mask channel in, 3 (ε) out.
+- mask diffusion (Bernoulli, DASP §3.1): 1 channel in (y_t in {-1, 1}), 1 logit out; for K > 2 classes
+  (categorical): K one-hot channels in, K logits of x_0 out;
+- image diffusion (Gaussian, DASP §3.2): 3 image + 1 mask channel in, 3 (ε) out; in general C image
+  channels (1 grey, 3 colour) + the mask (1 channel binary, K one-hot for K > 2) in, C out
+  (:func:`augforge.stages.train_diffusion.network_channels`).
 
 ``tiny`` trains on a CPU in minutes at 32-64 px; ``small`` is a laptop/GPU middle ground;
 ``base`` follows the 256-px DDPM configuration (Ho et al. 2020; 6 resolutions, attention at
