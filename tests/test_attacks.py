@@ -681,3 +681,25 @@ def test_binary_attacks_on_grey_images(name):
         assert bce(grey, out, y) < clean
     elif name != "noise":
         assert bce(grey, out, y) > clean
+
+
+def test_asma_patience_stops_an_image_whose_target_iou_stalls(model, data):
+    """patience P: an image stops once P iterations in a row have not raised its best IoU with the target; without it
+    the same image runs to max_iter. An image that reaches its target stops there either way."""
+    x, y = data
+    with torch.no_grad():
+        pred = (model(x) > 0).float()
+    target = torch.roll(pred, shifts=(2, 2), dims=(2, 3))
+    stuck = torch.zeros_like(target)
+    stuck[..., :4, :] = 1  # image 1: an unreachable target under tau alone (tiny steps, no overlap growth)
+    target[1] = stuck[1]
+    kwargs = dict(max_iter=60, beta=0.0, tau=1e-6, l2_weight=0.1)
+    plain = asma(model, x, y, target=target, **kwargs)
+    patient = asma(model, x, y, target=target, patience=7, **kwargs)
+    assert plain.iterations[1] == 60 and patient.iterations[1] <= 7 + 1
+    assert (patient.iterations <= plain.iterations).all()
+    # with patience off the results are those of the call without it, bit for bit
+    same = asma(model, x, y, target=target, patience=0, **kwargs)
+    assert torch.equal(same.x_adv, plain.x_adv) and torch.equal(same.iterations, plain.iterations)
+    with pytest.raises(ValueError, match="patience"):
+        asma(model, x, y, target=target, patience=-1, **kwargs)

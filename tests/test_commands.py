@@ -102,7 +102,7 @@ def test_an_attack_identity_holds_only_the_options_its_method_uses():
         "eps", "attack_loss", "weighted", "step_size", "steps", "random_start", "image_model", "sdedit_steps",
         "grid_steps", "grad", "purify_guidance"}
     assert set(identity(build({**base, "method": "asma", "target": "file"}))) == common | {
-        "target", "target_file", "max_iter", "beta", "tau", "asma_mask", "multiplier"}
+        "target", "target_file", "max_iter", "patience", "beta", "tau", "asma_mask", "multiplier"}
     assert set(identity(build({**base, "method": "noise"}))) == common | {"eps"}  # the noise control's budget
 
 

@@ -139,6 +139,7 @@ def asma(
     generator: torch.Generator | None = None,
     adaptive_mask: bool = True,
     dynamic_multiplier: bool = True,
+    patience: int = 0,
 ) -> AsmaResult:
     """Targeted ASMA: perturb x (B, C, H, W) in [0, 1] until ``model`` predicts ``target``.
 
@@ -148,7 +149,10 @@ def asma(
     multiplier alpha_n = beta * IoU + tau (paper defaults); l2_weight: lambda of the L2 term.
     ``generator`` is accepted for the common attack signature; ASMA draws no random numbers.
     ``adaptive_mask`` / ``dynamic_multiplier``: False gives the static mask / the constant multiplier
-    tau of the paper's ablation (module docstring). Returns an :class:`AsmaResult` (detached tensors).
+    tau of the paper's ablation (module docstring). ``patience`` P > 0: an image also stops once P iterations in a
+    row have not raised its IoU with the target above its best so far (its iterate then is at most P steps past
+    that best); 0 (the paper): only the target or ``max_iter`` stop it. Returns an :class:`AsmaResult`
+    (detached tensors).
     """
     if x.dim() != 4 or y.shape != target.shape or y.dim() != 4 or y.shape[1] != 1 or (
         x.shape[0] != y.shape[0] or x.shape[2:] != y.shape[2:]
@@ -157,16 +161,16 @@ def asma(
             f"expected images (B, C, H, W), masks and target (B, 1, H, W) of the same B, H, W, got "
             f"{tuple(x.shape)}, {tuple(y.shape)}, {tuple(target.shape)}"
         )
-    if max_iter < 0 or beta < 0 or tau < 0 or l2_weight < 0:
-        raise ValueError(
-            f"ASMA needs max_iter, beta, tau, l2_weight >= 0, got {max_iter}, {beta}, {tau}, {l2_weight}"
-        )
+    if max_iter < 0 or beta < 0 or tau < 0 or l2_weight < 0 or patience < 0:
+        raise ValueError(f"ASMA needs max_iter, beta, tau, l2_weight, patience >= 0, got {max_iter}, {beta}, {tau}, "
+                         f"{l2_weight}, {patience}")
     x0 = x.detach()
     target = target.to(x0.dtype)
     x_adv = x0.clone()
     active = torch.ones(x0.shape[0], dtype=torch.bool, device=x0.device)
     iterations = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
     peak = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
+    stalled = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)  # iterations since the peak rose
     n = 0
     while n < max_iter:
         # 0. one host sync per CHECK_EVERY iterations: the images still moving form the batch of the window
@@ -176,7 +180,7 @@ def asma(
         x_n, x0_live, t_live, act = x_adv[live], x0[live], target[live], active[live]
         target_sign = 2.0 * t_live - 1.0  # class logit of the target class: (2t - 1) z
         steps = torch.zeros_like(act, dtype=torch.long)
-        peak_live = peak[live]
+        peak_live, stalled_live = peak[live], stalled[live]
         for _ in range(min(CHECK_EVERY, max_iter - n)):
             x_in = x_n.detach().requires_grad_(True)
             z = model(x_in)
@@ -194,6 +198,9 @@ def asma(
             (grad,) = torch.autograd.grad(objective, x_in)
             # 3. adaptive step, box constraint, only on the active images
             iou = target_iou(pred, t_live, z.shape[1])
+            if patience:  # 3a. an image whose IoU has not risen above its best for `patience` iterations stops
+                stalled_live = torch.where(iou > peak_live, 0, stalled_live + 1)
+                act = act & (stalled_live < patience)
             peak_live = torch.where(act, torch.maximum(peak_live, iou), peak_live)
             overlap = iou if dynamic_multiplier else torch.zeros_like(iou)
             alpha = (beta * overlap + tau).view(-1, 1, 1, 1)
@@ -201,7 +208,7 @@ def asma(
             x_n = torch.where(act.view(-1, 1, 1, 1), x_next, x_n)
             steps += act
             n += 1
-        x_adv[live], active[live], peak[live] = x_n.detach(), act, peak_live
+        x_adv[live], active[live], peak[live], stalled[live] = x_n.detach(), act, peak_live, stalled_live
         iterations[live] += steps
     with torch.no_grad():
         z = model(x_adv)

@@ -145,8 +145,8 @@ def _check(cfg: AttackConfig) -> None:
         raise AugforgeError(f"--asma-mask must be adaptive or static, got {cfg.asma_mask!r}")
     if cfg.multiplier not in ("dynamic", "constant"):
         raise AugforgeError(f"--multiplier must be dynamic or constant, got {cfg.multiplier!r}")
-    if cfg.sigma2 <= 0 or cfg.step_size < 0 or cfg.tau < 0 or cfg.max_iter < 1:
-        raise AugforgeError("--sigma2 must be > 0, --step-size/--beta/--tau >= 0 and --max-iter >= 1")
+    if cfg.sigma2 <= 0 or cfg.step_size < 0 or cfg.tau < 0 or cfg.max_iter < 1 or cfg.patience < 0:
+        raise AugforgeError("--sigma2 must be > 0, --step-size/--beta/--tau/--patience >= 0 and --max-iter >= 1")
     if not 1 <= cfg.sdedit_steps < cfg.grid_steps:
         raise AugforgeError(f"--sdedit-steps must be in [1, --grid-steps - 1 = {cfg.grid_steps - 1}], "
                             f"got {cfg.sdedit_steps}")
@@ -246,7 +246,8 @@ def run(cfg: AttackConfig) -> dict:
         betas = asma_betas(cfg)
         method = {"name": "asma", "target": cfg.target, "max_iter": cfg.max_iter,
                   "beta": betas[0] if len(betas) == 1 else list(betas), "tau": cfg.tau,
-                  "mask": cfg.asma_mask, "multiplier": cfg.multiplier}
+                  "mask": cfg.asma_mask, "multiplier": cfg.multiplier,
+                  **({"patience": cfg.patience} if cfg.patience else {})}
 
     # 3. attack batch by batch
     with progress_bar(f"attack {cfg.method}", total=len(todo)) as advance:
@@ -265,7 +266,7 @@ def run(cfg: AttackConfig) -> dict:
             if cfg.method == "asma":
                 target = asma_targets(cfg, y, all_masks, index, file_target=file_target)
                 result, chosen = asma_beta_search(seg, x, y, target=target, betas=betas, max_iter=cfg.max_iter,
-                                                  tau=cfg.tau, generator=generator,
+                                                  patience=cfg.patience, tau=cfg.tau, generator=generator,
                                                   adaptive_mask=cfg.asma_mask == "adaptive",
                                                   dynamic_multiplier=cfg.multiplier == "dynamic")
                 x_adv = result.x_adv

@@ -323,6 +323,8 @@ def _check_attack_options(cfg: EvaluateConfig) -> list[float]:
         if cfg.max_iter < 1 or cfg.tau < 0:
             raise AugforgeError("--max-iter must be >= 1 and --tau >= 0")
         _asma_config(cfg)  # --beta checked
+        if cfg.patience < 0:
+            raise AugforgeError(f"--patience must be >= 0, got {cfg.patience}")
     elif cfg.ablation:
         raise AugforgeError("--ablation gives ASMA's ablation rows; use it with --attack asma")
     if cfg.weighted and cfg.attack not in WEIGHTABLE:
@@ -381,8 +383,9 @@ def _asma_batch(cfg: EvaluateConfig, attacker, x, y, index: list[int], all_masks
     target = asma_targets(acfg, y, all_masks, index)
     if not dynamic:
         betas = betas[:1]  # alpha = tau whatever beta: one run
-    result, chosen = asma_beta_search(attacker, x, y, target=target, betas=betas, max_iter=cfg.max_iter, tau=cfg.tau,
-                                      adaptive_mask=adaptive, dynamic_multiplier=dynamic)
+    result, chosen = asma_beta_search(attacker, x, y, target=target, betas=betas, max_iter=cfg.max_iter,
+                                      patience=cfg.patience, tau=cfg.tau, adaptive_mask=adaptive,
+                                      dynamic_multiplier=dynamic)
     return result.x_adv, target, result.iterations, chosen
 
 
