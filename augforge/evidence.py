@@ -2,7 +2,8 @@
 
 Scores are per held-out image, per group (a group is a segmenter seed or a low-data subset: the unit an
 interval resamples). ``scores[g][image_id]`` is an array ``[dice, iou, tp, fp, fn]`` (Dice and IoU in
-[0, 1], the confusion counts in pixels) as ``augforge evaluate --out`` writes them per image. A Δ is an
+[0, 1], the confusion counts in pixels; K classes: the foreground mean Dice and IoU, then one (tp, fp, fn)
+per foreground class) as ``augforge evaluate --out`` writes them per image. A Δ is an
 arm's per-image Dice minus a reference arm's on the images both scored, averaged per group, then over
 groups; its 95 % interval resamples groups and images together
 (:func:`augforge.seg.metrics.hierarchical_bootstrap_ci`, one image draw by id for every group, since
@@ -64,9 +65,13 @@ def delta(scores: Scores, reference: Scores, n_boot: int, seed: int = 0) -> dict
 
 
 def pooled(table: np.ndarray) -> tuple[float, float]:
-    """Pooled (micro) Dice and IoU from per-image rows [dice, iou, tp, fp, fn] (counts summed first)."""
-    tp, fp, fn = table[:, 2].sum(), table[:, 3].sum(), table[:, 4].sum()
-    return float(2 * tp / max(2 * tp + fp + fn, 1)), float(tp / max(tp + fp + fn, 1))
+    """Pooled (micro) Dice and IoU from per-image rows [dice, iou, tp, fp, fn] (counts summed first). K-class
+    rows carry one (tp, fp, fn) per foreground class, [dice, iou, tp_1, fp_1, fn_1, tp_2, ...]: the pooled
+    scores are then the means over the classes of each class's pooled score (as ``evaluate``'s micro_*)."""
+    tp, fp, fn = table[:, 2:].reshape(len(table), -1, 3).sum(0).T
+    dice = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    iou = tp / np.maximum(tp + fp + fn, 1)
+    return float(dice.mean()), float(iou.mean())
 
 
 def group_scores(scores: dict[str, np.ndarray]) -> dict:

@@ -41,14 +41,20 @@ def best_ms(variants: dict, rounds: int) -> dict[str, float]:
     return {k: round(1000 * min(v), 1) for k, v in times.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def network_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options of the CPU network benchmarks (this one and cpu_compile.py): size, batch, UNet preset,
+    alternation rounds, --json."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--model-size", default="tiny")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = network_arguments(__doc__).parse_args()
     torch.manual_seed(0)
     B, S, fp32 = args.batch, args.size, contextlib.nullcontext
     result = {"threads": torch.get_num_threads(), "size": S, "batch": B, "model_size": args.model_size}

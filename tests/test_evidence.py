@@ -104,3 +104,21 @@ def test_no_block_of_six_lines_of_the_runners_is_repeated():
             seen[tuple(line for _, line in lines[k:k + 6])].append(f"{f.name}:{lines[k][0]}")
     repeated = {block[0]: where for block, where in seen.items() if len(where) > 1}
     assert not repeated, repeated
+
+
+def test_k_class_rows_pool_each_class_then_average(tmp_path):
+    """A K-class evaluation's per-image CSV carries (tp, fp, fn) per foreground class: the pooled Dice is the mean
+    of the classes' pooled Dice (evaluate's micro_dice); one class is the binary pooled Dice."""
+    from augforge.evidence import pooled
+    from augforge.stages.experiment import per_image
+
+    binary = np.array([[0.5, 0.3, 10, 5, 5], [1.0, 1.0, 4, 0, 0]])
+    assert pooled(binary) == (2 * 14 / (28 + 10), 14 / (14 + 10))
+    k3 = np.array([[0.6, 0.4, 10, 5, 5, 1, 0, 3], [0.9, 0.8, 4, 0, 0, 2, 2, 0]], dtype=float)
+    disc, cup = 2 * 14 / (28 + 10), 2 * 3 / (6 + 5)
+    assert pooled(k3)[0] == pytest.approx((disc + cup) / 2)
+    path = tmp_path / "eval.json"
+    path.with_suffix(".csv").write_text("id,iou,dice,tp_disc,fp_disc,fn_disc,tp_cup,fp_cup,fn_cup\n"
+                                        "a,0.4,0.6,10,5,5,1,0,3\nb,0.8,0.9,4,0,0,2,2,0\n")
+    rows = per_image(path)
+    assert np.array_equal(np.stack([rows["a"], rows["b"]]), k3)

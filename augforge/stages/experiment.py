@@ -274,10 +274,15 @@ def record_run(recipe: dict, out: Path) -> None:
 # --------------------------------------------------------------------------- reading the results
 
 def per_image(path: Path) -> dict[str, np.ndarray]:
-    """{image id: [dice, iou, tp, fp, fn]} from an evaluation's per-image CSV."""
+    """{image id: [dice, iou, tp, fp, fn]} from an evaluation's per-image CSV; K classes: the foreground mean
+    Dice and IoU, then (tp, fp, fn) of each foreground class (its ``tp_<class>`` columns, in column order)."""
     with open(path.with_suffix(".csv"), newline="") as f:
-        return {r["id"]: np.array([float(r["dice"]), float(r["iou"]), float(r["tp"]), float(r["fp"]),
-                                   float(r["fn"])]) for r in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        counts = ["tp", "fp", "fn"] if "tp" in fields else \
+            [f"{k}_{c}" for c in (n[3:] for n in fields if n.startswith("tp_")) for k in ("tp", "fp", "fn")]
+        return {r["id"]: np.array([float(r["dice"]), float(r["iou"]), *(float(r[k]) for k in counts)])
+                for r in reader}
 
 
 def held_out(out: Path, arm: dict, g: int, splits: list[str]) -> dict[str, np.ndarray] | None:
