@@ -147,3 +147,13 @@ def test_a_recipe_that_reads_data_without_data_is_refused_in_one_line(tmp_path, 
     """--data is optional (a recipe may name its own data); empty, it is not the working folder."""
     r = cli("experiment", "evidence-low", "--out", tmp_path / "run", "--device", "cpu")
     assert r.exit_code == 2 and "give --data" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_k_class_mask_reports_get_a_per_class_w1_table():
+    from augforge.stages.experiment import class_area_lines
+
+    binary = {"0": {"generated": {"n": 4, "area_w1": 0.1}}}
+    assert class_area_lines(binary, "seed") == []
+    k3 = {"0": {"generated": {"class_area_w1": {"background": 0.03, "disc": 0.04, "cup": 0.038}}}}
+    lines = class_area_lines(k3, "seed")
+    assert "| set | background | disc | cup |" in lines and "| generated | 0.030 | 0.040 | 0.038 |" in lines

@@ -370,6 +370,22 @@ def mask_report(recipe: dict, g: int) -> dict | None:
     return out
 
 
+def class_area_lines(generated_masks: dict, unit: str) -> list[str]:
+    """K-class data: each set's per-class area W1 against the training masks (mask_report's class_area_w1)."""
+    rows = [(g, name, m["class_area_w1"]) for g, sets in generated_masks.items() for name, m in sets.items()
+            if "class_area_w1" in m]
+    if not rows:
+        return []
+    classes = list(rows[0][2])
+    per = len(generated_masks) > 1
+    out = ["", "Per class (K-class data): area W1 of each class against the training masks.", "",
+           "| set | " + (f"{unit} | " if per else "") + " | ".join(classes) + " |",
+           "|---|" + ("---|" if per else "") + "---|" * len(classes)]
+    for g, name, w1 in rows:
+        out.append(f"| {name} | " + (f"{g} | " if per else "") + " | ".join(f"{w1[c]:.3f}" for c in classes) + " |")
+    return out
+
+
 def filter_record(recipe: dict, g: int) -> dict | None:
     """What the filter of group g kept (the ``filter`` of the first mask set's dataset.json that has one)."""
     for p in recipe["experiment"]["masks"].values():
@@ -560,6 +576,7 @@ def render(recipe: dict, doc: dict, command: str) -> str:
                 out.append(f"| {name} | " + (f"{g} | " if per else "")
                            + f"{m['n']} | {m['area_mean']:.3f} ({m['real_area_mean']:.3f}) | {m['area_w1']:.3f} | "
                            f"{m['area_ks']:.3f} | {m['one_component']:.2f} ({m['real_one_component']:.2f}) | {m['empty']:.3f} |")
+        out += class_area_lines(doc["generated_masks"], unit)
     rob = doc.get("robustness")
     if rob and rob["rows"]:
         cols = list(next(iter(rob["rows"].values())))
