@@ -253,8 +253,10 @@ COMPILE_MODES = ("auto", "on", "off")
 # - segmentation training, in optimizer steps: unmeasured. A U-Net/ResNet-34 step at batch 16 takes
 #   ≈ 16 ms at ~1000 images/s; assuming compile saves 30 % of it (≈ 5 ms) for a ≈ 25 s compile, ≈ 5000
 #   steps repay it (the default 200 epochs over Kvasir's 800 training pairs are 10000 steps).
-# On a CPU compiling does not pay (docs/benchmarks.md: a 32-px train step 1.08x faster after a 61-78 s
-# cold compile, i.e. > 10000 steps to break even), so auto is off there.
+# On a CPU compiling does not pay enough (docs/benchmarks.md, "Compiling on the CPU", bf16 at 64 px: both
+# train steps 0.92-0.99x after 44-67 s of compiling; the sampler's UNet forward 1.16x after 29 s, i.e. about
+# 37 batches of 16 to repay the two UNets and 9 % off `sample -n 1600`, with a C++ compiler required), so auto
+# is off there.
 TRAIN_DIFFUSION_BREAK_EVEN_STEPS = 1000
 TRAIN_SEG_BREAK_EVEN_STEPS = 5000
 SAMPLE_BREAK_EVEN_BATCHES = 8
