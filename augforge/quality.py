@@ -18,8 +18,8 @@ COMPONENT_BINS = ("0", "1", "2", "3", "4", "5+")
 MEMORISATION_IOU = 0.95
 
 
-def _binary_numpy(masks: ArrayLike) -> np.ndarray:
-    """(N, H, W) bool array from (N, 1, H, W) or (N, H, W) masks."""
+def _masks_numpy(masks: ArrayLike) -> np.ndarray:
+    """(N, H, W) numpy array of (N, 1, H, W) or (N, H, W) masks (tensor or array), values as given."""
     if isinstance(masks, torch.Tensor):
         masks = masks.detach().cpu().numpy()
     masks = np.asarray(masks)
@@ -27,7 +27,12 @@ def _binary_numpy(masks: ArrayLike) -> np.ndarray:
         masks = masks[:, 0]
     if masks.ndim != 3:
         raise ValueError(f"masks must have shape (N, 1, H, W) or (N, H, W), got {masks.shape}")
-    return masks > 0.5
+    return masks
+
+
+def _binary_numpy(masks: ArrayLike) -> np.ndarray:
+    """(N, H, W) bool array from (N, 1, H, W) or (N, H, W) masks (K classes: every class > 0)."""
+    return _masks_numpy(masks) > 0.5
 
 
 def _flat_binary_torch(masks: ArrayLike) -> torch.Tensor:
@@ -141,14 +146,7 @@ def mask_quality_report(gen: ArrayLike, real: ArrayLike) -> dict:
 
 def _labels_numpy(masks: ArrayLike) -> np.ndarray:
     """(N, H, W) int64 class indices from (N, 1, H, W) or (N, H, W) label maps (float or integer)."""
-    if isinstance(masks, torch.Tensor):
-        masks = masks.detach().cpu().numpy()
-    masks = np.asarray(masks)
-    if masks.ndim == 4 and masks.shape[1] == 1:
-        masks = masks[:, 0]
-    if masks.ndim != 3:
-        raise ValueError(f"masks must have shape (N, 1, H, W) or (N, H, W), got {masks.shape}")
-    return np.rint(masks).astype(np.int64)
+    return np.rint(_masks_numpy(masks)).astype(np.int64)
 
 
 def class_area_fractions(masks: ArrayLike, num_classes: int) -> np.ndarray:

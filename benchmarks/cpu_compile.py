@@ -14,7 +14,6 @@ bf16 autocast, and for the U-Net/ResNet-18 segmenter's train step under bf16 aut
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from copy import deepcopy
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from precision import best_ms, network_arguments  # noqa: E402
+from precision import best_ms, network_arguments, optimizer_step, print_result  # noqa: E402
 
 from augforge.models.inference import inference_net  # noqa: E402
 from augforge.models.segmenter import build_segmenter, segmenter_config  # noqa: E402
@@ -78,13 +77,10 @@ def main() -> None:
         opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
         run = torch.compile(net) if compiled else net
 
-        def call():
+        def loss():
             with bf16_autocast():
-                loss = (run(x, t).float() - x[:, :3]).square().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return call
+                return (run(x, t).float() - x[:, :3]).square().mean()
+        return optimizer_step(opt, loss)
 
     result["unet_train_step_autocast"] = path_row(unet_step, args.rounds)
 
@@ -97,21 +93,14 @@ def main() -> None:
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         run = torch.compile(net) if compiled else net
 
-        def call():
+        def loss():
             with bf16_autocast():
                 z = run(xs)
-            loss = F.binary_cross_entropy_with_logits(z.float(), ys)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return call
+            return F.binary_cross_entropy_with_logits(z.float(), ys)
+        return optimizer_step(opt, loss)
 
     result["seg_train_step_autocast"] = path_row(seg_step, args.rounds)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key:26s} {value}")
+    print_result(result, args.json)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,27 @@ def best_ms(variants: dict, rounds: int) -> dict[str, float]:
     return {k: round(1000 * min(v), 1) for k, v in times.items()}
 
 
+def optimizer_step(opt, loss_fn):
+    """A call of one training step: ``loss_fn()`` (the forward, under whatever autocast it opens), then zero
+    the gradients, backward and ``opt.step()``."""
+    def call():
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return call
+
+
+def print_result(result: dict, as_json: bool) -> None:
+    """The benchmark's result: one JSON document, or one aligned line per key."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    width = max(map(len, result)) + 1
+    for key, value in result.items():
+        print(f"{key:{width}s} {value}")
+
+
 def network_arguments(doc: str) -> argparse.ArgumentParser:
     """The options of the CPU network benchmarks (this one and cpu_compile.py): size, batch, UNet preset,
     alternation rounds, --json."""
@@ -80,13 +101,10 @@ def main() -> None:
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=False)
 
     def unet_step(ctx):
-        def call():
+        def loss():
             with ctx():
-                loss = (unet(x, t).float() - x[:, :3]).square().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return call
+                return (unet(x, t).float() - x[:, :3]).square().mean()
+        return optimizer_step(opt, loss)
 
     result["unet_train_step_ms"] = best_ms({"fp32": unet_step(fp32), "autocast": unet_step(_bf16_autocast)}, args.rounds)
 
@@ -95,15 +113,12 @@ def main() -> None:
     seg_opt = torch.optim.Adam(seg.parameters(), lr=1e-3, foreach=False)
 
     def seg_step(ctx):
-        def call():
+        def loss():
             seg.train()
             with ctx():
                 z = seg(xs)
-            loss = F.binary_cross_entropy_with_logits(z.float(), ys)
-            seg_opt.zero_grad()
-            loss.backward()
-            seg_opt.step()
-        return call
+            return F.binary_cross_entropy_with_logits(z.float(), ys)
+        return optimizer_step(seg_opt, loss)
 
     result["seg_train_step_ms"] = best_ms({"fp32": seg_step(fp32), "autocast": seg_step(_bf16_autocast)}, args.rounds)
     seg.eval()
@@ -121,11 +136,7 @@ def main() -> None:
 
     result["seg_input_grad_ms"] = best_ms({"fp32": input_grad(fp32), "autocast": input_grad(_bf16_autocast)},
                                           args.rounds)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key:22s} {value}")
+    print_result(result, args.json)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from augforge.ranges import one_hot
+
 CHECK_EVERY = 10
 BETA_SEARCH = (1e-6, 5e-6, 1e-5)  # Ozbulak et al.'s candidates for beta (with tau = 1e-7)
 
@@ -107,8 +109,7 @@ def mean_foreground_iou(pred: Tensor, target: Tensor, num_classes: int) -> Tenso
     A class absent from both masks scores 1 (as in :mod:`augforge.seg.metrics`). For K = 2 this is
     :func:`_iou` of the binary masks.
     """
-    classes = torch.arange(1, num_classes, device=pred.device).view(1, -1, 1, 1)
-    p, t = pred == classes, target == classes  # (B, K-1, H, W)
+    p, t = (one_hot(m, num_classes, torch.bool)[:, 1:] for m in (pred, target))  # (B, K-1, H, W)
     intersection = (p & t).flatten(2).sum(2).to(pred.dtype)
     union = (p | t).flatten(2).sum(2).to(pred.dtype)
     return torch.where(union > 0, intersection / union.clamp_min(1.0), torch.ones_like(union)).mean(1)

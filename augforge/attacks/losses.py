@@ -12,14 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from augforge.ranges import one_hot
+
 LOSSES = ("bce", "dice")
 DICE_SMOOTH = 1.0
-
-
-def one_hot(y: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    """Index masks (B, 1, H, W) -> one-hot (B, K, H, W) of ``dtype`` (no host sync, no range check)."""
-    classes = torch.arange(num_classes, device=y.device).view(1, -1, 1, 1)
-    return (y.long() == classes).to(dtype)
 
 
 def adversarial_loss(

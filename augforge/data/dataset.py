@@ -177,6 +177,14 @@ def read_image(path: Path) -> np.ndarray:
     return decode_image(_read_bytes(path, "image"), str(path))
 
 
+def tiff_mask_samples(data: bytes) -> np.ndarray | None:
+    """A TIFF mask's samples as :func:`_read_tiff` reads them (palette, MINISWHITE, planar samples), a bilevel
+    (bool) mask as uint8 0/1, float samples left as they are; None when unreadable."""
+    got = _read_tiff(data)
+    arr = None if got is None else got[0]
+    return arr.astype(np.uint8) if arr is not None and arr.dtype == bool else arr
+
+
 def decode_mask(data: bytes, where: str) -> np.ndarray:
     """Encoded mask bytes -> uint8 (H,W) in {0,255}.
 
@@ -187,11 +195,8 @@ def decode_mask(data: bytes, where: str) -> np.ndarray:
     (:func:`_read_tiff`: palette, MINISWHITE, planar samples), at their own depth.
     """
     if _is_tiff(data):
-        got = _read_tiff(data)
-        arr = None if got is None else got[0]
-        if arr is not None and arr.dtype == bool:
-            arr = arr.astype(np.uint8)
-        elif arr is not None and arr.dtype.kind == "f":
+        arr = tiff_mask_samples(data)
+        if arr is not None and arr.dtype.kind == "f":
             arr = _to_uint8(arr, 32)
     else:
         arr = _decode(data, cv2.IMREAD_UNCHANGED)

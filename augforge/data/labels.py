@@ -133,14 +133,11 @@ def raw_mask(data: bytes, where: str) -> np.ndarray:
     """A mask file's samples as stored: (H, W) grey (uint8 or uint16) or (H, W, 3) RGB; a palette PNG's
     palette applied (its indices: :func:`palette_indices`); alpha dropped; TIFF read as
     :func:`augforge.data.dataset._read_tiff` reads it."""
-    from augforge.data.dataset import _decode, _is_tiff, _read_tiff
+    from augforge.data.dataset import _decode, _is_tiff, tiff_mask_samples
 
     if _is_tiff(data):
-        got = _read_tiff(data)
-        arr = None if got is None else got[0]
-        if arr is not None and arr.dtype == bool:
-            arr = arr.astype(np.uint8)
-        elif arr is not None and arr.dtype.kind == "f":
+        arr = tiff_mask_samples(data)
+        if arr is not None and arr.dtype.kind == "f":
             arr = np.clip(np.rint(arr), 0, 65535).astype(np.uint16)
     else:
         arr = _decode(data, cv2.IMREAD_UNCHANGED)

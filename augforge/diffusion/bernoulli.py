@@ -27,7 +27,7 @@ from torch import Tensor
 
 from augforge.diffusion.schedules import DiscreteSchedule, Timestep
 from augforge.ranges import to_model_range
-from augforge.rng import Generators, check_batch, draw_device, rand_like
+from augforge.rng import Generators, draw_device, rand_like
 
 FlipModel = Callable[[Tensor, Tensor], Tensor]  # (y_t in {-1,1} (B,1,H,W), t (B,)) -> logits (B,1,H,W)
 
@@ -183,17 +183,10 @@ class BernoulliDiffusion(DiscreteSchedule):
         salt-and-pepper pixels where probs is near 1/2 (the polyp border). DASP does not say which; we
         take the mode 1[probs > 1/2] and return probs for callers who want a draw.
         """
-        if device is None:
-            first = generator[0] if isinstance(generator, list) else generator
-            device = first.device if first is not None else "cpu"
-        check_batch(generator, shape[0])
-        timesteps = self.sampling_timesteps(self.timesteps if steps is None else steps)
+        device = self.sampling_device(generator, shape[0], device)
         # 1. y_T ~ B(1/2)
         y = _bernoulli(torch.full(shape, 0.5, device=device), generator)
         # 2. posterior steps t -> s along the strided sequence, the last one to s = -1 (clean)
-        for i, (t, s) in enumerate(zip(timesteps, timesteps[1:] + [-1]), start=1):
-            y, y0_prob = self.p_sample(model, y, t, s, generator)
-            if progress is not None:
-                progress(i, len(timesteps))
+        y0_prob = self.reverse_chain(model, y, steps, generator, progress)
         # 3. threshold the final y_0 estimate
         return (y0_prob > 0.5).to(y0_prob.dtype), y0_prob

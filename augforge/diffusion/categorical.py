@@ -46,22 +46,13 @@ import torch
 from torch import Tensor
 
 from augforge.diffusion.schedules import DiscreteSchedule, Timestep
-from augforge.rng import Generators, check_batch, draw_device, rand_like
+from augforge.ranges import one_hot
+from augforge.rng import Generators, draw_device, rand_like
 
 X0Model = Callable[[Tensor, Tensor], Tensor]  # (one-hot x_t in {-1,1} (B,K,H,W), t (B,)) -> x_0 logits (B,K,H,W)
 # lambda of the hybrid loss: the auxiliary cross-entropy on x_0 (see the module docstring and
 # CategoricalDiffusion.loss_from_draws for the choice)
 HYBRID_COEFF = 0.001
-
-
-def one_hot(x: Tensor, num_classes: int) -> Tensor:
-    """Class indices x (B, 1, H, W) (float or integer) -> one-hot (B, K, H, W) in {0, 1}, float32 for
-    integer x, else x's dtype."""
-    if x.dim() != 4 or x.shape[1] != 1:
-        raise ValueError(f"class-index masks must have shape (B, 1, H, W), got {tuple(x.shape)}")
-    classes = torch.arange(num_classes, device=x.device).view(1, -1, 1, 1)
-    dtype = x.dtype if x.is_floating_point() else torch.float32
-    return (x.long() == classes).to(dtype)
 
 
 def categorical_from_uniform(probs: Tensor, u: Tensor) -> Tensor:
@@ -253,21 +244,14 @@ class CategoricalDiffusion(DiscreteSchedule):
         of a draw x_{-1} ~ Cat(probs), as the Bernoulli sampler thresholds at 1/2: a draw would add
         isolated wrong-class pixels where the estimate is uncertain (class borders).
         """
-        if device is None:
-            first = generator[0] if isinstance(generator, list) else generator
-            device = first.device if first is not None else "cpu"
-        check_batch(generator, shape[0])
+        device = self.sampling_device(generator, shape[0], device)
         if len(shape) != 4 or shape[1] != 1:
             raise ValueError(f"shape must be (B, 1, H, W), got {tuple(shape)}")
-        timesteps = self.sampling_timesteps(self.timesteps if steps is None else steps)
         k = self.num_classes
         # 1. x_T ~ Cat(1/K), the stationary distribution
         x = _categorical(torch.full((shape[0], k, *shape[2:]), 1.0 / k, device=device), generator)
         # 2. posterior steps t -> s along the strided sequence, the last one to s = -1 (clean)
-        for i, (t, s) in enumerate(zip(timesteps, timesteps[1:] + [-1]), start=1):
-            x, x0_hat = self.p_sample(model, x, t, s, generator)
-            if progress is not None:
-                progress(i, len(timesteps))
+        x0_hat = self.reverse_chain(model, x, steps, generator, progress)
         # 3. the mode of the final x_0 estimate
         return x0_hat.argmax(dim=1, keepdim=True).to(x0_hat.dtype), x0_hat
 

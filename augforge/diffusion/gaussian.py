@@ -42,7 +42,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from augforge.diffusion.schedules import betas_for
-from augforge.ranges import from_model_range, to_model_range
+from augforge.ranges import from_model_range, one_hot, to_model_range
 from augforge.rng import Generators, PairStreams, check_batch, draw_device, randn
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver")
@@ -106,8 +106,7 @@ class GaussianDiffusion:
         elif self.mask_channels == 1:
             cond = to_model_range(mask.to(x_t.dtype))
         else:
-            classes = torch.arange(self.num_classes, device=mask.device).view(1, -1, 1, 1)
-            cond = to_model_range((mask.long() == classes).to(x_t.dtype))
+            cond = to_model_range(one_hot(mask, self.num_classes, x_t.dtype))
         return torch.cat([x_t, cond], dim=1)
 
     # ------------------------------------------------------------------ forward process

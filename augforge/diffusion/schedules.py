@@ -17,9 +17,12 @@ any T.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from augforge.rng import check_batch
 
 SCHEDULES = ("linear", "cosine")
 Timestep = int | Tensor  # a Python int for the whole batch, or a (B,) long tensor
@@ -86,3 +89,26 @@ class DiscreteSchedule:
         if not 1 <= steps <= self.timesteps:
             raise ValueError(f"steps must be in [1, {self.timesteps}], got {steps}")
         return torch.linspace(self.timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
+
+    @staticmethod
+    def sampling_device(generator, batch: int, device: torch.device | str | None) -> torch.device | str:
+        """A sampler's device: ``device``, else the (first) generator's, else the CPU; the generator is checked
+        against the batch (:func:`augforge.rng.check_batch`)."""
+        if device is None:
+            first = generator[0] if isinstance(generator, list) else generator
+            device = first.device if first is not None else "cpu"
+        check_batch(generator, batch)
+        return device
+
+    def reverse_chain(self, model, x_T: Tensor, steps: int | None, generator,
+                      progress: Callable[[int, int], None] | None = None) -> Tensor:
+        """The reverse chain from x_T along :meth:`sampling_timesteps` (``steps`` model calls, default T): one
+        ``p_sample`` t -> s per pair of the descending sequence, the last one to s = -1 (clean). Returns the
+        model's x_0 estimate at the last step; ``progress(i, n)`` after each of the n steps."""
+        timesteps = self.sampling_timesteps(self.timesteps if steps is None else steps)
+        x = x_T
+        for i, (t, s) in enumerate(zip(timesteps, timesteps[1:] + [-1]), start=1):
+            x, x0_estimate = self.p_sample(model, x, t, s, generator)
+            if progress is not None:
+                progress(i, len(timesteps))
+        return x0_estimate

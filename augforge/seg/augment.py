@@ -25,8 +25,8 @@ from typing import Callable
 
 import torch
 
+from augforge.ranges import one_hot
 from augforge.rng import draw_device
-from augforge.seg.losses import one_hot
 
 Aug = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 

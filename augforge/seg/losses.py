@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from augforge.ranges import one_hot
+
 # "dice+bce" and "dice+ce" are one loss: Dice + the cross-entropy of the segmenter's output (binary CE for
 # one logit, K-class CE for K logits); "dice+bce" is the name binary runs have always recorded
 LOSS_KINDS = ("dice", "dice+bce", "dice+ce")
@@ -25,11 +27,6 @@ LOSS_KINDS = ("dice", "dice+bce", "dice+ce")
 def is_k_class(logits: torch.Tensor, y: torch.Tensor) -> bool:
     """Whether (logits, y) are K-class (K > 1 logits, one channel of class indices) rather than binary."""
     return logits.shape[1] > 1 and y.shape[1] == 1
-
-
-def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Index masks (B, 1, H, W) (float or integer, values 0..K-1) -> one-hot (B, K, H, W) of ``dtype``."""
-    return F.one_hot(y[:, 0].long(), num_classes).permute(0, 3, 1, 2).to(dtype)
 
 
 def dice_loss(logits: torch.Tensor, y: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from augforge.ranges import one_hot
+
 SCORE_NAMES = ("iou", "dice", "precision", "recall")
 
 
@@ -85,9 +87,7 @@ def class_confusion_counts(pred: torch.Tensor, y: torch.Tensor, num_classes: int
     pred, y: (B, 1, H, W) class indices 0..K-1 (integer or float holding integers).
     """
     # 1. one-hot (B, K, H, W) bool of prediction and truth
-    classes = torch.arange(num_classes, device=pred.device).view(1, -1, *([1] * (pred.ndim - 2)))
-    p = pred.long() == classes
-    t = y.long() == classes
+    p, t = one_hot(pred, num_classes, torch.bool), one_hot(y, num_classes, torch.bool)
     # 2. counts per image and class
     dims = tuple(range(2, p.ndim))
     tp = (p & t).sum(dims)

@@ -41,6 +41,7 @@ from augforge.models.folder import (
 )
 from augforge.models.unet import MODEL_SIZES, build_denoiser
 from augforge.progress import log, progress_bar
+from augforge.ranges import one_hot
 from augforge.runtime import (
     TRAIN_DIFFUSION_BREAK_EVEN_STEPS,
     adam_kwargs,
@@ -90,8 +91,7 @@ def resize_pairs(pairs: PairSet, size: int) -> PairSet:
     if pairs.num_classes == 2:
         masks = (F.interpolate(pairs.masks.float(), size=(size, size), mode="area") >= 0.5).to(torch.uint8)
     else:
-        classes = torch.arange(pairs.num_classes, device=pairs.masks.device).view(1, -1, 1, 1)
-        shares = F.interpolate((pairs.masks.long() == classes).float(), size=(size, size), mode="area")
+        shares = F.interpolate(one_hot(pairs.masks, pairs.num_classes), size=(size, size), mode="area")
         masks = shares.argmax(dim=1, keepdim=True).to(torch.uint8)
     return PairSet(images, masks, pairs.is_extra, pairs.ids, pairs.classes, pairs.channels)
 
