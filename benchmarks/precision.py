@@ -3,7 +3,9 @@
 For a dense GEMM (the roofline), the image UNet's forward and train step, and the U-Net/ResNet-18
 segmenter's train step, forward and input gradient (what the attacks take), times the float32 path, the
 bf16-autocast path and, for forwards, the bf16 inference copy (``inference_net``), each the best of
-``--rounds`` x 2 calls, the variants of a path alternating so drifting load hits them alike.
+``--rounds`` x 2 calls, the variants of a path alternating so drifting load hits them alike. The UNet
+rows also time ``before``: the float32 UNet as the preset built it before one-head attention (diffusers'
+8-channel heads), the reference of issue 31's speed-ups.
 
     python benchmarks/precision.py [--size 64] [--batch 16] [--model-size tiny] [--json]
 """
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 
 from augforge.models.inference import inference_net
 from augforge.models.segmenter import build_segmenter, segmenter_config
-from augforge.models.unet import build_denoiser
+from augforge.models.unet import Denoiser, build_denoiser
 
 
 def _bf16_autocast():
@@ -86,6 +88,7 @@ def main() -> None:
     result["gemm_2048_tflops"] = {k: round(2 * 2048 ** 3 / (ms / 1000) / 1e12, 3) for k, ms in gemm.items()}
 
     unet = build_denoiser(args.model_size, 4, 3, S).eval()
+    before = Denoiser({**unet.unet_kwargs, "attention_head_dim": 8}).eval()
     x, t = torch.randn(B, 4, S, S), torch.randint(0, 1000, (B,))
     unet_bf16 = inference_net(copy.deepcopy(unet), "cpu", "bf16")
 
@@ -95,18 +98,21 @@ def main() -> None:
                 net(*inputs)
         return call
 
-    result["unet_forward_ms"] = best_ms({"fp32": forward(unet, fp32, x, t), "autocast": forward(unet, _bf16_autocast, x, t),
+    result["unet_forward_ms"] = best_ms({"before": forward(before, fp32, x, t), "fp32": forward(unet, fp32, x, t),
+                                         "autocast": forward(unet, _bf16_autocast, x, t),
                                          "bf16_weights": forward(unet_bf16, fp32, x, t)}, args.rounds)
-    unet.train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=False)
 
-    def unet_step(ctx):
+    def unet_step(net, ctx):
+        net.train()
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-4, foreach=False)
+
         def loss():
             with ctx():
-                return (unet(x, t).float() - x[:, :3]).square().mean()
+                return (net(x, t).float() - x[:, :3]).square().mean()
         return optimizer_step(opt, loss)
 
-    result["unet_train_step_ms"] = best_ms({"fp32": unet_step(fp32), "autocast": unet_step(_bf16_autocast)}, args.rounds)
+    result["unet_train_step_ms"] = best_ms({"before": unet_step(before, fp32), "fp32": unet_step(unet, fp32),
+                                            "autocast": unet_step(unet, _bf16_autocast)}, args.rounds)
 
     seg = build_segmenter(segmenter_config("unet", "resnet18"))
     xs, ys = torch.rand(B, 3, S, S), (torch.rand(B, 1, S, S) > 0.5).float()

@@ -2,7 +2,9 @@
 
 ``python tests/binary_chain.py OUT`` runs it and prints the digests; ``tests/test_binary_pinned.py``
 compares them with ``tests/data/binary_pinned.json``, written by this script on the release before
-K-class data (830f476). Every stage runs in fp32 so that the digests do not depend on bf16 support.
+K-class data (830f476); the generated pairs (gen, and fgsm of them) were written again when the tiny
+UNet preset's attention became one head (issue 31), a deliberate change of the network. Every stage runs in
+fp32 so that the digests do not depend on bf16 support.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The binary colour path is unchanged by K-class data (issue 32): the pairs of a fixed-seed chain
 (synthesize, both diffusions, sample, train-seg, fgsm and weighted pgd) are bit-identical to those the
-release before it made (tests/binary_chain.py; digests in tests/data/binary_pinned.json)."""
+release before it made (tests/binary_chain.py; digests in tests/data/binary_pinned.json; the generated pairs
+re-pinned once since, when the tiny UNet's attention became one head)."""
 
 from __future__ import annotations
 

@@ -161,6 +161,26 @@ def test_resume_truncates_the_log_to_the_checkpoint(tmp_path, cli, synthetic_dat
     assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6] and all(m["loss"] != 9.0 for m in rows)
 
 
+def test_a_continued_run_keeps_the_network_its_folder_records(tmp_path, cli, synthetic_dataset):
+    """A folder begun before the tiny preset changed (diffusers' 8-channel attention heads; today one head)
+    continues and loads with the network its config.json records, never today's preset: the attention
+    weights have the same shapes either way, so only the record tells the two apart."""
+    out = tmp_path / "m"
+    r = _train(cli, synthetic_dataset, out, "mask", "--steps", 2, "--save-every", 2)
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["network"]["attention_head_dim"] is None  # today's tiny: one head
+    del config["network"]["attention_head_dim"]  # as an older augforge wrote it: diffusers' default, 8
+    (out / "config.json").write_text(json.dumps(config))
+    r = _train(cli, synthetic_dataset, out, "mask", "--steps", 4, "--save-every", 2)
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["steps_done"] == 4 and "attention_head_dim" not in config["network"]
+    net, _ = load_network(out, kind="mask-diffusion")
+    heads = {m.heads for m in net.modules() if type(m).__name__ == "Attention"}
+    assert heads == {64 // 8}
+
+
 def test_resume_without_a_saved_state_is_an_error(tmp_path, cli, synthetic_dataset):
     r = _train(cli, synthetic_dataset, tmp_path / "m", "mask", "--steps", 2, "--resume")
     assert r.exit_code == 2 and "--resume" in r.output and "Traceback" not in r.output

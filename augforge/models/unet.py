@@ -30,10 +30,15 @@ class UNetPreset:
     layers_per_block: int
     attention_levels: tuple[int, ...]  # indices of levels with self-attention
     norm_num_groups: int
+    # channels per attention head; None: one head over all channels, DDPM's single-head self-attention
+    # (Ho et al. 2020, appendix B). diffusers' default of 8 splits tiny's 64-channel middle block into 8
+    # heads of 8, and heads that narrow take the CPU's attention kernel 4.6x longer than one of 64
+    # (fwd + bwd at 16x16, batch 16, bf16; docs/benchmarks.md "The tiny preset's attention head").
+    attention_head_dim: int | None = 8
 
 
 PRESETS: dict[str, UNetPreset] = {
-    "tiny": UNetPreset((16, 32, 64), 1, (), 8),
+    "tiny": UNetPreset((16, 32, 64), 1, (), 8, attention_head_dim=None),
     "small": UNetPreset((64, 128, 128, 256), 2, (3,), 32),
     "base": UNetPreset((128, 128, 256, 256, 512, 512), 2, (4,), 32),
 }
@@ -61,6 +66,7 @@ def unet_config(model_size: str, in_channels: int, out_channels: int, image_size
         down_block_types=down,
         up_block_types=up,
         norm_num_groups=p.norm_num_groups,
+        attention_head_dim=p.attention_head_dim,
     )
 
 

@@ -39,7 +39,7 @@ from augforge.models.folder import (
     save_model,
     save_train_state,
 )
-from augforge.models.unet import MODEL_SIZES, build_denoiser
+from augforge.models.unet import MODEL_SIZES, Denoiser, build_denoiser
 from augforge.progress import log, progress_bar
 from augforge.ranges import one_hot
 from augforge.runtime import (
@@ -51,6 +51,7 @@ from augforge.runtime import (
     compile_decision,
     generator_for,
     init_distributed,
+    read_json,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -154,8 +155,9 @@ def run(cfg: TrainDiffusionConfig) -> dict:
             process["num_classes"] = num_classes
             extra["mask_encoding"] = "one-hot"
     in_ch, out_ch = network_channels(cfg.kind, num_classes, ds.channels)
-    try:
-        model = build_denoiser(cfg.model_size, in_ch, out_ch, size)
+    stored = read_json(out / CONFIG).get("network") if resumed and (out / CONFIG).exists() else None
+    try:  # a run continued keeps the network its folder records, even if the preset has changed since
+        model = Denoiser(stored) if stored else build_denoiser(cfg.model_size, in_ch, out_ch, size)
     except ValueError as e:
         raise AugforgeError(f"--image-size / --model-size: {e}") from None
 
