@@ -212,7 +212,7 @@ class EvaluateConfig:
     purify_guidance: str = option("1", "diff-pgd: classifier-free guidance of the purifier's denoiser (as attack "
                                        "--purify-guidance).")
     max_iter: int = option(300, "asma: iteration cap per image.")
-    patience: int = option(0, "asma: stop an image once this many iterations in a row have not raised its best IoU with the target (0: only reaching the target or the iteration cap stops it, as in the paper).")
+    patience: int = option(50, "asma: stop an image once this many iterations in a row have not raised its best IoU with the target (0: only reaching the target or the iteration cap stops it, as in the paper).", before=0)
     beta: str = option("search", "asma: β of the step multiplier β·IoU + τ, a comma list, or 'search' (1e-6,5e-6,1e-5); "
                                  "per image the β of highest target IoU.")
     tau: float = option(1e-7, "asma: τ of the step multiplier.")
@@ -333,7 +333,7 @@ class AttackConfig:
                                   "indices 0..K-1).",
                               when={"method": ("asma",), "target": ("file",)})
     max_iter: int = option(2500, "asma: iteration cap per image.", when={"method": ("asma",)})
-    patience: int = option(0, "asma: stop an image once this many iterations in a row have not raised its best IoU with the target (0: only reaching the target or the iteration cap stops it, as in the paper).", when={"method": ("asma",)})
+    patience: int = option(50, "asma: stop an image once this many iterations in a row have not raised its best IoU with the target (0: only reaching the target or the iteration cap stops it, as in the paper).", before=0, when={"method": ("asma",)})
     beta: str = option("1e-6", "asma: β of the step multiplier β·IoU + τ; a comma list or 'search' (1e-6,5e-6,1e-5) "
                                "keeps per image the β of highest target IoU.", when={"method": ("asma",)})
     tau: float = option(1e-7, "asma: τ of the step multiplier.", when={"method": ("asma",)})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -91,6 +93,22 @@ def test_asma_beta_search_rows_carry_the_chosen_beta_and_unit_norms(tmp_path, cl
             "--max-iter", "2", "--split", "val", "--device", "cpu", "--out", tmp_path / "one")
     assert r.exit_code == 0, r.output
     assert {x["method"]["beta"] for x in read_manifest(tmp_path / "one" / "manifest.jsonl")} == {1e-6}
+
+
+def test_asma_patience_defaults_to_50_and_older_records_read_as_0(tmp_path, cli, synthetic_dataset, folders):
+    """ASMA stops an image after 50 iterations without a higher target IoU unless told otherwise; a run
+    recorded before --patience existed ran without it, so its record reads as --patience 0 (and an
+    unfinished one continues as it began, while today's default counts as another run)."""
+    from augforge.data.dataset import options_as_today
+
+    out = tmp_path / "asma"
+    r = cli("attack", synthetic_dataset, "--segmenter", folders / "seg", "--method", "asma", "--target", "shift",
+            "--max-iter", "3", "--split", "val", "--device", "cpu", "--out", out)
+    assert r.exit_code == 0, r.output
+    made_by = json.loads((out / "dataset.json").read_text())["made_by"]
+    assert made_by["options"]["patience"] == 50
+    old = {k: v for k, v in made_by["options"].items() if k != "patience"}
+    assert options_as_today("attack", old, made_by["options"])["patience"] == 0
 
 
 def test_asma_ablation_switches_reach_the_attack_and_the_rows(tmp_path, cli, synthetic_dataset, folders):
