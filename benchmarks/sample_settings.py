@@ -17,6 +17,10 @@ statistics lies inside the reference's 95 % interval; the cheapest such setting 
 
     python benchmarks/sample_settings.py --mask-model M --image-model I --segmenter S --data DATA --n 200 \\
         --settings fp32:100:ddim:50,bf16:100:ddim:50,bf16:50:dpm-solver:20
+
+A setting may name another pair of models, ``NAME@PRECISION:MASK_STEPS:SAMPLER:STEPS``, given as
+``--models NAME=MASK_DIR,IMAGE_DIR`` (repeatable), to compare a changed network against the reference, e.g.
+``--models old=M0,I0 --settings old@fp32:100:ddim:50,bf16:50:ddim:25``.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ def main() -> None:
     ap.add_argument("--segmenter", required=True, help="real-trained segmenter that judges consistency (fp32)")
     ap.add_argument("--data", required=True, help="the real dataset: its val + test masks are the reference")
     ap.add_argument("--settings", default="fp32:100:ddim:50,bf16:100:ddim:50,bf16:50:ddim:50,bf16:50:dpm-solver:20")
+    ap.add_argument("--models", action="append", default=[], metavar="NAME=MASK_DIR,IMAGE_DIR",
+                    help="another mask + image model pair, used by the settings written NAME@...")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--guidance", default="auto")
@@ -80,17 +86,25 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    image_net, image_cfg = load_network(args.image_model, kind="image-diffusion", device=device)
-    size = image_cfg["image_size"]
-    mask_net, mask_cfg = load_network(args.mask_model, kind="mask-diffusion", image_size=size, device=device)
+    pairs = {"": (args.mask_model, args.image_model)}
+    pairs.update({name: tuple(dirs.split(",")) for name, dirs in (m.split("=", 1) for m in args.models)})
+    models = {}
+    for name, (mask_dir, image_dir) in pairs.items():
+        image_net, image_cfg = load_network(image_dir, kind="image-diffusion", device=device)
+        mask_net, mask_cfg = load_network(mask_dir, kind="mask-diffusion", image_size=image_cfg["image_size"],
+                                          device=device)
+        models[name] = (image_net, image_cfg, mask_net, mask_cfg,
+                        resolve_guidance(args.guidance, image_cfg, image_dir))
+    size = models[""][1]["image_size"]
     judge, _ = load_network(args.segmenter, kind="segmenter", image_size=size, device=device)
-    guidance = resolve_guidance(args.guidance, image_cfg, args.image_model)
     ds = read_dataset(args.data)
     real_masks = load_pairs(ds, ds.split("val") + ds.split("test"))[1][:, 0].numpy()
     indices = list(range(args.n))
     rows = []
     for spec in args.settings.split(","):
-        precision, mask_steps, sampler, steps = spec.split(":")
+        name, _, setting = spec.rpartition("@")
+        image_net, image_cfg, mask_net, mask_cfg, guidance = models[name]
+        precision, mask_steps, sampler, steps = setting.split(":")
         nets = {"image_net": inference_net(image_net, device, precision),
                 "mask_net": inference_net(mask_net, device, precision)}
         start = time.perf_counter()
@@ -107,7 +121,7 @@ def main() -> None:
         logits = predict(judge, images_u8, 64, device, "fp32")
         consistency = per_image_scores((logits > 0).float(), masks_t)["dice"].cpu().numpy().astype(np.float64)
         masks_np = masks_t[:, 0].cpu().numpy().astype(np.uint8)
-        row = {"setting": spec, "precision": precision, "mask_steps": int(mask_steps), "sampler": sampler,
+        row = {"setting": spec, "models": pairs[name], "guidance": guidance, "precision": precision, "mask_steps": int(mask_steps), "sampler": sampler,
                "steps": int(steps), "seconds": seconds, "pairs_per_s": args.n / seconds,
                **statistics(consistency, masks_np, real_masks),
                "ci95": bootstrap_intervals(consistency, masks_np, real_masks, args.bootstrap)}
@@ -120,7 +134,7 @@ def main() -> None:
         row["speedup"] = row["pairs_per_s"] / reference["pairs_per_s"]
         row["equal_quality"] = all(lo <= row[k] <= hi for k, (lo, hi) in reference["ci95"].items())
     print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "n": args.n, "size": size,
-                      "guidance": guidance, "batch_size": args.batch_size, "reference": reference["setting"],
+                      "batch_size": args.batch_size, "reference": reference["setting"],
                       "rows": rows}, indent=2))
 
 
