@@ -114,6 +114,19 @@ def main() -> None:
     result["unet_train_step_ms"] = best_ms({"before": unet_step(before, fp32), "fp32": unet_step(unet, fp32),
                                             "autocast": unet_step(unet, _bf16_autocast)}, args.rounds)
 
+    # the middle block's self-attention alone (forward + backward, bf16, as under autocast): 64 channels
+    # at 1/4 of the side, split into heads of 8 channels (before) or one head of 64 (the tiny preset now)
+    def attention(heads):
+        q, k, v = (torch.randn(B, heads, (S // 4) ** 2, 64 // heads, dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))
+
+        def call():
+            torch.autograd.grad(F.scaled_dot_product_attention(q, k, v).sum(), (q, k, v))
+        return call
+
+    result["mid_attention_fwd_bwd_ms"] = best_ms({"8_heads_of_8": attention(8), "1_head_of_64": attention(1)},
+                                                 args.rounds)
+
     seg = build_segmenter(segmenter_config("unet", "resnet18"))
     xs, ys = torch.rand(B, 3, S, S), (torch.rand(B, 1, S, S) > 0.5).float()
     seg_opt = torch.optim.Adam(seg.parameters(), lr=1e-3, foreach=False)

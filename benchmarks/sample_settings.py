@@ -10,10 +10,15 @@ the image model was trained for), and reports per setting:
   image against its own mask;
 - mask statistics against the held-out real masks (val + test of ``--data``): one-component share,
   empty share, Wasserstein-1 distance of the area-fraction distributions;
-- for each, a 95 % bootstrap interval over the N pairs (held-out masks resampled too for W1).
+- realism: KID (the unbiased MMD² of Bińkowski et al. 2018 under the cubic kernel, on all pairs at once)
+  between the images' and the real train images' features in the judge's encoder (the feature space of
+  ``sample --report``'s realism distances);
+- for each, a 95 % bootstrap interval over the N pairs (held-out masks resampled too for W1; for KID a
+  resampled pair is never paired with a copy of itself, so the within-set term stays unbiased).
 
-The decision rule, fixed before the run: a setting is of **equal quality** when each of its four
-statistics lies inside the reference's 95 % interval; the cheapest such setting may become the default.
+The decision rule (docs/benchmarks.md, "Sample settings"): a setting is of **equal quality** when its mask
+statistics (one-component, empty, area W1) lie inside the reference's 95 % intervals, its consistency is not
+below the reference's interval, and its KID is not above it; the cheapest such setting may become the default.
 
     python benchmarks/sample_settings.py --mask-model M --image-model I --segmenter S --data DATA --n 200 \\
         --settings fp32:100:ddim:50,bf16:100:ddim:50,bf16:50:dpm-solver:20
@@ -69,6 +74,34 @@ def bootstrap_intervals(consistency: np.ndarray, masks: np.ndarray, real_masks: 
     return {k: [float(v) for v in np.percentile(d, [2.5, 97.5])] for k, d in draws.items()}
 
 
+def kid_terms(gen_feats: torch.Tensor, train_feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+    """The parts of KID's unbiased MMD² between generated (N, C) and real (M, C) features under
+    k(x, y) = (x·y / C + 1)³ (:func:`augforge.quality.kernel_inception_distance`, there on subsets):
+    the generated kernel matrix (N, N), each generated row's mean kernel with the real rows (N,), and the
+    real rows' mean kernel over distinct pairs."""
+    a, b = gen_feats.double(), train_feats.double()
+    c, m = a.shape[1], len(b)
+    k_yy = (b @ b.T / c + 1) ** 3
+    real = float((k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1)))
+    return ((a @ a.T / c + 1) ** 3).numpy(), ((a @ b.T / c + 1) ** 3).mean(1).numpy(), real
+
+
+def kid(k_xx: np.ndarray, k_xy: np.ndarray, real: float, index: np.ndarray) -> float:
+    """MMD²_u of the generated rows ``index`` (possibly repeated, as a bootstrap draws them) against the real
+    set: the within-set mean over pairs of positions holding different rows (a row is never paired with a
+    copy of itself), plus the real term, minus twice the mean cross kernel."""
+    block = k_xx[np.ix_(index, index)]
+    distinct = index[:, None] != index[None, :]
+    return float(block[distinct].mean() + real - 2 * k_xy[index].mean())
+
+
+def equal_quality(row: dict, intervals: dict) -> bool:
+    """The decision rule: mask statistics inside the reference's intervals, consistency not below its
+    interval (pairs whose images follow their masks more closely are no worse), KID not above it."""
+    inside = all(intervals[k][0] <= row[k] <= intervals[k][1] for k in ("one_component", "empty", "area_w1"))
+    return inside and row["consistency"] >= intervals["consistency"][0] and row["kid"] <= intervals["kid"][1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mask-model", required=True)
@@ -97,8 +130,16 @@ def main() -> None:
                         resolve_guidance(args.guidance, image_cfg, image_dir))
     size = models[""][1]["image_size"]
     judge, _ = load_network(args.segmenter, kind="segmenter", image_size=size, device=device)
+
+    def features(images_u8: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([judge.features(images_u8[i:i + 64].to(device).float() / 255).cpu()
+                              for i in range(0, len(images_u8), 64)])
     ds = read_dataset(args.data)
     real_masks = load_pairs(ds, ds.split("val") + ds.split("test"))[1][:, 0].numpy()
+    train_feats = features(load_pairs(ds, ds.split("train"))[0])
+    held_kid = kid(*kid_terms(features(load_pairs(ds, ds.split("val") + ds.split("test"))[0]), train_feats),
+                   np.arange(len(real_masks)))  # the floor: held-out real images against the train images
     indices = list(range(args.n))
     rows = []
     for spec in args.settings.split(","):
@@ -121,20 +162,25 @@ def main() -> None:
         logits = predict(judge, images_u8, 64, device, "fp32")
         consistency = per_image_scores((logits > 0).float(), masks_t)["dice"].cpu().numpy().astype(np.float64)
         masks_np = masks_t[:, 0].cpu().numpy().astype(np.uint8)
+        k_xx, k_xy, real = kid_terms(features(images_u8), train_feats)
+        rng = np.random.default_rng(args.seed)
+        kids = [kid(k_xx, k_xy, real, rng.integers(0, args.n, args.n)) for _ in range(args.bootstrap)]
         row = {"setting": spec, "models": pairs[name], "guidance": guidance, "precision": precision, "mask_steps": int(mask_steps), "sampler": sampler,
                "steps": int(steps), "seconds": seconds, "pairs_per_s": args.n / seconds,
                **statistics(consistency, masks_np, real_masks),
-               "ci95": bootstrap_intervals(consistency, masks_np, real_masks, args.bootstrap)}
+               "kid": kid(k_xx, k_xy, real, np.arange(args.n)),
+               "ci95": {**bootstrap_intervals(consistency, masks_np, real_masks, args.bootstrap),
+                        "kid": [float(v) for v in np.percentile(kids, [2.5, 97.5])]}}
         rows.append(row)
         print(f"{spec:28s} {row['pairs_per_s']:7.3f} pairs/s  consistency {row['consistency']:.3f} "
-              f"one-component {row['one_component']:.3f} empty {row['empty']:.3f} area W1 {row['area_w1']:.4f}",
-              flush=True)
+              f"one-component {row['one_component']:.3f} empty {row['empty']:.3f} area W1 {row['area_w1']:.4f} "
+              f"KID {row['kid']:.4f}", flush=True)
     reference = rows[0]
     for row in rows:
         row["speedup"] = row["pairs_per_s"] / reference["pairs_per_s"]
-        row["equal_quality"] = all(lo <= row[k] <= hi for k, (lo, hi) in reference["ci95"].items())
+        row["equal_quality"] = equal_quality(row, reference["ci95"])
     print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "n": args.n, "size": size,
-                      "batch_size": args.batch_size, "reference": reference["setting"],
+                      "batch_size": args.batch_size, "held_out_real_kid": held_kid, "reference": reference["setting"],
                       "rows": rows}, indent=2))
 
 
