@@ -270,9 +270,11 @@ class SampleConfig:
     n: int = option(100, "Number of pairs (a rerun with a larger N adds pairs). Under torchrun write -n: torchrun's "
                          "parser takes --n for an abbreviation of its own options.", identity=False, names=("--n", "-n"))
     masks_from: str = option("", "Render images for the real train masks of this dataset instead of sampling masks.")
-    # ddim 50 keeps DDPM-1000's consistency (benchmarks/sampling.py)
+    # ddim keeps DDPM-1000's consistency (benchmarks/sampling.py); 15 steps are as consistent and as realistic
+    # as the 50 used before, or more, at 4.35x the pairs/s with bf16 and 50 mask steps (issue 31;
+    # benchmarks/sample_settings.py, docs/benchmarks.md "Sample settings")
     sampler: str = option("ddim", "ddpm | ddim | dpm-solver.")
-    sample_steps: int = option(50, "Image sampler steps.")
+    sample_steps: int = option(15, "Image sampler steps.")
     # 50 is inside every interval of 100's mask statistics and consistency, at 2.56x the pairs/s with bf16
     # (benchmarks/sample_settings.py, docs/benchmarks.md)
     mask_sample_steps: int = option(50, "Bernoulli reverse steps (strided from T).")

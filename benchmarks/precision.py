@@ -20,6 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from augforge.models.inference import inference_net
 from augforge.models.segmenter import build_segmenter, segmenter_config
@@ -101,6 +102,12 @@ def main() -> None:
     result["unet_forward_ms"] = best_ms({"before": forward(before, fp32, x, t), "fp32": forward(unet, fp32, x, t),
                                          "autocast": forward(unet, _bf16_autocast, x, t),
                                          "bf16_weights": forward(unet_bf16, fp32, x, t)}, args.rounds)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        unet(x, t)
+    flop = counter.get_total_flops()
+    tflops = flop / (result["unet_forward_ms"]["bf16_weights"] / 1000) / 1e12
+    result["unet_forward_bf16"] = {"gflop": round(flop / 1e9, 1), "tflops": round(tflops, 3),
+                                   "of_bf16_gemm": round(tflops / result["gemm_2048_tflops"]["bf16"], 2)}
 
     def unet_step(net, ctx):
         net.train()
