@@ -30,10 +30,11 @@ class UNetPreset:
     layers_per_block: int
     attention_levels: tuple[int, ...]  # indices of levels with self-attention
     norm_num_groups: int
-    # channels per attention head; None: one head over all channels, DDPM's single-head self-attention
-    # (Ho et al. 2020; the attention block of their reference code has one head). diffusers' default of 8 splits tiny's 64-channel middle block into 8
-    # heads of 8, and heads that narrow take the CPU's attention kernel 4.6x longer than one of 64
-    # (fwd + bwd at 16x16, batch 16, bf16; docs/benchmarks.md "The tiny preset's attention head").
+    # channels per attention head; None: one head over all channels, as in DDPM (Ho et al. 2020; the
+    # attention block of their reference code has one head). diffusers' default of 8 splits tiny's
+    # 64-channel middle block into 8 heads of 8, and heads that narrow take the CPU's attention kernel
+    # 4.6x longer than one of 64 (fwd + bwd at 16x16, batch 16, bf16; docs/benchmarks.md "The tiny
+    # preset's attention head").
     attention_head_dim: int | None = 8
 
 
