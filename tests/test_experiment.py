@@ -52,6 +52,8 @@ def test_the_summary_equals_the_old_runners_on_the_same_csvs(tmp_path, cli):
     assert contains({k: v for k, v in frozen.items() if not k.startswith("markdown")}, doc) == []
     summary = (run / "summary.md").read_text().splitlines()
     assert [line for line in frozen["markdown_tables"] + frozen["markdown_lines"] if line not in summary] == []
+    # the size table names what it measures on any data, not a polyp
+    assert any(line.startswith("Δ mDice vs R' by the held-out images' foreground size") for line in summary)
     # what the old runner did not say: the criterion and whether the control has plateaued
     assert doc["arms"]["GF"]["delta_vs_control"]["meets_criterion"] is False  # superior by 0.02: lower end -0.076
     assert set(doc["plateau"]) == {"0", "1"} and all(isinstance(p["still_rising"], bool) for p in doc["plateau"].values())

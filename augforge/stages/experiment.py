@@ -24,7 +24,7 @@ refused once results exist (a different run: ``--overwrite`` starts it afresh). 
 
 The summary (``summary.json``, ``summary.md``) is computed by :mod:`augforge.evidence`: per arm mDice and
 mIoU (means of per-image scores) and pooled Dice/IoU; Δ to the control and to each reference with the
-crossed group × image interval and the verdict; whether each arm meets the criterion; Δ by polyp-size
+crossed group × image interval and the verdict; whether each arm meets the criterion; Δ by foreground-size
 thirds; the budgets each segmenter spent; the control's validation curve with a plateau flag; the
 generated masks against the real ones; and, when the recipe asks, a robustness table.
 """
@@ -535,8 +535,8 @@ def render(recipe: dict, doc: dict, command: str) -> str:
         cuts = ("; ".join(f"{unit} {g}: {c[0]:.3f}, {c[1]:.3f}" for g, c in per_group.items())
                 if len({tuple(c) for c in per_group.values()}) > 1  # seeds share their held-out images
                 else "{0:.3f}, {1:.3f}".format(*next(iter(per_group.values()))))
-        out += ["", f"Δ mDice vs {control} by the held-out polyp's size (thirds of the images by the real mask's "
-                f"area; area cuts {cuts}; same interval and rule):", "",
+        out += ["", f"Δ mDice vs {control} by the held-out images' foreground size (thirds of the images by the "
+                f"real mask's foreground area; area cuts {cuts}; same interval and rule):", "",
                 "| arm | " + " | ".join(evidence.SIZE_BINS) + " |", "|---|" + "---|" * len(evidence.SIZE_BINS)]
         out += [f"| {arm} | " + " | ".join(f"{_ci(d)} {d['verdict']}" for d in deltas) + " |"
                 for arm, deltas in doc["by_size"]["arms"].items()]
