@@ -312,3 +312,19 @@ def test_k_class_grey_dataset_round_trips_through_parquet(cli, tmp_path):
     for (x, y) in zip(load_pairs(a), load_pairs(b)):
         assert x.equal(y)
     shutil.rmtree(tmp_path / "table")
+
+
+def test_a_dataset_augforge_wrote_prepares_again_with_its_own_class_names(cli, tmp_path):
+    """A synthesize (or prepare) output given to prepare as a source keeps the class names and channels its
+    dataset.json records, where --classes auto would name them class1, class2; a binary one stays binary."""
+    data = tmp_path / "data"
+    assert cli("synthesize", data, "--kind", "fundus", "-n", 10, "--size", 32).exit_code == 0
+    _prepare(cli, data, tmp_path / "again")
+    a, b = read_dataset(data), read_dataset(tmp_path / "again")
+    assert b.classes == a.classes == FUNDUS_CLASSES and b.channels == 1
+    assert load_pairs(b)[1].unique().tolist() == [0, 1, 2]
+    _prepare(cli, data, tmp_path / "named", "--classes", "background,rim,core")  # the option still decides
+    assert read_dataset(tmp_path / "named").classes == ("background", "rim", "core")
+    assert cli("synthesize", tmp_path / "polyps", "-n", 10, "--size", 32).exit_code == 0
+    _prepare(cli, tmp_path / "polyps", tmp_path / "polyps-again")
+    assert read_dataset(tmp_path / "polyps-again").num_classes == 2

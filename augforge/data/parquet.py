@@ -197,10 +197,11 @@ def is_table(root: Path) -> bool:
         p.suffix.lower() in IMAGE_EXTS for p in root.rglob("*") if p.is_file())
 
 
-def table_classes(root: Path) -> tuple[tuple[str, ...] | None, int | None]:
-    """The classes and image channels an exported table's dataset.json records (export-dataset keeps the
-    dataset's summary beside the shards): (None, None) without one, a binary/3-channel dataset's (None, None)
-    too, since prepare reads those masks and images as it always did."""
+def recorded_classes(root: Path) -> tuple[tuple[str, ...] | None, int | None]:
+    """The classes and image channels the dataset.json in ``root`` records: an exported table's (export-dataset
+    keeps the dataset's summary beside the shards) or an augforge dataset folder's (``synthesize``, ``prepare``)
+    given to prepare again. (None, None) without one, a binary/3-channel dataset's (None, None) too, since
+    prepare reads those masks and images as it always did."""
     path = Path(root) / "dataset.json"
     if not path.is_file():
         return None, None
@@ -218,7 +219,7 @@ class TableSource:
     """A Parquet table as prepare's source (:class:`augforge.data.layouts.Source`'s interface): one subset
     whose pairs are the rows, ``splits`` from its ``split`` column (None without one), ``fields``, the
     manifest fields each row carries into the prepared dataset, and ``classes``/``channels`` from an exported
-    table's dataset.json (:func:`table_classes`)."""
+    table's dataset.json (:func:`recorded_classes`)."""
 
     random_access = True
 
@@ -233,7 +234,7 @@ class TableSource:
         splits = {r["id"]: r["fields"].get("split") for r in rows}
         self.splits = splits if all(isinstance(v, str) and v for v in splits.values()) else None
         self.files, self.dirs = sorted(self._bytes), {""}
-        self.classes, self.channels = table_classes(root)
+        self.classes, self.channels = recorded_classes(root)
 
     def subset(self):
         from augforge.data.layouts import Subset

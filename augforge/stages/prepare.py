@@ -63,6 +63,7 @@ from augforge.data.labels import (
     to_channels,
 )
 from augforge.data.layouts import IMAGE_EXTS, Source, Subset, detect, explicit, open_source  # noqa: F401
+from augforge.data.parquet import recorded_classes
 from augforge.data.splits import SPLITS_FILE, check_cover, file_digest, read_split_file, splits_digest, splits_text
 from augforge.errors import AugforgeError
 from augforge.hub import is_reference, local, shown
@@ -424,8 +425,11 @@ def run(cfg: PrepareConfig) -> dict:
         results = {}
         for subset in subsets:
             out = Path(cfg.out) / subset.name if subset.name else Path(cfg.out)
-            spec = mask_spec(source, subset, cfg, getattr(source, "classes", None))
-            channels, all_grey = image_channels(source, subset, cfg, getattr(source, "channels", None))
+            recorded = (getattr(source, "classes", None), getattr(source, "channels", None))
+            if recorded == (None, None) and not subset.name and Path(cfg.src).is_dir():
+                recorded = recorded_classes(Path(cfg.src))  # a dataset augforge wrote names its own classes
+            spec = mask_spec(source, subset, cfg, recorded[0])
+            channels, all_grey = image_channels(source, subset, cfg, recorded[1])
             record = {**options, "subset": subset.name} if subset.name else dict(options)
             if spec.classes != BINARY_CLASSES or channels != 3:  # what the masks and images became (binary/3: as before)
                 record.update(mask_classes=list(spec.classes), image_channels=channels)
