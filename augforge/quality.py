@@ -216,6 +216,11 @@ def subsample_to_equal_n(*feature_sets: ArrayLike, generator: torch.Generator) -
     return [f if len(f) == n else f[torch.randperm(len(f), generator=generator)[:n]] for f in sets]
 
 
+def kid_kernel(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """KID's cubic polynomial kernel k(x, y) = (x·y / C + 1)³ between the rows of u (N, C) and v (M, C): (N, M)."""
+    return (u @ v.T / u.shape[1] + 1) ** 3
+
+
 def kernel_inception_distance(feats_a: ArrayLike, feats_b: ArrayLike, *, subsets: int = 100, subset_size: int = 1000,
                               generator: torch.Generator | None = None) -> dict[str, float]:
     """KID (Bińkowski et al. 2018, "Demystifying MMD GANs", Eq. 4 with the kernel of §5): the unbiased
@@ -235,12 +240,11 @@ def kernel_inception_distance(feats_a: ArrayLike, feats_b: ArrayLike, *, subsets
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples in each set, got {len(a)} and {len(b)}")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    c = a.shape[1]
     values = []
     for _ in range(subsets):
         x = a[torch.randperm(len(a), generator=generator)[:m]]
         y = b[torch.randperm(len(b), generator=generator)[:m]]
-        k_xx, k_yy, k_xy = ((u @ v.T / c + 1) ** 3 for u, v in ((x, x), (y, y), (x, y)))
+        k_xx, k_yy, k_xy = (kid_kernel(u, v) for u, v in ((x, x), (y, y), (x, y)))
         within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
         values.append(within - 2 * k_xy.mean())
     values = torch.stack(values)

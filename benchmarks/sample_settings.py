@@ -41,7 +41,7 @@ from augforge.data.dataset import load_pairs, read_dataset
 from augforge.guidance import resolve_guidance
 from augforge.models.folder import load_network
 from augforge.models.inference import inference_net
-from augforge.quality import area_fractions, component_counts, wasserstein_1d
+from augforge.quality import area_fractions, component_counts, kid_kernel, wasserstein_1d
 from augforge.runtime import resolve_device
 from augforge.seg.metrics import per_image_scores
 from augforge.seg.train import predict
@@ -76,14 +76,13 @@ def bootstrap_intervals(consistency: np.ndarray, masks: np.ndarray, real_masks: 
 
 def kid_terms(gen_feats: torch.Tensor, train_feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float]:
     """The parts of KID's unbiased MMD² between generated (N, C) and real (M, C) features under
-    k(x, y) = (x·y / C + 1)³ (:func:`augforge.quality.kernel_inception_distance`, there on subsets):
+    :func:`augforge.quality.kid_kernel` (:func:`augforge.quality.kernel_inception_distance` takes it on subsets):
     the generated kernel matrix (N, N), each generated row's mean kernel with the real rows (N,), and the
     real rows' mean kernel over distinct pairs."""
     a, b = gen_feats.double(), train_feats.double()
-    c, m = a.shape[1], len(b)
-    k_yy = (b @ b.T / c + 1) ** 3
+    m, k_yy = len(b), kid_kernel(b, b)
     real = float((k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1)))
-    return ((a @ a.T / c + 1) ** 3).numpy(), ((a @ b.T / c + 1) ** 3).mean(1).numpy(), real
+    return kid_kernel(a, a).numpy(), kid_kernel(a, b).mean(1).numpy(), real
 
 
 def kid(k_xx: np.ndarray, k_xy: np.ndarray, real: float, index: np.ndarray) -> float:
@@ -136,9 +135,10 @@ def main() -> None:
             return torch.cat([judge.features(images_u8[i:i + 64].to(device).float() / 255).cpu()
                               for i in range(0, len(images_u8), 64)])
     ds = read_dataset(args.data)
-    real_masks = load_pairs(ds, ds.split("val") + ds.split("test"))[1][:, 0].numpy()
+    held_images, held_masks = load_pairs(ds, ds.split("val") + ds.split("test"))
+    real_masks = held_masks[:, 0].numpy()
     train_feats = features(load_pairs(ds, ds.split("train"))[0])
-    held_kid = kid(*kid_terms(features(load_pairs(ds, ds.split("val") + ds.split("test"))[0]), train_feats),
+    held_kid = kid(*kid_terms(features(held_images), train_feats),
                    np.arange(len(real_masks)))  # the floor: held-out real images against the train images
     indices = list(range(args.n))
     rows = []
@@ -165,8 +165,8 @@ def main() -> None:
         k_xx, k_xy, real = kid_terms(features(images_u8), train_feats)
         rng = np.random.default_rng(args.seed)
         kids = [kid(k_xx, k_xy, real, rng.integers(0, args.n, args.n)) for _ in range(args.bootstrap)]
-        row = {"setting": spec, "models": pairs[name], "guidance": guidance, "precision": precision, "mask_steps": int(mask_steps), "sampler": sampler,
-               "steps": int(steps), "seconds": seconds, "pairs_per_s": args.n / seconds,
+        row = {"setting": spec, "models": pairs[name], "guidance": guidance, "precision": precision,
+               "mask_steps": int(mask_steps), "sampler": sampler, "steps": int(steps), "seconds": seconds, "pairs_per_s": args.n / seconds,
                **statistics(consistency, masks_np, real_masks),
                "kid": kid(k_xx, k_xy, real, np.arange(args.n)),
                "ci95": {**bootstrap_intervals(consistency, masks_np, real_masks, args.bootstrap),
